@@ -1,0 +1,403 @@
+"""The Docker backend: hardened containers on any engine docker-py reaches."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from datetime import UTC, datetime
+from pathlib import PurePosixPath
+from typing import Any
+
+import anyio
+import docker
+from docker.types import Mount
+
+from ... import labels as L
+from ...errors import (
+    BottleError,
+    BottleGoneError,
+    EngineError,
+    EngineNotFoundError,
+    ImageMissingError,
+    LaunchError,
+    PlanError,
+)
+from ...images import image_fix_hint, image_status
+from ...manifest import AgentDef, BottleDef, format_size, parse_size
+from ...models import (
+    BottleInfo,
+    BottlePlan,
+    BottleSpec,
+    CleanupFailure,
+    CleanupItem,
+    CleanupPlan,
+    CleanupReport,
+    MountPlan,
+    NetworkPlan,
+    ResourcePlan,
+    RuntimePlan,
+)
+from ...paths import TarEntry, pack_tar
+from ..base import Backend, Bottle, Progress, _no_progress, find_repo, prompt_text
+from .bottle import DockerBottle
+from .engine import Engine
+
+REMOVE_CONCURRENCY = 16
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class DockerBackend(Backend):
+    name = "docker"
+
+    def __init__(self, instance: L.Instance, engine: Engine | None = None) -> None:
+        super().__init__(instance)
+        self.engine = engine or Engine()
+
+    # -- prepare -------------------------------------------------------------------
+
+    async def _runtimes(self) -> set[str]:
+        info = await self.engine.call("engine info", lambda c: c.info())
+        return set((info.get("Runtimes") or {}).keys())
+
+    async def _resolve_plan(
+        self, spec: BottleSpec, agent: AgentDef, bottle: BottleDef, common: dict[str, object]
+    ) -> dict[str, object]:
+        warnings = list(common.pop("warnings", []))  # type: ignore[call-overload]
+        image = spec.manifest.image_for(agent.bottle)
+        status = await self.engine.run(image_status, self.engine, spec.manifest, agent.bottle)
+        if not status.present:
+            warnings.append(f"image {image!r} is missing: {image_fix_hint(spec.manifest)}")
+        elif status.stale:
+            warnings.append(
+                f"image {image!r} was built from an older version of its build folder; "
+                f"{image_fix_hint(spec.manifest)}"
+            )
+        runtimes = await self._runtimes()
+        runtime = self._pick_runtime(bottle, runtimes)
+        if runtime.effective == "runc" and bottle.runtime == "auto":
+            warnings.append("gVisor (runsc) is not installed on this engine: the bottle shares the host kernel")
+        res = bottle.resources
+        network = NetworkPlan(
+            mode=bottle.network,
+            egress_allow=list(bottle.egress.allow) if bottle.egress else [],
+            effective="none",
+            note=(
+                "no network interface besides loopback"
+                if bottle.network == "none"
+                else "egress enforcement is not available in this version: the bottle gets no network at all"
+            ),
+        )
+        if bottle.network == "egress":
+            warnings.append(
+                "egress is declared but this server cannot enforce it yet, so the bottle runs with no network "
+                "(fail closed)"
+            )
+        if not bottle.read_only_root:
+            warnings.append("read_only_root = false in the manifest: the agent can modify the image's files")
+        return {
+            **common,
+            "warnings": warnings,
+            "image": image,
+            "image_present": status.present,
+            "runtime": runtime,
+            "capabilities_dropped": ["ALL"],
+            "capabilities_added": [],
+            "no_new_privileges": True,
+            "seccomp": "engine default profile",
+            "read_only_root": bottle.read_only_root,
+            "init": True,
+            "mounts": [
+                MountPlan(
+                    target="/tmp", kind="tmpfs", read_only=False, size=format_size(parse_size(res.tmp_size)),
+                    purpose="scratch space",
+                ),
+                MountPlan(
+                    target=bottle.home, kind="tmpfs", read_only=False,
+                    size=format_size(parse_size(res.home_size)), purpose="the user's home (prompt, skills, tools)",
+                ),
+                MountPlan(
+                    target=bottle.workdir, kind="volume", read_only=False, size=None,
+                    purpose="workspace volume, removed with the bottle",
+                ),
+            ],
+            "host_mounts": [],
+            "network": network,
+            "resources": ResourcePlan(
+                cpus=res.cpus,
+                memory=format_size(res.memory_bytes),
+                memory_bytes=res.memory_bytes,
+                pids=res.pids,
+                tmp_size=format_size(parse_size(res.tmp_size)),
+                home_size=format_size(parse_size(res.home_size)),
+            ),
+        }
+
+    @staticmethod
+    def _pick_runtime(bottle: BottleDef, runtimes: set[str]) -> RuntimePlan:
+        if bottle.runtime == "runsc":
+            if "runsc" not in runtimes:
+                raise PlanError(
+                    "the manifest asks for runtime = 'runsc' but this engine has no runsc runtime "
+                    f"(it has: {', '.join(sorted(runtimes))}); install gVisor and register it, "
+                    "or set runtime = 'auto'"
+                )
+            return RuntimePlan(requested="runsc", effective="runsc", reason="required by the manifest")
+        if bottle.runtime == "runc":
+            return RuntimePlan(requested="runc", effective="runc", reason="required by the manifest")
+        if "runsc" in runtimes:
+            return RuntimePlan(requested="auto", effective="runsc", reason="gVisor is registered with the engine")
+        return RuntimePlan(requested="auto", effective="runc", reason="the engine has no runsc runtime")
+
+    # -- launch --------------------------------------------------------------------
+
+    async def launch(self, plan: BottlePlan, spec: BottleSpec, progress: Progress = _no_progress) -> Bottle:
+        agent = spec.manifest.manifest.agents[plan.agent]
+        bdef = spec.manifest.manifest.bottles[plan.bottle]
+        bottle_id = f"b-{secrets.token_hex(4)}"
+        name = f"bottle-mcp-{plan.agent}-{bottle_id}"
+        volume = f"{name}-work"
+        created = _now()
+        extra = {
+            L.BOTTLE: bottle_id,
+            L.AGENT: plan.agent,
+            L.BOTTLE_DEF: plan.bottle,
+            L.RUNTIME: plan.runtime.effective,
+            L.PLAN: plan.plan_id,
+            L.CREATED: created,
+        }
+        started = time.monotonic()
+        container_id: str | None = None
+        volume_made = False
+        try:
+            await progress("checking the image")
+            try:
+                await self.engine.call("inspect image", lambda c: c.api.inspect_image(plan.image))
+            except EngineNotFoundError:
+                raise ImageMissingError(plan.image, image_fix_hint(spec.manifest)) from None
+            await progress("creating the workspace volume")
+            await self.engine.call(
+                "create volume",
+                lambda c: c.api.create_volume(name=volume, labels=self.instance.labels("workspace", **extra)),
+            )
+            volume_made = True
+            await progress("creating the container")
+            env = {
+                **bdef.env,
+                "HOME": bdef.home,
+                "USER": "bottle",
+                "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                "BOTTLE_ID": bottle_id,
+                "BOTTLE_AGENT": plan.agent,
+            }
+            import os
+
+            env.update({c: os.environ[c] for c in agent.credentials if c in os.environ})
+            container_id = await self.engine.call(
+                "create container", lambda c: self._create(c, plan, bdef, name, volume, env, extra)
+            )
+            await progress("starting the container")
+            await self.engine.call("start container", lambda c: c.api.start(container_id))
+            info = BottleInfo(
+                bottle_id=bottle_id,
+                agent=plan.agent,
+                bottle=plan.bottle,
+                backend=self.name,
+                status="running",
+                runtime=plan.runtime.effective,
+                image=plan.image,
+                created_at=created,
+                owner="this-server",
+                instance=self.instance.id,
+            )
+            handle = DockerBottle(self.engine, container_id=container_id, volume=volume, info=info, user=bdef.user)
+            await progress("provisioning prompt, skills and files")
+            await self._provision(handle, plan, spec)
+            await progress(f"ready in {int((time.monotonic() - started) * 1000)} ms")
+            return handle
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                await self._undo(container_id, volume if volume_made else None)
+            if isinstance(exc, BottleError | anyio.get_cancelled_exc_class()):
+                if isinstance(exc, EngineError | BottleGoneError) and not isinstance(exc, LaunchError):
+                    raise LaunchError(f"launch of {plan.agent!r} failed and was rolled back: {exc}") from exc
+                raise
+            raise LaunchError(f"launch of {plan.agent!r} failed and was rolled back: {exc!r}") from exc
+
+    def _create(
+        self,
+        c: docker.DockerClient,
+        plan: BottlePlan,
+        bdef: BottleDef,
+        name: str,
+        volume: str,
+        env: dict[str, str],
+        extra: dict[str, str],
+    ) -> str:
+        res = bdef.resources
+        uid, _, gid = bdef.user.partition(":")
+        gid = gid or uid
+        host_config = c.api.create_host_config(
+            init=True,
+            read_only=bdef.read_only_root,
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges:true"],
+            tmpfs={
+                "/tmp": f"rw,nosuid,nodev,size={parse_size(res.tmp_size)}",
+                bdef.home: f"rw,nosuid,nodev,size={parse_size(res.home_size)},uid={uid},gid={gid},mode=0700",
+            },
+            mounts=[Mount(target=bdef.workdir, source=volume, type="volume")],
+            network_mode="none",
+            pids_limit=res.pids,
+            mem_limit=res.memory_bytes,
+            memswap_limit=res.memory_bytes,
+            nano_cpus=int(res.cpus * 1e9),
+            ipc_mode="private",
+            runtime=plan.runtime.effective,
+        )
+        created = c.api.create_container(
+            image=plan.image,
+            command=["sleep", "infinity"],
+            name=name,
+            hostname=name[-24:],
+            user=bdef.user,
+            working_dir=bdef.workdir,
+            environment=env,
+            labels=self.instance.labels("bottle", **extra),
+            host_config=host_config,
+            network_disabled=False,
+        )
+        return str(created["Id"])
+
+    async def _provision(self, handle: DockerBottle, plan: BottlePlan, spec: BottleSpec) -> None:
+        entries: list[TarEntry] = []
+        home = plan.home.lstrip("/")
+        text = prompt_text(spec)
+        if text is not None:
+            entries.append(TarEntry(arcname=f"{home}/.bottle-mcp/prompt.md", data=text.encode()))
+        skills_dir = spec.manifest.skills_dir().resolve()
+        for s in plan.skills:
+            entries.append(
+                TarEntry(arcname=f"{home}/.claude/skills/{s.name}", source=skills_dir / s.name, root=skills_dir)
+            )
+        if plan.copy_cwd is not None:
+            repo = find_repo(spec.cwd)
+            entries.append(
+                TarEntry(arcname=f"{plan.workdir.lstrip('/')}/.git", source=repo / ".git", root=repo / ".git")
+            )
+        if not entries:
+            return
+        with pack_tar(entries) as (tar, _stats):
+            await handle.put_tar(tar, PurePosixPath("/"))
+        if plan.copy_cwd is not None:
+            res = await handle.exec(
+                "git -c safe.directory='*' reset -q --hard", timeout_s=120, workdir=plan.workdir, output_cap=65536
+            )
+            if res.exit_code != 0:
+                raise LaunchError(f"checking out the copied repository failed in the bottle: {res.stderr[:500]}")
+
+    async def _undo(self, container_id: str | None, volume: str | None) -> None:
+        if container_id is not None:
+            try:
+                await self.engine.call("remove container", lambda c: c.api.remove_container(container_id, force=True))
+            except EngineError:
+                pass
+        if volume is not None:
+            try:
+                await self.engine.call("remove volume", lambda c: c.api.remove_volume(volume, force=True))
+            except EngineError:
+                pass
+
+    async def check_alive(self, bottle: Bottle) -> None:
+        assert isinstance(bottle, DockerBottle)
+        await bottle.check_alive()
+
+    # -- listing and cleanup ----------------------------------------------------------
+
+    async def list_active(self) -> list[BottleInfo]:
+        rows = await self.engine.call(
+            "list bottles",
+            lambda c: c.api.containers(all=True, filters={"label": [f"{L.MANAGED}=true", f"{L.ROLE}=bottle"]}),
+        )
+        return [self._info_from_row(r) for r in rows]
+
+    def _info_from_row(self, row: dict[str, Any]) -> BottleInfo:
+        lab: dict[str, str] = row.get("Labels") or {}
+        return BottleInfo(
+            bottle_id=lab.get(L.BOTTLE, "?"),
+            agent=lab.get(L.AGENT, "?"),
+            bottle=lab.get(L.BOTTLE_DEF, "?"),
+            backend=self.name,
+            status=str(row.get("State", "unknown")),
+            runtime=lab.get(L.RUNTIME, "?"),
+            image=str(row.get("Image", "?")),
+            created_at=lab.get(L.CREATED, "?"),
+            owner=self.instance.liveness_of(lab),
+            instance=lab.get(L.INSTANCE, "?"),
+        )
+
+    async def prepare_cleanup(self) -> CleanupPlan:
+        flt = {"label": [f"{L.MANAGED}=true"]}
+
+        def scan(c: docker.DockerClient) -> list[CleanupItem]:
+            items: list[CleanupItem] = []
+            for row in c.api.containers(all=True, filters=flt):
+                items.append(self._item("container", row["Id"], row["Names"][0].lstrip("/"), row.get("Labels")))
+            for vol in c.api.volumes(filters=flt).get("Volumes") or []:
+                items.append(self._item("volume", vol["Name"], vol["Name"], vol.get("Labels")))
+            for net in c.api.networks(filters=flt):
+                items.append(self._item("network", net["Id"], net["Name"], net.get("Labels")))
+            return items
+
+        items = await self.engine.call("scan for leftovers", scan)
+        remove = [i for i in items if i.owner == "orphaned"]
+        keep = [i for i in items if i.owner != "orphaned"]
+        return CleanupPlan(remove=remove, keep=keep)
+
+    def _item(self, kind: str, id_: str, name: str, labels: dict[str, str] | None) -> CleanupItem:
+        lab = labels or {}
+        return CleanupItem(
+            kind=kind,  # type: ignore[arg-type]
+            id=id_,
+            name=name,
+            bottle_id=lab.get(L.BOTTLE, "?"),
+            owner=self.instance.liveness_of(lab),
+            instance=lab.get(L.INSTANCE, "?"),
+        )
+
+    async def cleanup(self, plan: CleanupPlan) -> CleanupReport:
+        removed: list[CleanupItem] = []
+        failed: list[CleanupFailure] = []
+        limiter = anyio.CapacityLimiter(REMOVE_CONCURRENCY)
+
+        async def remove(item: CleanupItem) -> None:
+            async with limiter:
+                try:
+                    await self.engine.call(f"remove {item.kind}", lambda c: _remove(c, item))
+                    removed.append(item)
+                except EngineNotFoundError:
+                    removed.append(item)
+                except EngineError as e:
+                    failed.append(CleanupFailure(item=item, error=str(e)))
+
+        # Containers first: volumes and networks cannot go while a container uses them.
+        for kind in ("container", "volume", "network"):
+            async with anyio.create_task_group() as tg:
+                for item in plan.remove:
+                    if item.kind == kind:
+                        tg.start_soon(remove, item)
+        return CleanupReport(dry_run=False, removed=removed, kept=plan.keep, failed=failed)
+
+    async def aclose(self) -> None:
+        self.engine.close()
+
+
+def _remove(c: docker.DockerClient, item: CleanupItem) -> None:
+    if item.kind == "container":
+        c.api.remove_container(item.id, force=True)
+    elif item.kind == "volume":
+        c.api.remove_volume(item.id, force=True)
+    else:
+        c.api.remove_network(item.id)

@@ -1,0 +1,161 @@
+"""A running Docker bottle: exec, copy-in and removal."""
+
+from __future__ import annotations
+
+import time
+from pathlib import PurePosixPath
+from typing import IO
+
+import anyio
+
+from ...errors import BottleError, BottleGoneError, EngineError, EngineNotFoundError
+from ...models import BottleInfo, ExecResult
+from ...output import safe_text
+from .engine import Engine
+from .execstream import ExecStream
+
+UNPACK = 'mkdir -p -- "$1" && exec tar -x --no-same-owner -C "$1" -f -'
+
+
+class DockerBottle:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        container_id: str,
+        volume: str,
+        info: BottleInfo,
+        user: str,
+    ) -> None:
+        self._engine = engine
+        self.container_id = container_id
+        self.volume = volume
+        self._info = info
+        self.user = user
+        self._closed = False
+
+    @property
+    def id(self) -> str:
+        return self._info.bottle_id
+
+    @property
+    def info(self) -> BottleInfo:
+        return self._info
+
+    async def exec(
+        self,
+        command: str,
+        *,
+        timeout_s: float,
+        workdir: str | None,
+        output_cap: int,
+        stdin: bytes | None = None,
+    ) -> ExecResult:
+        started = time.monotonic()
+        stream = ExecStream(
+            self._engine,
+            self.container_id,
+            self.id,
+            command,
+            user=self.user,
+            workdir=workdir,
+            timeout_s=timeout_s,
+            output_cap=output_cap,
+            stdin=stdin,
+        )
+        try:
+            out = await anyio.to_thread.run_sync(stream.run, abandon_on_cancel=True)
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                stream.abort.set()
+                await anyio.to_thread.run_sync(stream.done.wait, 5.0)
+                await anyio.to_thread.run_sync(stream.kill)
+            raise
+        if out.timed_out:
+            await anyio.to_thread.run_sync(stream.kill)
+        if out.exit_code is None and not out.timed_out:
+            await self._raise_if_gone()
+        stdout, n1 = safe_text(bytes(out.stdout))
+        stderr, n2 = safe_text(bytes(out.stderr))
+        truncated = out.stdout_bytes > len(out.stdout) or out.stderr_bytes > len(out.stderr)
+        notes = sorted(set(n1 + n2))
+        if truncated:
+            notes.insert(
+                0,
+                f"output was cut at {output_cap} bytes per stream (stdout {out.stdout_bytes} bytes, "
+                f"stderr {out.stderr_bytes} bytes in all); redirect to a file in the bottle to keep it",
+            )
+        if out.timed_out:
+            notes.insert(0, f"timed out after {timeout_s:g} s; the command's process group was killed")
+        return ExecResult(
+            exit_code=out.exit_code,
+            stdout=stdout,
+            stderr=stderr,
+            truncated=truncated,
+            stdout_bytes=out.stdout_bytes,
+            stderr_bytes=out.stderr_bytes,
+            output_cap_bytes=output_cap,
+            timed_out=out.timed_out,
+            duration_ms=int((time.monotonic() - started) * 1000),
+            notes=notes,
+        )
+
+    async def put_tar(self, tar: IO[bytes], dest_dir: PurePosixPath) -> None:
+        stream = ExecStream(
+            self._engine,
+            self.container_id,
+            self.id,
+            ["/bin/sh", "-c", UNPACK, "bottle-put", str(dest_dir)],
+            user=self.user,
+            workdir=None,
+            timeout_s=600,
+            output_cap=64 * 1024,
+            stdin=tar,
+        )
+        out = await anyio.to_thread.run_sync(stream.run)
+        if out.exit_code != 0:
+            await self._raise_if_gone()
+            detail, _ = safe_text(bytes(out.stderr or out.stdout))
+            raise BottleError(
+                f"unpacking into {str(dest_dir)!r} failed inside bottle {self.id!r} "
+                f"(exit {out.exit_code}): {detail.strip()[:500]}. Pick a folder the bottle's user can write, "
+                "such as the workspace."
+            )
+
+    async def _raise_if_gone(self) -> None:
+        try:
+            state = await self._engine.call(
+                "inspect bottle", lambda c: c.api.inspect_container(self.container_id)["State"]
+            )
+        except EngineNotFoundError:
+            raise BottleGoneError(self.id, "its container no longer exists") from None
+        if not state.get("Running"):
+            raise BottleGoneError(self.id, f"its container is {state.get('Status', 'stopped')}")
+
+    async def check_alive(self) -> None:
+        await self._raise_if_gone()
+
+    async def close(self) -> list[str]:
+        if self._closed:
+            return []
+        removed: list[str] = []
+        with anyio.CancelScope(shield=True):
+            try:
+                await self._engine.call(
+                    "remove container", lambda c: c.api.remove_container(self.container_id, force=True)
+                )
+                removed.append(f"container {self.container_id[:12]}")
+            except EngineNotFoundError:
+                pass
+            try:
+                await self._engine.call("remove volume", lambda c: c.api.remove_volume(self.volume, force=True))
+                removed.append(f"volume {self.volume}")
+            except EngineNotFoundError:
+                pass
+            except EngineError:
+                # The engine may still hold the volume for a moment after the container goes.
+                await anyio.sleep(0.2)
+                await self._engine.call("remove volume", lambda c: c.api.remove_volume(self.volume, force=True))
+                removed.append(f"volume {self.volume}")
+        self._closed = True
+        return removed

@@ -1,0 +1,90 @@
+"""The one door to the Docker engine: every docker-py call passes here.
+
+Calls run in worker threads (docker-py blocks), bounded by a limiter that
+matches the connection pool, and engine failures become the project's errors
+in exactly one place.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from functools import partial
+from typing import Any, TypeVar
+
+import anyio
+import anyio.to_thread
+import docker
+import docker.errors
+import requests.exceptions
+
+from ...errors import EngineError, EngineNotFoundError, EngineUnreachableError
+
+T = TypeVar("T")
+
+POOL_SIZE = 64
+HTTP_TIMEOUT_S = 30
+
+
+class Engine:
+    """A lazily connected docker-py client plus the off-loop call helper."""
+
+    def __init__(self) -> None:
+        self._client: docker.DockerClient | None = None
+        self._limiter = anyio.CapacityLimiter(POOL_SIZE)
+        self.where = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+
+    def _connect(self) -> docker.DockerClient:
+        if self._client is None:
+            self._client = docker.DockerClient.from_env(max_pool_size=POOL_SIZE, timeout=HTTP_TIMEOUT_S)
+        return self._client
+
+    @property
+    def client(self) -> docker.DockerClient:
+        """The client, connecting on first use (blocking: call from a worker thread)."""
+        return self._connect()
+
+    def call_sync(self, what: str, fn: Callable[[docker.DockerClient], T]) -> T:
+        """Run fn(client) here and now, mapping engine errors. For use inside worker threads."""
+        try:
+            return fn(self._connect())
+        except docker.errors.NotFound as e:
+            raise EngineNotFoundError(f"{what}: {_explain(e)}") from None
+        except docker.errors.APIError as e:
+            raise EngineError(f"{what}: the engine refused: {_explain(e)}") from None
+        except (requests.exceptions.ConnectionError, ConnectionError, FileNotFoundError) as e:
+            self._client = None
+            raise EngineUnreachableError(self.where, _short(e)) from None
+        except requests.exceptions.Timeout as e:
+            raise EngineUnreachableError(self.where, f"no answer within {HTTP_TIMEOUT_S} s: {_short(e)}") from None
+        except docker.errors.DockerException as e:
+            text = str(e)
+            if "Connection" in text or "No such file" in text or "Error while fetching server API" in text:
+                self._client = None
+                raise EngineUnreachableError(self.where, _short(e)) from None
+            raise EngineError(f"{what}: {text}") from None
+
+    async def call(self, what: str, fn: Callable[[docker.DockerClient], T]) -> T:
+        """Run fn(client) in a worker thread."""
+        return await anyio.to_thread.run_sync(partial(self.call_sync, what, fn), limiter=self._limiter)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run any blocking function (already mapping its own errors) in a worker thread."""
+        return await anyio.to_thread.run_sync(partial(fn, *args), limiter=self._limiter)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
+def _explain(e: docker.errors.APIError) -> str:
+    explanation = e.explanation
+    if isinstance(explanation, bytes):
+        explanation = explanation.decode(errors="replace")
+    return str(explanation or e)
+
+
+def _short(e: BaseException) -> str:
+    text = str(e)
+    return text if len(text) < 200 else text[:200] + "..."

@@ -1,0 +1,272 @@
+"""An in-memory backend for fast tests of everything above the backend.
+
+It honours the same contract as the Docker backend (plans, labels, liveness,
+cleanup, timeouts, output caps) but runs nothing: `exec` understands a handful
+of shell words (`echo`, `printf`, `cat FILE`, `sleep N`, `exit N`, `yes`) and
+copies land in a dict. It never stands in for the engine tests.
+"""
+
+from __future__ import annotations
+
+import io
+import secrets
+import shlex
+import tarfile
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import PurePosixPath
+from typing import IO
+
+import anyio
+
+from .. import labels as L
+from ..errors import BottleGoneError, ImageMissingError, PlanError
+from ..manifest import AgentDef, BottleDef, format_size, parse_size
+from ..models import (
+    BottleInfo,
+    BottlePlan,
+    BottleSpec,
+    CleanupItem,
+    CleanupPlan,
+    CleanupReport,
+    ExecResult,
+    MountPlan,
+    NetworkPlan,
+    ResourcePlan,
+    RuntimePlan,
+)
+from ..output import safe_text
+from .base import Backend, Bottle, Progress, _no_progress
+
+
+@dataclass
+class FakeObject:
+    kind: str
+    id: str
+    labels: dict[str, str]
+    running: bool = True
+
+
+@dataclass
+class FakeWorld:
+    """The pretend engine: shared by every FakeBackend given the same world."""
+
+    objects: dict[str, FakeObject] = field(default_factory=dict)
+    missing_images: set[str] = field(default_factory=set)
+    runtimes: set[str] = field(default_factory=lambda: {"runc"})
+    reachable: bool = True
+
+
+class FakeBottle:
+    def __init__(self, world: FakeWorld, info: BottleInfo, container_id: str) -> None:
+        self.world = world
+        self._info = info
+        self.container_id = container_id
+        self.files: dict[str, bytes] = {}
+        self.exec_log: list[str] = []
+
+    @property
+    def id(self) -> str:
+        return self._info.bottle_id
+
+    @property
+    def info(self) -> BottleInfo:
+        return self._info
+
+    def _alive(self) -> None:
+        obj = self.world.objects.get(self.container_id)
+        if obj is None or not obj.running:
+            raise BottleGoneError(self.id, "its container no longer exists")
+
+    async def exec(
+        self,
+        command: str,
+        *,
+        timeout_s: float,
+        workdir: str | None,
+        output_cap: int,
+        stdin: bytes | None = None,
+    ) -> ExecResult:
+        self._alive()
+        self.exec_log.append(command)
+        started = time.monotonic()
+        out, err, code, timed_out = b"", b"", 0, False
+        try:
+            words = shlex.split(command)
+        except ValueError as e:
+            words, err, code = [], f"sh: syntax error: {e}\n".encode(), 2
+        if words:
+            head, args = words[0], words[1:]
+            if head == "echo":
+                out = (" ".join(args) + "\n").encode()
+            elif head == "printf":
+                out = (args[0] if args else "").encode().decode("unicode_escape").encode("latin-1")
+            elif head == "cat" and args:
+                if args[0] in self.files:
+                    out = self.files[args[0]]
+                else:
+                    err, code = f"cat: {args[0]}: No such file or directory\n".encode(), 1
+            elif head == "sleep":
+                with anyio.move_on_after(timeout_s) as scope:
+                    await anyio.sleep(float(args[0]) if args else 0)
+                timed_out = scope.cancelled_caught
+            elif head == "exit":
+                code = int(args[0]) if args else 0
+            elif head == "yes":
+                out = b"y\n" * (output_cap // 2 + 1024)
+            elif head == "pwd":
+                out = f"{workdir or '/workspace'}\n".encode()
+            else:
+                err, code = f"sh: {head}: not found\n".encode(), 127
+        stdout, n1 = safe_text(out[:output_cap])
+        stderr, n2 = safe_text(err[:output_cap])
+        truncated = len(out) > output_cap or len(err) > output_cap
+        return ExecResult(
+            exit_code=None if timed_out else code,
+            stdout=stdout,
+            stderr=stderr,
+            truncated=truncated,
+            stdout_bytes=len(out),
+            stderr_bytes=len(err),
+            output_cap_bytes=output_cap,
+            timed_out=timed_out,
+            duration_ms=int((time.monotonic() - started) * 1000),
+            notes=sorted(set(n1 + n2)) + (["output was cut"] if truncated else []),
+        )
+
+    async def put_tar(self, tar: IO[bytes], dest_dir: PurePosixPath) -> None:
+        self._alive()
+        with tarfile.open(fileobj=io.BytesIO(tar.read()), mode="r") as tf:
+            for member in tf.getmembers():
+                if member.isfile():
+                    f = tf.extractfile(member)
+                    assert f is not None
+                    self.files[str(dest_dir / member.name)] = f.read()
+
+    async def close(self) -> list[str]:
+        removed = []
+        for oid in [o.id for o in self.world.objects.values() if o.labels.get(L.BOTTLE) == self.id]:
+            kind = self.world.objects.pop(oid).kind
+            removed.append(f"{kind} {oid}")
+        return removed
+
+
+class FakeBackend(Backend):
+    name = "fake"
+
+    def __init__(self, instance: L.Instance, world: FakeWorld | None = None) -> None:
+        super().__init__(instance)
+        self.world = world or FakeWorld()
+        self.launched: list[FakeBottle] = []
+
+    async def _resolve_plan(
+        self, spec: BottleSpec, agent: AgentDef, bottle: BottleDef, common: dict[str, object]
+    ) -> dict[str, object]:
+        image = spec.manifest.image_for(agent.bottle)
+        warnings = list(common.pop("warnings", []))  # type: ignore[call-overload]
+        present = image not in self.world.missing_images
+        if not present:
+            warnings.append(f"image {image!r} is missing")
+        if bottle.runtime == "runsc" and "runsc" not in self.world.runtimes:
+            raise PlanError("the manifest asks for runtime = 'runsc' but this engine has no runsc runtime")
+        effective = "runsc" if bottle.runtime != "runc" and "runsc" in self.world.runtimes else "runc"
+        res = bottle.resources
+        return {
+            **common,
+            "warnings": warnings,
+            "image": image,
+            "image_present": present,
+            "runtime": RuntimePlan(requested=bottle.runtime, effective=effective, reason="fake engine"),
+            "capabilities_dropped": ["ALL"],
+            "capabilities_added": [],
+            "no_new_privileges": True,
+            "seccomp": "engine default profile",
+            "read_only_root": bottle.read_only_root,
+            "init": True,
+            "mounts": [MountPlan(target=bottle.workdir, kind="volume", read_only=False, purpose="workspace")],
+            "host_mounts": [],
+            "network": NetworkPlan(mode=bottle.network, effective="none"),
+            "resources": ResourcePlan(
+                cpus=res.cpus,
+                memory=format_size(res.memory_bytes),
+                memory_bytes=res.memory_bytes,
+                pids=res.pids,
+                tmp_size=format_size(parse_size(res.tmp_size)),
+                home_size=format_size(parse_size(res.home_size)),
+            ),
+        }
+
+    async def launch(self, plan: BottlePlan, spec: BottleSpec, progress: Progress = _no_progress) -> Bottle:
+        if plan.image in self.world.missing_images:
+            raise ImageMissingError(plan.image, "build it first")
+        bottle_id = f"b-{secrets.token_hex(4)}"
+        created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        extra = {L.BOTTLE: bottle_id, L.AGENT: plan.agent, L.BOTTLE_DEF: plan.bottle, L.CREATED: created}
+        await progress("creating")
+        cid = f"c-{secrets.token_hex(6)}"
+        self.world.objects[cid] = FakeObject("container", cid, self.instance.labels("bottle", **extra))
+        vid = f"v-{secrets.token_hex(6)}"
+        self.world.objects[vid] = FakeObject("volume", vid, self.instance.labels("workspace", **extra))
+        info = BottleInfo(
+            bottle_id=bottle_id,
+            agent=plan.agent,
+            bottle=plan.bottle,
+            backend=self.name,
+            status="running",
+            runtime=plan.runtime.effective,
+            image=plan.image,
+            created_at=created,
+            owner="this-server",
+            instance=self.instance.id,
+        )
+        bottle = FakeBottle(self.world, info, cid)
+        await progress("ready")
+        self.launched.append(bottle)
+        return bottle
+
+    async def list_active(self) -> list[BottleInfo]:
+        out = []
+        for o in self.world.objects.values():
+            if o.kind == "container" and o.labels.get(L.ROLE) == "bottle":
+                lab = o.labels
+                out.append(
+                    BottleInfo(
+                        bottle_id=lab[L.BOTTLE],
+                        agent=lab.get(L.AGENT, "?"),
+                        bottle=lab.get(L.BOTTLE_DEF, "?"),
+                        backend=self.name,
+                        status="running" if o.running else "exited",
+                        runtime="runc",
+                        image="?",
+                        created_at=lab.get(L.CREATED, "?"),
+                        owner=self.instance.liveness_of(lab),
+                        instance=lab.get(L.INSTANCE, "?"),
+                    )
+                )
+        return out
+
+    async def prepare_cleanup(self) -> CleanupPlan:
+        items = [
+            CleanupItem(
+                kind=o.kind,  # type: ignore[arg-type]
+                id=o.id,
+                name=o.id,
+                bottle_id=o.labels.get(L.BOTTLE, "?"),
+                owner=self.instance.liveness_of(o.labels),
+                instance=o.labels.get(L.INSTANCE, "?"),
+            )
+            for o in self.world.objects.values()
+        ]
+        return CleanupPlan(
+            remove=[i for i in items if i.owner == "orphaned"], keep=[i for i in items if i.owner != "orphaned"]
+        )
+
+    async def cleanup(self, plan: CleanupPlan) -> CleanupReport:
+        for item in plan.remove:
+            self.world.objects.pop(item.id, None)
+        return CleanupReport(dry_run=False, removed=plan.remove, kept=plan.keep, failed=[])
+
+    async def check_alive(self, bottle: Bottle) -> None:
+        assert isinstance(bottle, FakeBottle)
+        bottle._alive()

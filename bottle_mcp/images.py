@@ -1,0 +1,136 @@
+"""Images for bottles: whether they are present and current, and building them from a manifest.
+
+A bottle with a `[build]` table is built from a local folder. The image is
+labelled with a hash of that folder, so an edited recipe is noticed (the plan
+warns) and rebuilt by `bottle-mcp images`. Builds can be given extra CA
+certificates (for machines behind an intercepting proxy): they are placed in
+the folder `.bottle-mcp-ca/` of the build context, which Dockerfiles may COPY;
+without the option that folder exists but is empty.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import labels as L
+from .errors import BottleError, EngineNotFoundError
+from .manifest import LoadedManifest
+
+if TYPE_CHECKING:
+    from .backends.docker.engine import Engine
+
+CONTEXT_LABEL = f"{L.PREFIX}.context-sha"
+CA_FOLDER = ".bottle-mcp-ca"
+
+
+@dataclass(frozen=True)
+class ImageStatus:
+    image: str
+    present: bool
+    stale: bool
+
+
+def context_hash(context: Path, dockerfile: str, args: dict[str, str]) -> str:
+    h = hashlib.sha256()
+    h.update(f"dockerfile={dockerfile}\n".encode())
+    for k in sorted(args):
+        h.update(f"arg {k}={args[k]}\n".encode())
+    for dirpath, dirs, files in os.walk(context):
+        dirs[:] = sorted(d for d in dirs if d not in {".git", CA_FOLDER})
+        for name in sorted(files):
+            p = Path(dirpath) / name
+            rel = p.relative_to(context).as_posix()
+            h.update(f"file {rel}\n".encode())
+            if p.is_symlink():
+                h.update(os.readlink(p).encode())
+            elif p.is_file():
+                h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def image_fix_hint(lm: LoadedManifest) -> str:
+    return f"build it with `bottle-mcp images --manifest {lm.path}` (or run scripts/setup.sh)"
+
+
+def image_status(engine: Engine, lm: LoadedManifest, bottle: str) -> ImageStatus:
+    """Blocking: call through Engine.run."""
+    image = lm.image_for(bottle)
+    try:
+        attrs = engine.call_sync("inspect image", lambda c: c.api.inspect_image(image))
+    except EngineNotFoundError:
+        return ImageStatus(image, present=False, stale=False)
+    build = lm.manifest.bottles[bottle].build
+    if build is None:
+        return ImageStatus(image, present=True, stale=False)
+    want = context_hash(lm.resolve(build.context), build.dockerfile, build.args)
+    have = ((attrs.get("Config") or {}).get("Labels") or {}).get(CONTEXT_LABEL)
+    return ImageStatus(image, present=True, stale=have != want)
+
+
+def collect_ca_certs(source: Path | None) -> list[Path]:
+    """*.crt / *.pem files from a folder (recursively) or a single file."""
+    if source is None:
+        return []
+    if source.is_file():
+        return [source]
+    if not source.is_dir():
+        raise BottleError(f"extra CA certificates {str(source)!r} is neither a file nor a folder")
+    return sorted(p for p in source.rglob("*") if p.is_file() and p.suffix in {".crt", ".pem"})
+
+
+def build_image(
+    engine: Engine,
+    lm: LoadedManifest,
+    bottle: str,
+    *,
+    extra_ca: Path | None = None,
+    on_line: Callable[[str], None] = lambda _line: None,
+) -> str:
+    """Build one bottle's image from its [build] table (blocking). Returns the image id."""
+    build = lm.manifest.bottles[bottle].build
+    if build is None:
+        raise BottleError(f"bottle {bottle!r} has no [build] table; its image {lm.image_for(bottle)!r} comes from elsewhere")
+    context = lm.resolve(build.context)
+    digest = context_hash(context, build.dockerfile, build.args)
+    tag = lm.image_for(bottle)
+    with tempfile.TemporaryDirectory(prefix="bottle-mcp-build-") as tmp:
+        staged = Path(tmp) / "context"
+        shutil.copytree(context, staged, symlinks=True, ignore=shutil.ignore_patterns(".git"))
+        ca_dir = staged / CA_FOLDER
+        ca_dir.mkdir(exist_ok=True)
+        for i, cert in enumerate(collect_ca_certs(extra_ca)):
+            shutil.copyfile(cert, ca_dir / f"extra-{i:02d}-{cert.stem}.crt")
+
+        def run(c: Any) -> str:
+            image_id = ""
+            for chunk in c.api.build(
+                path=str(staged),
+                dockerfile=build.dockerfile,
+                tag=tag,
+                buildargs=dict(build.args),
+                labels={L.MANAGED: "true", CONTEXT_LABEL: digest, f"{L.PREFIX}.bottle-def": bottle},
+                rm=True,
+                forcerm=True,
+                pull=False,
+                decode=True,
+            ):
+                if "error" in chunk:
+                    raise BottleError(
+                        f"building {tag!r} from {str(context)!r} failed: {str(chunk['error']).strip()}"
+                    )
+                line = str(chunk.get("stream", "")).rstrip()
+                if line:
+                    on_line(line)
+                aux = chunk.get("aux")
+                if isinstance(aux, dict) and "ID" in aux:
+                    image_id = str(aux["ID"])
+            return image_id
+
+        return engine.call_sync(f"build {tag}", run)

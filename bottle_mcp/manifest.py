@@ -1,0 +1,400 @@
+"""The TOML manifest a human writes: what bottles exist and what each agent may do.
+
+Loading validates everything that can be checked without an engine: shapes,
+names, cross references, and that every file the manifest names exists.
+Every problem is reported with the file, the TOML path and a fix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ManifestError
+
+NAME_PATTERN = r"^[a-z][a-z0-9-]{0,30}$"
+SKILL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
+GIT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+SSH_ALIAS_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+HOSTNAME_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$"
+EGRESS_PATTERN = r"^(\*\.)?[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+(:[0-9]{1,5})?$"
+USER_PATTERN = r"^[0-9]{1,10}(:[0-9]{1,10})?$"
+ABS_PATH_PATTERN = r"^/[A-Za-z0-9._/-]*$"
+
+# Variables the server sets itself inside every bottle.
+RESERVED_ENV = frozenset({"HOME", "USER", "PATH", "BOTTLE_ID", "BOTTLE_AGENT"})
+
+_SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def parse_size(value: str | int) -> int:
+    """`"512m"`, `"1.5g"`, `"1GiB"` or a byte count -> bytes."""
+    if isinstance(value, int):
+        if value <= 0:
+            raise ValueError(f"size must be positive, got {value}")
+        return value
+    m = _SIZE_RE.match(value)
+    if not m:
+        raise ValueError(f"{value!r} is not a size; write it like '512m', '2g' or a number of bytes")
+    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+
+
+def format_size(n: int) -> str:
+    for unit, factor in (("g", 1024**3), ("m", 1024**2), ("k", 1024)):
+        if n >= factor and n % factor == 0:
+            return f"{n // factor}{unit}"
+    return str(n)
+
+
+Size = Annotated[str | int, Field(description="A size such as '512m', '2g' or a number of bytes.")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Resources(_Strict):
+    """Limits the engine enforces on the bottle."""
+
+    cpus: float = Field(1.0, gt=0, le=256, description="CPU quota in cores.")
+    memory: Size = Field("1g", description="Memory limit (no swap beyond it).")
+    pids: int = Field(256, ge=16, le=65536, description="Most processes and threads at once.")
+    tmp_size: Size = Field("256m", description="Size of the tmpfs at /tmp.")
+    home_size: Size = Field("256m", description="Size of the tmpfs holding the user's home directory.")
+
+    @field_validator("memory", "tmp_size", "home_size")
+    @classmethod
+    def _size(cls, v: str | int) -> str | int:
+        parse_size(v)
+        return v
+
+    @property
+    def memory_bytes(self) -> int:
+        return parse_size(self.memory)
+
+
+class Build(_Strict):
+    """Build the bottle's image from a folder with a Dockerfile."""
+
+    context: str = Field(description="Build folder, relative to the manifest file.")
+    dockerfile: str = Field("Dockerfile", description="Dockerfile path inside the context.")
+    args: dict[str, str] = Field(default_factory=dict, description="Build arguments.")
+
+
+class Egress(_Strict):
+    """Hosts the bottle may reach through the egress proxy."""
+
+    allow: list[Annotated[str, Field(pattern=EGRESS_PATTERN)]] = Field(
+        default_factory=list,
+        description="Lower-case host names, optionally '*.' wildcards and ':port' (default ports 443 and 80).",
+    )
+
+
+class SshEntry(_Strict):
+    """An SSH host the bottle may reach."""
+
+    host: str = Field(pattern=SSH_ALIAS_PATTERN, description="Alias the bottle uses (`ssh ALIAS`).")
+    hostname: str = Field(pattern=HOSTNAME_PATTERN, description="Real host name or address.")
+    port: int = Field(22, ge=1, le=65535)
+    user: str = Field("git", pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}$")
+    identity_file: str = Field(description="Private key on the host, relative to the manifest or ~-based.")
+    known_host_key: str | None = Field(None, description="Pinned host key line, e.g. 'ssh-ed25519 AAAA...'.")
+
+
+class GitEntry(_Strict):
+    """A git upstream the bottle's agent may push to through the git gate."""
+
+    name: str = Field(pattern=GIT_NAME_PATTERN, description="Remote name inside the bottle.")
+    upstream: str = Field(description="ssh:// URL of the upstream repository.")
+    identity_file: str = Field(description="Private key the gate uses to push; never enters the bottle.")
+    known_host_key: str | None = Field(None, description="Pinned host key line for the upstream.")
+
+    @field_validator("upstream")
+    @classmethod
+    def _ssh_url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme != "ssh" or not parts.hostname or not parts.path.strip("/"):
+            raise ValueError(f"{v!r} is not an ssh:// URL; write it like 'ssh://git@host:22/owner/repo.git'")
+        if v.startswith("-") or any(c in v for c in " \t\n'\"`$;"):
+            raise ValueError(f"{v!r} contains characters that are not allowed in an upstream URL")
+        return v
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        parts = urlsplit(self.upstream)
+        return (parts.hostname or "").lower(), parts.port or 22
+
+
+class BottleDef(_Strict):
+    """An isolated environment: image, runtime, limits, network and upstreams."""
+
+    image: str | None = Field(None, description="Image reference on the engine.")
+    build: Build | None = Field(None, description="Build the image from a local folder instead.")
+    runtime: Literal["auto", "runc", "runsc"] = Field(
+        "auto", description="'auto' uses gVisor (runsc) when the engine has it, else runc."
+    )
+    network: Literal["none", "egress"] = Field(
+        "none", description="'none': no network at all. 'egress': only the hosts in [egress] allow."
+    )
+    egress: Egress | None = None
+    env: dict[Annotated[str, Field(pattern=ENV_NAME_PATTERN)], str] = Field(default_factory=dict)
+    resources: Resources = Field(default_factory=Resources)
+    user: str = Field("1000:1000", pattern=USER_PATTERN, description="uid[:gid]; root is refused.")
+    home: str = Field("/home/bottle", pattern=ABS_PATH_PATTERN, description="The user's home directory.")
+    workdir: str = Field(
+        "/workspace", pattern=ABS_PATH_PATTERN, description="Writable workspace (a volume owned by the bottle)."
+    )
+    read_only_root: bool = Field(True, description="Opt-out of the read-only root file system.")
+    ssh: list[SshEntry] = Field(default_factory=list)
+    git: list[GitEntry] = Field(default_factory=list)
+
+    @field_validator("user")
+    @classmethod
+    def _not_root(cls, v: str) -> str:
+        if int(v.split(":")[0]) == 0:
+            raise ValueError("bottles never run as root; use a non-zero uid such as '1000:1000'")
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _no_reserved(cls, v: dict[str, str]) -> dict[str, str]:
+        clash = sorted(set(v) & RESERVED_ENV)
+        if clash:
+            raise ValueError(f"{', '.join(clash)} are set by the server; remove them from env")
+        return v
+
+    @model_validator(mode="after")
+    def _image_or_build(self) -> BottleDef:
+        if self.image is None and self.build is None:
+            raise ValueError("set either image = 'name:tag' or a [build] table with a context folder")
+        return self
+
+
+class AgentDef(_Strict):
+    """An agent: which bottle it runs in and how it is started."""
+
+    bottle: str = Field(pattern=NAME_PATTERN, description="Name of a [bottles.NAME] table.")
+    description: str = ""
+    command: list[str] = Field(
+        min_length=1, description="argv that runs the agent non-interactively (no shell involved)."
+    )
+    prompt: str | None = Field(None, description="System prompt, inline.")
+    prompt_file: str | None = Field(None, description="System prompt from a file, relative to the manifest.")
+    skills: list[Annotated[str, Field(pattern=SKILL_PATTERN)]] = Field(
+        default_factory=list, description="Folders under the host's skills directory."
+    )
+    credentials: list[Annotated[str, Field(pattern=ENV_NAME_PATTERN)]] = Field(
+        default_factory=list, description="Host environment variables passed into the bottle (names only)."
+    )
+
+    @model_validator(mode="after")
+    def _one_prompt(self) -> AgentDef:
+        if self.prompt is not None and self.prompt_file is not None:
+            raise ValueError("set prompt or prompt_file, not both")
+        return self
+
+
+class HostSettings(_Strict):
+    """What the server may touch on the host."""
+
+    roots: list[str] = Field(
+        default_factory=list,
+        description="Folders cp_in may read from (relative to the manifest). Empty: the server's start folder.",
+    )
+    skills_dir: str = Field("~/.claude/skills", description="Where skills live on the host.")
+    output_cap: Size = Field("1m", description="Most bytes of stdout (and of stderr) one exec returns.")
+    max_bottles: int = Field(64, ge=1, le=1000, description="Most live bottles per server.")
+
+    @field_validator("output_cap")
+    @classmethod
+    def _cap(cls, v: str | int) -> str | int:
+        if parse_size(v) > 64 * 1024**2:
+            raise ValueError("output_cap is at most 64m")
+        return v
+
+
+class Manifest(_Strict):
+    """Top level of a bottle-mcp manifest."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, title="bottle-mcp manifest")
+
+    version: Literal[1] = 1
+    host: HostSettings = Field(default_factory=HostSettings)
+    bottles: dict[Annotated[str, Field(pattern=NAME_PATTERN)], BottleDef] = Field(min_length=1)
+    agents: dict[Annotated[str, Field(pattern=NAME_PATTERN)], AgentDef] = Field(min_length=1)
+
+
+@dataclass(frozen=True)
+class LoadedManifest:
+    """A validated manifest together with where it came from."""
+
+    manifest: Manifest
+    path: Path
+    sha256: str
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    def resolve(self, value: str) -> Path:
+        """A path written in the manifest: `~` expands, relative means relative to the manifest."""
+        p = Path(os.path.expanduser(value))
+        return p if p.is_absolute() else (self.base_dir / p)
+
+    def image_for(self, bottle_name: str) -> str:
+        bottle = self.manifest.bottles[bottle_name]
+        return bottle.image or f"bottle-mcp/{bottle_name}:latest"
+
+    def host_roots(self, default: Path) -> list[Path]:
+        roots = [self.resolve(r) for r in self.manifest.host.roots] or [default]
+        return [r.resolve() for r in roots]
+
+    def skills_dir(self) -> Path:
+        return self.resolve(self.manifest.host.skills_dir)
+
+
+def toml_path(loc: tuple[int | str, ...]) -> str:
+    """('agents', 'worker', 'skills', 1) -> 'agents.worker.skills[1]'."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            key = part if re.fullmatch(r"[A-Za-z0-9_-]+", part) else f'"{part}"'
+            out += f".{key}" if out else key
+    return out or "(top level)"
+
+
+_FIXES = {
+    "missing": "add this key",
+    "extra_forbidden": "remove this key or check its spelling (see docs/manifest.md)",
+    "string_pattern_mismatch": "change the value to match the pattern",
+    "literal_error": "use one of the allowed values",
+}
+
+
+def _describe(err: Any) -> tuple[str, str]:
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-after")))
+    # pydantic adds a '[key]' step for dict keys it validated; drop it
+    loc = tuple(p for p in loc if p != "[key]")
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    fix = _FIXES.get(err["type"], "")
+    return toml_path(loc), f"{msg}" + (f" ({fix})" if fix and fix not in msg else "")
+
+
+def _cross_check(lm: LoadedManifest) -> list[tuple[str, str]]:
+    """Checks that span tables or touch the host's files."""
+    m = lm.manifest
+    problems: list[tuple[str, str]] = []
+    for name, agent in m.agents.items():
+        if agent.bottle not in m.bottles:
+            known = ", ".join(sorted(m.bottles))
+            problems.append((f"agents.{name}.bottle", f"no bottle named {agent.bottle!r}; known bottles: {known}"))
+        if agent.prompt_file is not None and not lm.resolve(agent.prompt_file).is_file():
+            problems.append(
+                (
+                    f"agents.{name}.prompt_file",
+                    f"file {str(lm.resolve(agent.prompt_file))!r} does not exist; create it or fix the path "
+                    "(relative paths start at the manifest's folder)",
+                )
+            )
+    for name, bottle in m.bottles.items():
+        where = f"bottles.{name}"
+        if bottle.network == "egress" and not (bottle.egress and bottle.egress.allow):
+            problems.append((f"{where}.egress.allow", "network = 'egress' needs at least one allowed host"))
+        if bottle.network == "none" and bottle.egress and bottle.egress.allow:
+            problems.append(
+                (f"{where}.network", "an egress allow-list is declared but network = 'none'; set network = 'egress'")
+            )
+        if bottle.build is not None:
+            ctx = lm.resolve(bottle.build.context)
+            if not (ctx / bottle.build.dockerfile).is_file():
+                problems.append(
+                    (f"{where}.build.context", f"no {bottle.build.dockerfile} in {str(ctx)!r}; fix the folder")
+                )
+        seen: dict[str, int] = {}
+        for i, g in enumerate(bottle.git):
+            if g.name in seen:
+                problems.append(
+                    (f"{where}.git[{i}].name", f"{g.name!r} is already used by git[{seen[g.name]}]; names are unique")
+                )
+            seen.setdefault(g.name, i)
+        ssh_targets = {(s.hostname.lower(), s.port): i for i, s in enumerate(bottle.ssh)}
+        for i, g in enumerate(bottle.git):
+            if g.host_port in ssh_targets:
+                host, port = g.host_port
+                problems.append(
+                    (
+                        f"{where}.git[{i}].upstream",
+                        f"{host}:{port} is also reachable through ssh[{ssh_targets[g.host_port]}]; an agent could "
+                        "bypass the git gate's checks that way. Remove one of the two entries",
+                    )
+                )
+        for kind, entries in (("ssh", bottle.ssh), ("git", bottle.git)):
+            for i, e in enumerate(entries):
+                key = lm.resolve(e.identity_file)
+                if not key.is_file():
+                    problems.append(
+                        (f"{where}.{kind}[{i}].identity_file", f"key file {str(key)!r} does not exist; fix the path")
+                    )
+    return problems
+
+
+def _fail(path: Path, problems: list[tuple[str, str]]) -> ManifestError:
+    lines = [f"{path}: {where}: {msg}" for where, msg in problems]
+    head = f"manifest {str(path)!r} is invalid ({len(problems)} problem{'s' if len(problems) != 1 else ''}):"
+    return ManifestError("\n".join([head, *(f"  - {line}" for line in lines)]))
+
+
+def parse_manifest(data: bytes, path: Path) -> LoadedManifest:
+    """Validate manifest bytes that came from `path` (used for messages and relative paths)."""
+    try:
+        raw = tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ManifestError(f"manifest {str(path)!r} is not UTF-8 text: {e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ManifestError(f"manifest {str(path)!r} is not valid TOML: {e}. Fix the syntax there.") from None
+    try:
+        manifest = Manifest.model_validate(raw)
+    except ValidationError as e:
+        raise _fail(path, [_describe(err) for err in e.errors()]) from None
+    lm = LoadedManifest(manifest=manifest, path=path, sha256=hashlib.sha256(data).hexdigest())
+    problems = _cross_check(lm)
+    if problems:
+        raise _fail(path, problems)
+    return lm
+
+
+def load_manifest(path: str | Path) -> LoadedManifest:
+    p = Path(path).expanduser().absolute()
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise ManifestError(
+            f"manifest {str(p)!r} does not exist; pass --manifest PATH (see manifests/example.toml)"
+        ) from None
+    except OSError as e:
+        raise ManifestError(f"manifest {str(p)!r} cannot be read: {e.strerror}") from None
+    return parse_manifest(data, p)
+
+
+def manifest_json_schema() -> dict[str, Any]:
+    schema = Manifest.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    return schema
+
+
+def dump_manifest(manifest: Manifest) -> str:
+    """Serialize a manifest back to TOML (defaults left out)."""
+    return tomli_w.dumps(manifest.model_dump(mode="json", exclude_none=True, exclude_defaults=True))

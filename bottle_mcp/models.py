@@ -1,0 +1,228 @@
+"""Value objects that cross layers: specs in, plans and results out.
+
+These are pydantic models because they are also the MCP tools' structured
+output; they are frozen so a plan cannot change after it was reviewed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .labels import Liveness
+from .manifest import LoadedManifest
+
+
+@dataclass(frozen=True)
+class BottleSpec:
+    """What the caller asks for; everything else comes from the manifest."""
+
+    manifest: LoadedManifest
+    agent: str
+    copy_cwd: bool = False
+    cwd: Path = Path()
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class RuntimePlan(_Frozen):
+    requested: Literal["auto", "runc", "runsc"]
+    effective: str = Field(description="The runtime that will really run the bottle.")
+    reason: str
+
+
+class MountPlan(_Frozen):
+    target: str
+    kind: Literal["tmpfs", "volume", "bind"]
+    read_only: bool
+    size: str | None = None
+    purpose: str
+
+
+class NetworkPlan(_Frozen):
+    mode: Literal["none", "egress"]
+    egress_allow: list[str] = Field(default_factory=list)
+    effective: Literal["none", "egress-proxy"] = Field(description="What the bottle will really get.")
+    note: str = ""
+
+
+class ResourcePlan(_Frozen):
+    cpus: float
+    memory: str
+    memory_bytes: int
+    pids: int
+    tmp_size: str
+    home_size: str
+
+
+class PromptPlan(_Frozen):
+    source: str = Field(description="'inline' or the host file it comes from.")
+    bytes: int
+    sha256: str
+    bottle_path: str
+
+
+class SkillPlan(_Frozen):
+    name: str
+    host_path: str
+    bottle_path: str
+    files: int
+    bytes: int
+
+
+class CredentialPlan(_Frozen):
+    name: str
+    present: bool = Field(description="Whether the server's environment has it now (the value is never shown).")
+
+
+class SshPlan(_Frozen):
+    host: str
+    hostname: str
+    port: int
+    user: str
+    identity_file: str
+    host_key_pinned: bool
+
+
+class GitPlan(_Frozen):
+    name: str
+    upstream: str
+    identity_file: str
+    host_key_pinned: bool
+
+
+class CopyCwdPlan(_Frozen):
+    host_repo: str = Field(description="Host repository whose .git is copied in.")
+    bottle_path: str
+    files: int
+    bytes: int
+
+
+class BottlePlan(_Frozen):
+    """Everything a careful reviewer needs before a bottle starts."""
+
+    plan_id: str
+    digest: str = Field(description="Hash of the plan's content; launch refuses if it changed.")
+    backend: str
+    agent: str
+    bottle: str
+    manifest: str
+    manifest_sha256: str
+    image: str
+    image_present: bool
+    runtime: RuntimePlan
+    user: str
+    home: str
+    workdir: str
+    capabilities_dropped: list[str]
+    capabilities_added: list[str]
+    no_new_privileges: bool
+    seccomp: str
+    read_only_root: bool
+    init: bool
+    mounts: list[MountPlan]
+    host_mounts: list[str] = Field(description="Host paths mounted into the bottle (none by default).")
+    network: NetworkPlan
+    resources: ResourcePlan
+    environment: dict[str, str] = Field(description="Non-secret variables the manifest sets.")
+    credentials: list[CredentialPlan]
+    command: list[str] = Field(description="The agent's non-interactive command.")
+    prompt: PromptPlan | None
+    skills: list[SkillPlan]
+    ssh: list[SshPlan]
+    git: list[GitPlan]
+    copy_cwd: CopyCwdPlan | None
+    warnings: list[str]
+
+    @staticmethod
+    def content_digest(payload: str) -> str:
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+class BottleInfo(_Frozen):
+    bottle_id: str
+    agent: str
+    bottle: str
+    backend: str
+    status: str
+    runtime: str
+    image: str
+    created_at: str
+    owner: Liveness = Field(description="this-server, other-server (alive), orphaned (its server is gone), unknown.")
+    instance: str
+
+
+class LaunchResult(_Frozen):
+    bottle_id: str
+    status: str
+    runtime: str
+    agent: str
+    image: str
+    workdir: str
+    duration_ms: int
+    provisioned: list[str] = Field(description="What was copied in at launch.")
+
+
+class ExecResult(_Frozen):
+    exit_code: int | None = Field(description="The command's exit status; null when it was killed on timeout.")
+    stdout: str
+    stderr: str
+    truncated: bool = Field(description="True when stdout or stderr went over the cap; the rest was dropped.")
+    stdout_bytes: int = Field(description="Bytes the command wrote to stdout in all.")
+    stderr_bytes: int
+    output_cap_bytes: int
+    timed_out: bool
+    duration_ms: int
+    notes: list[str] = Field(default_factory=list, description="How the output was made safe, if it was.")
+
+
+class CopyResult(_Frozen):
+    bottle_id: str
+    host_path: str
+    bottle_path: str
+    files: int
+    directories: int
+    symlinks: int
+    bytes: int
+    duration_ms: int
+
+
+class StopResult(_Frozen):
+    bottle_id: str
+    removed: list[str]
+
+
+class CleanupItem(_Frozen):
+    kind: Literal["container", "volume", "network"]
+    id: str
+    name: str
+    bottle_id: str
+    owner: Liveness
+    instance: str
+
+
+class CleanupPlan(_Frozen):
+    remove: list[CleanupItem] = Field(description="Resources whose server is gone.")
+    keep: list[CleanupItem] = Field(description="Resources of live servers, or of unknown hosts; left alone.")
+
+    @property
+    def empty(self) -> bool:
+        return not self.remove
+
+
+class CleanupFailure(_Frozen):
+    item: CleanupItem
+    error: str
+
+
+class CleanupReport(_Frozen):
+    dry_run: bool
+    removed: list[CleanupItem]
+    kept: list[CleanupItem]
+    failed: list[CleanupFailure]

@@ -1,0 +1,227 @@
+"""Backend-agnostic orchestration: plans, this server's live bottles, limits and shutdown.
+
+The MCP tools and the CLI both call this; it calls a backend. It is where the
+manifest's policy meets the caller's arguments: host paths are confined here,
+plans are checked against the manifest on disk before launch, and a bottle can
+be driven only by the server that launched it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+
+from .backends.base import Backend, Bottle, Progress, _no_progress
+from .errors import (
+    BottleGoneError,
+    BottleNotFoundError,
+    LimitError,
+    StalePlanError,
+    UnknownPlanError,
+)
+from .labels import Instance
+from .manifest import LoadedManifest, load_manifest, parse_size
+from .models import (
+    BottleInfo,
+    BottlePlan,
+    BottleSpec,
+    CleanupReport,
+    CopyResult,
+    ExecResult,
+    LaunchResult,
+    StopResult,
+)
+from .paths import TarEntry, check_bottle_path, confine_host_path, pack_tar
+
+log = logging.getLogger(__name__)
+
+MAX_PLANS = 256
+SHUTDOWN_BUDGET_S = 1.8
+
+
+@dataclass
+class ServiceConfig:
+    manifest_path: Path
+    cwd: Path = field(default_factory=Path.cwd)
+    host_roots: list[Path] | None = None  # None: from the manifest, else the cwd
+    output_cap: int | None = None  # None: from the manifest
+
+
+class BottleService:
+    def __init__(self, config: ServiceConfig, backend: Backend) -> None:
+        self.config = config
+        self.backend = backend
+        self.instance: Instance = backend.instance
+        self.manifest: LoadedManifest = load_manifest(config.manifest_path)
+        self._plans: OrderedDict[str, tuple[BottlePlan, BottleSpec]] = OrderedDict()
+        self._bottles: dict[str, Bottle] = {}
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def _reload(self) -> LoadedManifest:
+        """The manifest as it is on disk now (the human may edit it while the server runs)."""
+        self.manifest = load_manifest(self.config.manifest_path)
+        return self.manifest
+
+    @property
+    def output_cap(self) -> int:
+        if self.config.output_cap is not None:
+            return self.config.output_cap
+        return parse_size(self.manifest.manifest.host.output_cap)
+
+    def host_roots(self) -> list[Path]:
+        if self.config.host_roots:
+            return [r.resolve() for r in self.config.host_roots]
+        return self.manifest.host_roots(self.config.cwd)
+
+    async def _bottle(self, bottle_id: str) -> Bottle:
+        bottle = self._bottles.get(bottle_id)
+        if bottle is not None:
+            return bottle
+        for info in await self.backend.list_active():
+            if info.bottle_id == bottle_id:
+                raise BottleNotFoundError(
+                    bottle_id,
+                    f"it belongs to another server instance ({info.instance}, {info.owner}); a server drives only "
+                    "the bottles it launched. Launch your own with prepare_bottle and launch_bottle",
+                )
+        raise BottleNotFoundError(bottle_id)
+
+    def _forget_if_gone(self, bottle_id: str, exc: BaseException) -> None:
+        if isinstance(exc, BottleGoneError):
+            self._bottles.pop(bottle_id, None)
+
+    # -- the operations -----------------------------------------------------------------
+
+    async def prepare(self, agent: str, *, copy_cwd: bool = False) -> BottlePlan:
+        lm = self._reload()
+        spec = BottleSpec(manifest=lm, agent=agent, copy_cwd=copy_cwd, cwd=self.config.cwd)
+        plan = await self.backend.prepare(spec)
+        self._plans[plan.plan_id] = (plan, spec)
+        while len(self._plans) > MAX_PLANS:
+            self._plans.popitem(last=False)
+        return plan
+
+    async def check_plan(self, plan_id: str) -> tuple[BottlePlan, BottleSpec]:
+        """The stored plan, provided the manifest and the files it names still give the same plan."""
+        if plan_id not in self._plans:
+            raise UnknownPlanError(plan_id)
+        plan, spec = self._plans[plan_id]
+        lm = self._reload()
+        fresh_spec = BottleSpec(manifest=lm, agent=spec.agent, copy_cwd=spec.copy_cwd, cwd=spec.cwd)
+        fresh = await self.backend.prepare(fresh_spec)
+        if lm.sha256 != plan.manifest_sha256 or fresh.digest != plan.digest:
+            raise StalePlanError(
+                f"plan {plan_id!r} no longer matches the manifest or the files it names (they changed since "
+                "prepare_bottle); call prepare_bottle again, review the new plan and launch its plan_id"
+            )
+        return plan, fresh_spec
+
+    async def launch(self, plan_id: str, progress: Progress = _no_progress) -> LaunchResult:
+        started = time.monotonic()
+        plan, spec = await self.check_plan(plan_id)
+        limit = self.manifest.manifest.host.max_bottles
+        if len(self._bottles) >= limit:
+            raise LimitError(
+                f"this server already runs {len(self._bottles)} bottles, the limit set by [host] max_bottles; "
+                "stop one with stop_bottle first"
+            )
+        bottle = await self.backend.launch(plan, spec, progress)
+        self._bottles[bottle.id] = bottle
+        provisioned = []
+        if plan.prompt:
+            provisioned.append(f"prompt -> {plan.prompt.bottle_path}")
+        provisioned += [f"skill {s.name} -> {s.bottle_path}" for s in plan.skills]
+        if plan.copy_cwd:
+            provisioned.append(f"repository {plan.copy_cwd.host_repo} -> {plan.workdir}")
+        provisioned += [f"credential {c.name}" for c in plan.credentials if c.present]
+        return LaunchResult(
+            bottle_id=bottle.id,
+            status=bottle.info.status,
+            runtime=bottle.info.runtime,
+            agent=plan.agent,
+            image=plan.image,
+            workdir=plan.workdir,
+            duration_ms=int((time.monotonic() - started) * 1000),
+            provisioned=provisioned,
+        )
+
+    async def exec(
+        self, bottle_id: str, command: str, *, timeout_s: float = 60, workdir: str | None = None
+    ) -> ExecResult:
+        bottle = await self._bottle(bottle_id)
+        if workdir is not None:
+            workdir = str(check_bottle_path(workdir, what="workdir"))
+        try:
+            return await bottle.exec(command, timeout_s=timeout_s, workdir=workdir, output_cap=self.output_cap)
+        except BottleGoneError as e:
+            self._forget_if_gone(bottle_id, e)
+            await bottle.close()
+            raise
+
+    async def cp_in(self, bottle_id: str, host_path: str, bottle_path: str) -> CopyResult:
+        bottle = await self._bottle(bottle_id)
+        src, root = confine_host_path(host_path, self.host_roots())
+        dest = check_bottle_path(bottle_path)
+        started = time.monotonic()
+        with pack_tar([TarEntry(arcname=dest.name, source=src, root=root)]) as (tar, stats):
+            try:
+                await bottle.put_tar(tar, dest.parent)
+            except BottleGoneError as e:
+                self._forget_if_gone(bottle_id, e)
+                await bottle.close()
+                raise
+        return CopyResult(
+            bottle_id=bottle_id,
+            host_path=str(src),
+            bottle_path=str(dest),
+            files=stats.files,
+            directories=stats.directories,
+            symlinks=stats.symlinks,
+            bytes=stats.bytes,
+            duration_ms=int((time.monotonic() - started) * 1000),
+        )
+
+    async def stop(self, bottle_id: str) -> StopResult:
+        bottle = await self._bottle(bottle_id)
+        removed = await bottle.close()
+        self._bottles.pop(bottle_id, None)
+        return StopResult(bottle_id=bottle_id, removed=removed)
+
+    async def list_active(self) -> list[BottleInfo]:
+        return await self.backend.list_active()
+
+    async def cleanup(self, *, dry_run: bool = False) -> CleanupReport:
+        plan = await self.backend.prepare_cleanup()
+        if dry_run:
+            return CleanupReport(dry_run=True, removed=plan.remove, kept=plan.keep, failed=[])
+        return await self.backend.cleanup(plan)
+
+    @property
+    def live_bottles(self) -> list[Bottle]:
+        return list(self._bottles.values())
+
+    async def aclose(self) -> None:
+        """Remove this server's bottles, in parallel, within the host's shutdown budget."""
+        bottles = list(self._bottles.values())
+        self._bottles.clear()
+        with anyio.CancelScope(shield=True):
+            if bottles:
+                log.info("removing %d bottle(s) on shutdown", len(bottles))
+                with anyio.move_on_after(SHUTDOWN_BUDGET_S * 3):
+                    async with anyio.create_task_group() as tg:
+                        for b in bottles:
+                            tg.start_soon(_close_quietly, b)
+            await self.backend.aclose()
+
+
+async def _close_quietly(bottle: Bottle) -> None:
+    try:
+        await bottle.close()
+    except Exception:
+        log.exception("could not remove bottle %s; `bottle-mcp cleanup` will find it", bottle.id)

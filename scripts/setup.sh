@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Idempotent set-up for a Debian machine: a Docker engine, the project's
+# Python environment, and the images the example manifests use.
+#
+#   scripts/setup.sh [--extra-ca-certs DIR|FILE] [--no-host-ca] [--skip-images]
+#
+# Each step checks first and does nothing when its result is already there,
+# so the script is cheap to run before every demo and test run. Concurrent
+# runs are serialized with a lock file.
+#
+# Extra CA certificates: when the machine reaches package registries through
+# an intercepting proxy, image builds need its CA. By default the host's
+# locally added CAs (/usr/local/share/ca-certificates) are passed to builds;
+# the folder is empty on an ordinary machine, so nothing changes there.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$here"
+
+extra_ca=${BOTTLE_MCP_EXTRA_CA_CERTS:-/usr/local/share/ca-certificates}
+build_images=1
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --extra-ca-certs) extra_ca=$2; shift 2 ;;
+    --no-host-ca) extra_ca=""; shift ;;
+    --skip-images) build_images=0; shift ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    *) echo "setup.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+lock=${TMPDIR:-/tmp}/bottle-mcp-setup.lock
+exec 9>"$lock"
+flock 9
+
+# --- 1. packages -----------------------------------------------------------
+need_pkgs=()
+command -v dockerd >/dev/null 2>&1 || need_pkgs+=(docker.io cgroupfs-mount iptables)
+command -v mmdebstrap >/dev/null 2>&1 || need_pkgs+=(mmdebstrap)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  log "installing ${need_pkgs[*]}"
+  # Keep the packages' init scripts from starting a daemon: we start our own.
+  as_root sh -c 'printf "#!/bin/sh\nexit 101\n" > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d'
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+  as_root rm -f /usr/sbin/policy-rc.d
+fi
+
+# --- 2. engine ---------------------------------------------------------------
+if ! docker info >/dev/null 2>&1; then
+  if [ -n "${DOCKER_HOST:-}" ]; then
+    log "DOCKER_HOST=$DOCKER_HOST does not answer; start that engine or unset DOCKER_HOST"
+    exit 1
+  fi
+  if ! grep -q ' cgroup' /proc/mounts && ! grep -q cgroup2 /proc/mounts; then
+    log "mounting cgroup hierarchies"
+    as_root cgroupfs-mount || true
+  fi
+  log "starting dockerd"
+  # 9>&- : the daemon must not inherit the lock, or it would hold it forever.
+  as_root setsid nohup dockerd >/var/log/bottle-mcp-dockerd.log 2>&1 9>&- < /dev/null &
+  for _ in $(seq 1 150); do
+    docker info >/dev/null 2>&1 && break
+    sleep 0.2
+  done
+  docker info >/dev/null 2>&1 || { log "dockerd did not come up; see /var/log/bottle-mcp-dockerd.log"; exit 1; }
+fi
+log "engine $(docker version --format '{{.Server.Version}}') answers"
+
+# --- 3. base image from the Debian mirror (no registry needed) ---------------
+base_image=bottle-mcp/base:bookworm
+base_recipe=2   # bump when the recipe below changes: the image is rebuilt
+have_recipe=$(docker image inspect "$base_image" --format '{{ index .Config.Labels "dev.bottle-mcp.recipe" }}' 2>/dev/null || true)
+if [ "$have_recipe" != "$base_recipe" ]; then
+  mirror=${BOTTLE_MCP_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+  log "bootstrapping $base_image from $mirror (about 30 s)"
+  tar_file=$(mktemp --suffix=.tar)
+  trap 'rm -f "$tar_file"' EXIT
+  # Write the tar to a file first: a failed bootstrap piped straight into
+  # `docker import` would still tag a truncated image.
+  as_root mmdebstrap --quiet --variant=minbase --mode=root --format=tar \
+    --include=bash,python3,git,ca-certificates,coreutils,procps,findutils \
+    --customize-hook='printf "APT::Install-Recommends \"false\";\nAcquire::Languages \"none\";\n" > "$1/etc/apt/apt.conf.d/90bottle-mcp"' \
+    --customize-hook='printf "DPkg::Post-Invoke { \"rm -f /var/cache/apt/archives/*.deb /var/cache/apt/*.bin || true\"; };\nBinary::apt::APT::Keep-Downloaded-Packages \"false\";\n" > "$1/etc/apt/apt.conf.d/91bottle-mcp-clean"' \
+    --customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*' \
+    bookworm "$tar_file" "deb $mirror bookworm main" "deb $mirror bookworm-updates main"
+  docker import \
+    --change "LABEL dev.bottle-mcp.recipe=$base_recipe" \
+    --change "LABEL dev.bottle-mcp.managed=true" \
+    --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8' \
+    --change 'CMD ["/bin/bash"]' \
+    "$tar_file" "$base_image" >/dev/null
+  rm -f "$tar_file"
+fi
+
+# --- 4. Python environment ----------------------------------------------------
+py=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  log "creating .venv"
+  "$py" -m venv .venv
+fi
+stamp=.venv/.bottle-mcp-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  log "installing the package and its test tools into .venv"
+  .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+  .venv/bin/python -m pip install -q -e '.[dev]'
+  touch "$stamp"
+fi
+
+# --- 5. images ----------------------------------------------------------------
+if [ "$build_images" = 1 ]; then
+  ca_args=()
+  if [ -n "$extra_ca" ]; then ca_args=(--extra-ca-certs "$extra_ca"); fi
+  .venv/bin/bottle-mcp images --manifest manifests/example.toml "${ca_args[@]}"
+fi
+log "ready"
