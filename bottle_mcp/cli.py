@@ -110,9 +110,9 @@ def _run(fn: Callable[[], Awaitable[T]]) -> T:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from .manifest import parse_size
     from .server import build_server
     from .service import BottleService, ServiceConfig
-    from .manifest import parse_size
 
     config = ServiceConfig(
         manifest_path=args.manifest or default_manifest(),
@@ -122,7 +122,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     service = BottleService(config, _instance_backend(args))
     log = logging.getLogger("bottle_mcp")
     log.info(
-        "serving manifest %s as instance %s (backend %s)", config.manifest_path, service.instance.id,
+        "serving manifest %s as instance %s (backend %s)",
+        config.manifest_path,
+        service.instance.id,
         service.backend.name,
     )
 
@@ -146,7 +148,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 if plan.remove:
                     log.warning(
                         "%d resource(s) left by servers that are gone (e.g. %s); the cleanup tool removes them",
-                        len(plan.remove), plan.remove[0].name,
+                        len(plan.remove),
+                        plan.remove[0].name,
                     )
 
             tg.start_soon(on_signal)
@@ -232,7 +235,11 @@ def cmd_images(args: argparse.Namespace) -> int:
             continue
         print(f"[images] building {status.image} for bottle {name!r}", file=sys.stderr)
         image_id = build_image(
-            engine, lm, name, extra_ca=args.extra_ca_certs, on_line=lambda line: print(f"  {line}", file=sys.stderr)
+            engine,
+            lm,
+            name,
+            extra_ca=args.extra_ca_certs,
+            on_line=lambda line: print(f"  {line}", file=sys.stderr),
         )
         print(f"[images] built {status.image} ({image_id[:19]})", file=sys.stderr)
         built += 1
@@ -253,7 +260,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return _run(lambda: run_demo(args.manifest or default_manifest(), backend=args.backend))
+    return _run(lambda: run_demo((args.manifest or default_manifest()).resolve(), backend=args.backend))
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {

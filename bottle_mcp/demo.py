@@ -66,15 +66,26 @@ async def _demo(manifest: Path, backend: str | None) -> None:
         (work / "data" / "numbers.csv").write_text("a,b\n1,2\n3,4\n")
         _say(f"== starting `bottle-mcp serve --manifest {manifest}` over stdio")
         t0 = time.monotonic()
-        async with Client(server_params(manifest.resolve(), work, backend), mode="legacy") as client:
+        async with Client(server_params(manifest, work, backend), mode="legacy") as client:
             tools = await client.list_tools()
             _say(f"   connected in {time.monotonic() - t0:.2f} s; tools: {', '.join(t.name for t in tools.tools)}")
 
             _say("\n== prepare_bottle(agent='worker'): the plan a reviewer reads before anything starts")
             plan = _show(
                 await client.call_tool("prepare_bottle", {"agent": "worker"}),
-                ["plan_id", "image", "image_present", "runtime", "user", "capabilities_dropped",
-                 "read_only_root", "network", "resources", "mounts", "warnings"],
+                [
+                    "plan_id",
+                    "image",
+                    "image_present",
+                    "runtime",
+                    "user",
+                    "capabilities_dropped",
+                    "read_only_root",
+                    "network",
+                    "resources",
+                    "mounts",
+                    "warnings",
+                ],
             )
 
             _say("\n== launch_bottle(plan_id)")

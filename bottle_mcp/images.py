@@ -63,7 +63,7 @@ def image_status(engine: Engine, lm: LoadedManifest, bottle: str) -> ImageStatus
     """Blocking: call through Engine.run."""
     image = lm.image_for(bottle)
     try:
-        attrs = engine.call_sync("inspect image", lambda c: c.api.inspect_image(image))
+        attrs = engine.call_sync("inspect image", lambda c: c.images.get(image).attrs)
     except EngineNotFoundError:
         return ImageStatus(image, present=False, stale=False)
     build = lm.manifest.bottles[bottle].build
@@ -96,7 +96,9 @@ def build_image(
     """Build one bottle's image from its [build] table (blocking). Returns the image id."""
     build = lm.manifest.bottles[bottle].build
     if build is None:
-        raise BottleError(f"bottle {bottle!r} has no [build] table; its image {lm.image_for(bottle)!r} comes from elsewhere")
+        raise BottleError(
+            f"bottle {bottle!r} has no [build] table; its image {lm.image_for(bottle)!r} comes from elsewhere"
+        )
     context = lm.resolve(build.context)
     digest = context_hash(context, build.dockerfile, build.args)
     tag = lm.image_for(bottle)
@@ -122,9 +124,7 @@ def build_image(
                 decode=True,
             ):
                 if "error" in chunk:
-                    raise BottleError(
-                        f"building {tag!r} from {str(context)!r} failed: {str(chunk['error']).strip()}"
-                    )
+                    raise BottleError(f"building {tag!r} from {str(context)!r} failed: {str(chunk['error']).strip()}")
                 line = str(chunk.get("stream", "")).rstrip()
                 if line:
                     on_line(line)

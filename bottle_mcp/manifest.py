@@ -153,7 +153,9 @@ class BottleDef(_Strict):
     user: str = Field("1000:1000", pattern=USER_PATTERN, description="uid[:gid]; root is refused.")
     home: str = Field("/home/bottle", pattern=ABS_PATH_PATTERN, description="The user's home directory.")
     workdir: str = Field(
-        "/workspace", pattern=ABS_PATH_PATTERN, description="Writable workspace (a volume owned by the bottle)."
+        "/workspace",
+        pattern=ABS_PATH_PATTERN,
+        description="Writable workspace (a volume owned by the bottle).",
     )
     read_only_root: bool = Field(True, description="Opt-out of the read-only root file system.")
     ssh: list[SshEntry] = Field(default_factory=list)
@@ -162,7 +164,7 @@ class BottleDef(_Strict):
     @field_validator("user")
     @classmethod
     def _not_root(cls, v: str) -> str:
-        if int(v.split(":")[0]) == 0:
+        if int(v.split(":", maxsplit=1)[0]) == 0:
             raise ValueError("bottles never run as root; use a non-zero uid such as '1000:1000'")
         return v
 
@@ -173,6 +175,12 @@ class BottleDef(_Strict):
         if clash:
             raise ValueError(f"{', '.join(clash)} are set by the server; remove them from env")
         return v
+
+    def key_files(self) -> list[tuple[str, int, str]]:
+        """(kind, index, identity_file) of every SSH and git entry."""
+        return [("ssh", i, s.identity_file) for i, s in enumerate(self.ssh)] + [
+            ("git", i, g.identity_file) for i, g in enumerate(self.git)
+        ]
 
     @model_validator(mode="after")
     def _image_or_build(self) -> BottleDef:
@@ -315,19 +323,28 @@ def _cross_check(lm: LoadedManifest) -> list[tuple[str, str]]:
             problems.append((f"{where}.egress.allow", "network = 'egress' needs at least one allowed host"))
         if bottle.network == "none" and bottle.egress and bottle.egress.allow:
             problems.append(
-                (f"{where}.network", "an egress allow-list is declared but network = 'none'; set network = 'egress'")
+                (
+                    f"{where}.network",
+                    "an egress allow-list is declared but network = 'none'; set network = 'egress'",
+                )
             )
         if bottle.build is not None:
             ctx = lm.resolve(bottle.build.context)
             if not (ctx / bottle.build.dockerfile).is_file():
                 problems.append(
-                    (f"{where}.build.context", f"no {bottle.build.dockerfile} in {str(ctx)!r}; fix the folder")
+                    (
+                        f"{where}.build.context",
+                        f"no {bottle.build.dockerfile} in {str(ctx)!r}; fix the folder",
+                    )
                 )
         seen: dict[str, int] = {}
         for i, g in enumerate(bottle.git):
             if g.name in seen:
                 problems.append(
-                    (f"{where}.git[{i}].name", f"{g.name!r} is already used by git[{seen[g.name]}]; names are unique")
+                    (
+                        f"{where}.git[{i}].name",
+                        f"{g.name!r} is already used by git[{seen[g.name]}]; names are unique",
+                    )
                 )
             seen.setdefault(g.name, i)
         ssh_targets = {(s.hostname.lower(), s.port): i for i, s in enumerate(bottle.ssh)}
@@ -341,13 +358,12 @@ def _cross_check(lm: LoadedManifest) -> list[tuple[str, str]]:
                         "bypass the git gate's checks that way. Remove one of the two entries",
                     )
                 )
-        for kind, entries in (("ssh", bottle.ssh), ("git", bottle.git)):
-            for i, e in enumerate(entries):
-                key = lm.resolve(e.identity_file)
-                if not key.is_file():
-                    problems.append(
-                        (f"{where}.{kind}[{i}].identity_file", f"key file {str(key)!r} does not exist; fix the path")
-                    )
+        for kind, i, identity_file in bottle.key_files():
+            key = lm.resolve(identity_file)
+            if not key.is_file():
+                problems.append(
+                    (f"{where}.{kind}[{i}].identity_file", f"key file {str(key)!r} does not exist; fix the path")
+                )
     return problems
 
 

@@ -198,8 +198,11 @@ class StopResult(_Frozen):
     removed: list[str]
 
 
+ResourceKind = Literal["container", "volume", "network"]
+
+
 class CleanupItem(_Frozen):
-    kind: Literal["container", "volume", "network"]
+    kind: ResourceKind
     id: str
     name: str
     bottle_id: str

@@ -105,9 +105,7 @@ class _Packer:
     def _count(self, n: int) -> None:
         self.stats.bytes += n
         if self.stats.bytes > self.max_bytes:
-            raise PathError(
-                f"the copy is larger than the limit of {self.max_bytes} bytes; copy a smaller folder"
-            )
+            raise PathError(f"the copy is larger than the limit of {self.max_bytes} bytes; copy a smaller folder")
 
     def add_bytes(self, arcname: str, data: bytes, mode: int) -> None:
         info = tarfile.TarInfo(arcname)
@@ -180,10 +178,11 @@ def pack_tar(entries: list[TarEntry], *, max_bytes: int = 2 * 1024**3) -> Iterat
                 if entry.data is not None:
                     packer.add_bytes(entry.arcname, entry.data, entry.mode)
                 else:
-                    assert entry.source is not None and entry.root is not None
+                    assert entry.source is not None
+                    assert entry.root is not None
                     packer.add_tree(entry.source, entry.root, entry.arcname)
         buf.seek(0)
-        yield buf, stats  # type: ignore[misc]
+        yield buf, stats
 
 
 def tree_size(path: Path) -> tuple[int, int]:

@@ -86,7 +86,8 @@ def build_server(service: BottleService) -> MCPServer[BottleService]:
     async def prepare_bottle(
         agent: Annotated[str, Field(description="Agent name from the manifest's [agents] tables.", max_length=64)],
         copy_cwd: Annotated[
-            bool, Field(description="Also copy the server's git repository (.git, checked out) into the workspace.")
+            bool,
+            Field(description="Also copy the server's git repository (.git, checked out) into the workspace."),
         ] = False,
     ) -> BottlePlan:
         """Validate a manifest agent into a launch plan and return it for review. Creates nothing.
@@ -130,13 +131,16 @@ def build_server(service: BottleService) -> MCPServer[BottleService]:
     async def exec_(
         bottle_id: BottleId,
         command: Annotated[
-            str, Field(description="Shell command, run with /bin/sh -c as the bottle's user.", max_length=131072)
+            str,
+            Field(description="Shell command, run with /bin/sh -c as the bottle's user.", max_length=131072),
         ],
         timeout_s: Annotated[
-            float, Field(description="Seconds before the command is killed (its whole process group).", gt=0, le=3600)
+            float,
+            Field(description="Seconds before the command is killed (its whole process group).", gt=0, le=3600),
         ] = 60,
         workdir: Annotated[
-            str | None, Field(description="Absolute folder to run in; default: the workspace.", max_length=4096)
+            str | None,
+            Field(description="Absolute folder to run in; default: the workspace.", max_length=4096),
         ] = None,
     ) -> ExecResult:
         """Run a shell command in a bottle and return exit_code, stdout, stderr and timing.
@@ -159,7 +163,8 @@ def build_server(service: BottleService) -> MCPServer[BottleService]:
             str, Field(description="File or folder on the host, under the allowed roots.", max_length=4096)
         ],
         bottle_path: Annotated[
-            str, Field(description="Absolute destination path in the bottle, e.g. /workspace/data.", max_length=4096)
+            str,
+            Field(description="Absolute destination path in the bottle, e.g. /workspace/data.", max_length=4096),
         ],
     ) -> CopyResult:
         """Copy a host file or folder into a bottle; bottle_path becomes the copy's own path.

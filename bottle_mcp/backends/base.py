@@ -111,14 +111,13 @@ class Backend(ABC):
                     f"agents.{spec.agent}.skills[{i}]: {str(path)!r} is a link that leaves {str(skills_dir)!r}; "
                     "replace the link with the folder itself"
                 )
-        for kind, entries in (("ssh", bottle.ssh), ("git", bottle.git)):
-            for i, e in enumerate(entries):
-                key = spec.manifest.resolve(e.identity_file)
-                if not os.access(key, os.R_OK):
-                    raise PlanError(
-                        f"bottles.{agent.bottle}.{kind}[{i}].identity_file: {str(key)!r} is missing or "
-                        "unreadable; fix the path or the file's permissions"
-                    )
+        for kind, i, identity_file in bottle.key_files():
+            key = spec.manifest.resolve(identity_file)
+            if not os.access(key, os.R_OK):
+                raise PlanError(
+                    f"bottles.{agent.bottle}.{kind}[{i}].identity_file: {str(key)!r} is missing or "
+                    "unreadable; fix the path or the file's permissions"
+                )
         if agent.prompt_file is not None:
             pf = spec.manifest.resolve(agent.prompt_file)
             if not os.access(pf, os.R_OK):

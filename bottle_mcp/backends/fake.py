@@ -33,6 +33,7 @@ from ..models import (
     ExecResult,
     MountPlan,
     NetworkPlan,
+    ResourceKind,
     ResourcePlan,
     RuntimePlan,
 )
@@ -42,7 +43,7 @@ from .base import Backend, Bottle, Progress, _no_progress
 
 @dataclass
 class FakeObject:
-    kind: str
+    kind: ResourceKind
     id: str
     labels: dict[str, str]
     running: bool = True
@@ -249,7 +250,7 @@ class FakeBackend(Backend):
     async def prepare_cleanup(self) -> CleanupPlan:
         items = [
             CleanupItem(
-                kind=o.kind,  # type: ignore[arg-type]
+                kind=o.kind,
                 id=o.id,
                 name=o.id,
                 bottle_id=o.labels.get(L.BOTTLE, "?"),
@@ -259,7 +260,8 @@ class FakeBackend(Backend):
             for o in self.world.objects.values()
         ]
         return CleanupPlan(
-            remove=[i for i in items if i.owner == "orphaned"], keep=[i for i in items if i.owner != "orphaned"]
+            remove=[i for i in items if i.owner == "orphaned"],
+            keep=[i for i in items if i.owner != "orphaned"],
         )
 
     async def cleanup(self, plan: CleanupPlan) -> CleanupReport:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
 from datetime import UTC, datetime
@@ -34,6 +35,7 @@ from ...models import (
     CleanupReport,
     MountPlan,
     NetworkPlan,
+    ResourceKind,
     ResourcePlan,
     RuntimePlan,
 )
@@ -72,8 +74,7 @@ class DockerBackend(Backend):
             warnings.append(f"image {image!r} is missing: {image_fix_hint(spec.manifest)}")
         elif status.stale:
             warnings.append(
-                f"image {image!r} was built from an older version of its build folder; "
-                f"{image_fix_hint(spec.manifest)}"
+                f"image {image!r} was built from an older version of its build folder; {image_fix_hint(spec.manifest)}"
             )
         runtimes = await self._runtimes()
         runtime = self._pick_runtime(bottle, runtimes)
@@ -111,15 +112,24 @@ class DockerBackend(Backend):
             "init": True,
             "mounts": [
                 MountPlan(
-                    target="/tmp", kind="tmpfs", read_only=False, size=format_size(parse_size(res.tmp_size)),
+                    target="/tmp",
+                    kind="tmpfs",
+                    read_only=False,
+                    size=format_size(parse_size(res.tmp_size)),
                     purpose="scratch space",
                 ),
                 MountPlan(
-                    target=bottle.home, kind="tmpfs", read_only=False,
-                    size=format_size(parse_size(res.home_size)), purpose="the user's home (prompt, skills, tools)",
+                    target=bottle.home,
+                    kind="tmpfs",
+                    read_only=False,
+                    size=format_size(parse_size(res.home_size)),
+                    purpose="the user's home (prompt, skills, tools)",
                 ),
                 MountPlan(
-                    target=bottle.workdir, kind="volume", read_only=False, size=None,
+                    target=bottle.workdir,
+                    kind="volume",
+                    read_only=False,
+                    size=None,
                     purpose="workspace volume, removed with the bottle",
                 ),
             ],
@@ -174,7 +184,7 @@ class DockerBackend(Backend):
         try:
             await progress("checking the image")
             try:
-                await self.engine.call("inspect image", lambda c: c.api.inspect_image(plan.image))
+                await self.engine.call("inspect image", lambda c: c.images.get(plan.image).id)
             except EngineNotFoundError:
                 raise ImageMissingError(plan.image, image_fix_hint(spec.manifest)) from None
             await progress("creating the workspace volume")
@@ -293,22 +303,21 @@ class DockerBackend(Backend):
             await handle.put_tar(tar, PurePosixPath("/"))
         if plan.copy_cwd is not None:
             res = await handle.exec(
-                "git -c safe.directory='*' reset -q --hard", timeout_s=120, workdir=plan.workdir, output_cap=65536
+                "git -c safe.directory='*' reset -q --hard",
+                timeout_s=120,
+                workdir=plan.workdir,
+                output_cap=65536,
             )
             if res.exit_code != 0:
                 raise LaunchError(f"checking out the copied repository failed in the bottle: {res.stderr[:500]}")
 
     async def _undo(self, container_id: str | None, volume: str | None) -> None:
         if container_id is not None:
-            try:
+            with contextlib.suppress(EngineError):
                 await self.engine.call("remove container", lambda c: c.api.remove_container(container_id, force=True))
-            except EngineError:
-                pass
         if volume is not None:
-            try:
+            with contextlib.suppress(EngineError):
                 await self.engine.call("remove volume", lambda c: c.api.remove_volume(volume, force=True))
-            except EngineError:
-                pass
 
     async def check_alive(self, bottle: Bottle) -> None:
         assert isinstance(bottle, DockerBottle)
@@ -356,10 +365,10 @@ class DockerBackend(Backend):
         keep = [i for i in items if i.owner != "orphaned"]
         return CleanupPlan(remove=remove, keep=keep)
 
-    def _item(self, kind: str, id_: str, name: str, labels: dict[str, str] | None) -> CleanupItem:
+    def _item(self, kind: ResourceKind, id_: str, name: str, labels: dict[str, str] | None) -> CleanupItem:
         lab = labels or {}
         return CleanupItem(
-            kind=kind,  # type: ignore[arg-type]
+            kind=kind,
             id=id_,
             name=name,
             bottle_id=lab.get(L.BOTTLE, "?"),

@@ -9,12 +9,13 @@ that a timeout or a cancelled call can kill the process inside the container.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import docker
 
@@ -107,17 +108,15 @@ class ExecStream:
         deadline = time.monotonic() + self.timeout_s
         exec_id = self.engine.call_sync("exec", self._create)
         raw = self.engine.call_sync("exec", lambda c: c.api.exec_start(exec_id, socket=True))
-        sock: socket.socket = getattr(raw, "_sock", raw)
+        sock = cast(socket.socket, getattr(raw, "_sock", raw))
         self._sock = sock
         try:
             if self.stdin is not None:
                 self._send_stdin(sock)
             self._read(sock, deadline)
         finally:
-            try:
+            with contextlib.suppress(OSError):
                 sock.close()
-            except OSError:
-                pass
         if not (self.outcome.timed_out or self.outcome.aborted):
             self.outcome.exit_code = self._exit_code(exec_id)
 
