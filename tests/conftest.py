@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["tests.engine_fixtures"]
+
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 REPO = Path(__file__).resolve().parent.parent
 WORKER_CONTEXT = REPO / "bottle_mcp" / "data" / "images" / "worker"
@@ -43,7 +45,16 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+# Every test below these folders needs the real engine.
+ENGINE_FOLDERS = ("integration", "security", "reliability")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    tests_dir = Path(__file__).parent
+    for item in items:
+        rel = Path(str(item.path)).relative_to(tests_dir)
+        if rel.parts and rel.parts[0] in ENGINE_FOLDERS:
+            item.add_marker(pytest.mark.docker)
     docker_items = [i for i in items if i.get_closest_marker("docker")]
     if not docker_items:
         return

@@ -1,6 +1,6 @@
-"""Fixtures for tests against the real Docker engine.
+"""Fixtures for tests against the real Docker engine (loaded as a plugin by the root conftest).
 
-Every test here is marked `docker`. The session records the labelled objects
+Every test here is marked `docker` (by the root conftest). The session records the labelled objects
 present when it starts and fails if any object created since is left behind
 by a server that is gone, so leaks show up as failures, not as clutter.
 """
@@ -18,16 +18,9 @@ from bottle_mcp.backends.docker import DockerBackend
 from bottle_mcp.labels import Instance
 from bottle_mcp.service import BottleService, ServiceConfig
 
-from ..conftest import ManifestFactory, engine_error
+from .conftest import ManifestFactory, engine_error
 
 WORKER_IMAGE = "bottle-mcp/worker:latest"
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    here = Path(__file__).parent
-    for item in items:
-        if here in Path(str(item.fspath)).parents:
-            item.add_marker(pytest.mark.docker)
 
 
 def _managed(client: docker.DockerClient) -> set[str]:
