@@ -205,7 +205,7 @@ class DockerBackend(Backend):
             if plan.network.effective == "egress-proxy":
                 await progress("starting the egress proxy")
                 stack = egress.EgressStack(self.engine, self.instance, name, extra)
-                ca_pem = await stack.start_proxy(spec.manifest, bdef, agent.credentials)
+                await stack.start_proxy(spec.manifest, bdef, agent.credentials)
                 env.update(egress.bottle_env(bdef.home))
             container_id = await self.engine.call(
                 "create container", lambda c: self._create(c, plan, bdef, name, volume, env, extra)
@@ -214,6 +214,7 @@ class DockerBackend(Backend):
             await self.engine.call("start container", lambda c: c.api.start(container_id))
             if stack is not None:
                 await stack.start_forwarder(container_id)
+                ca_pem = await stack.wait_ready()  # the proxy boots while the bottle starts
             info = BottleInfo(
                 bottle_id=bottle_id,
                 agent=plan.agent,
