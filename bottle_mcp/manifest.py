@@ -284,21 +284,56 @@ def toml_path(loc: tuple[int | str, ...]) -> str:
     return out or "(top level)"
 
 
-_FIXES = {
-    "missing": "add this key",
-    "extra_forbidden": "remove this key or check its spelling (see docs/manifest.md)",
-    "string_pattern_mismatch": "change the value to match the pattern",
-    "literal_error": "use one of the allowed values",
+_PATTERN_HELP = {
+    NAME_PATTERN: "a lower-case name: a letter, then letters, digits or '-' (at most 31 characters)",
+    # skill folders, git remote names and ssh aliases share one pattern
+    SKILL_PATTERN: "a plain name: letters, digits, '.', '_' or '-' (no slashes, at most 64 characters)",
+    ENV_NAME_PATTERN: "an environment variable name such as ANTHROPIC_API_KEY",
+    HOSTNAME_PATTERN: "a host name or address",
+    EGRESS_PATTERN: "a lower-case host name, optionally with a '*.' prefix and a ':port' suffix",
+    USER_PATTERN: "a numeric 'uid' or 'uid:gid'",
+    ABS_PATH_PATTERN: "an absolute path of plain characters, e.g. /workspace",
 }
+
+
+def _field_homes(model: type[BaseModel], prefix: str = "") -> dict[str, list[str]]:
+    """Where each key name is valid: {'memory': ['bottles.NAME.resources'], ...}."""
+    homes: dict[str, list[str]] = {}
+    for name, info in model.model_fields.items():
+        homes.setdefault(name, []).append(prefix or "(top level)")
+        ann = info.annotation
+        for sub in (ann, *getattr(ann, "__args__", ())):
+            inner = getattr(sub, "__args__", ())
+            for cand in (sub, *inner):
+                if isinstance(cand, type) and issubclass(cand, BaseModel):
+                    step = f"{prefix}.{name}" if prefix else name
+                    if name in {"bottles", "agents"}:
+                        step += ".NAME"
+                    for k, v in _field_homes(cand, step).items():
+                        homes.setdefault(k, []).extend(v)
+    return homes
 
 
 def _describe(err: Any) -> tuple[str, str]:
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-after")))
-    # pydantic adds a '[key]' step for dict keys it validated; drop it
     loc = tuple(p for p in loc if p != "[key]")
     msg = str(err["msg"]).removeprefix("Value error, ")
-    fix = _FIXES.get(err["type"], "")
-    return toml_path(loc), f"{msg}" + (f" ({fix})" if fix and fix not in msg else "")
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        key = str(loc[-1]) if loc else "?"
+        homes = sorted(set(_field_homes(Manifest).get(key, [])))
+        if homes:
+            msg = f"{key!r} is not allowed here; it belongs in [{'] or ['.join(homes)}]"
+        else:
+            msg = f"unknown key {key!r}; check its spelling (docs/manifest.md lists every key)"
+    elif kind == "string_pattern_mismatch":
+        pattern = (err.get("ctx") or {}).get("pattern", "")
+        msg = f"{err['input']!r} is not {_PATTERN_HELP.get(pattern, 'valid: it must match ' + pattern)}"
+    elif kind == "missing":
+        msg = "this key is required; add it"
+    elif kind == "literal_error":
+        msg = f"{err['input']!r} is not allowed: {msg[0].lower()}{msg[1:]}"
+    return toml_path(loc), msg
 
 
 def _cross_check(lm: LoadedManifest) -> list[tuple[str, str]]:

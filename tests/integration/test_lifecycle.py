@@ -15,6 +15,7 @@ from bottle_mcp.errors import (
     BottleGoneError,
     BottleNotFoundError,
     ImageMissingError,
+    LaunchError,
     PathError,
     StalePlanError,
     UnknownPlanError,
@@ -241,3 +242,30 @@ async def test_cleanup_removes_what_a_dead_server_left(
     assert not report.failed
     assert docker_client.api.containers(all=True, filters={"id": c["Id"]}) == []
     assert bid in {b.bottle_id for b in await service.list_active()}
+
+
+async def test_launch_failing_half_way_removes_what_it_created(
+    write_manifest: ManifestFactory, tmp_path: Path, worker_image: str, docker_client: docker.DockerClient
+) -> None:
+    # A workspace under /proc cannot be mounted: the container is created, then fails to start.
+    path = write_manifest(
+        f"""
+        [bottles.b]
+        image = "{worker_image}"
+        workdir = "/proc/workspace"
+        [agents.a]
+        bottle = "b"
+        command = ["true"]
+        """
+    )
+    svc = BottleService(ServiceConfig(manifest_path=path, cwd=tmp_path), DockerBackend(Instance.current()))
+    try:
+        plan = await svc.prepare("a")
+        with pytest.raises(LaunchError, match="rolled back"):
+            await svc.launch(plan.plan_id)
+        flt = {"label": [f"{L.PLAN}={plan.plan_id}"]}
+        assert docker_client.api.containers(all=True, filters=flt) == []
+        assert not (docker_client.api.volumes(filters=flt)["Volumes"] or [])
+        assert svc.live_bottles == []
+    finally:
+        await svc.aclose()
