@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import anyio
@@ -267,5 +268,28 @@ async def test_launch_failing_half_way_removes_what_it_created(
         assert docker_client.api.containers(all=True, filters=flt) == []
         assert not (docker_client.api.volumes(filters=flt)["Volumes"] or [])
         assert svc.live_bottles == []
+    finally:
+        await svc.aclose()
+
+
+async def test_copy_cwd_brings_the_repository_checked_out(example_manifest: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    (repo / "hello.txt").write_text("hello\n")
+    subprocess.run([*git, "add", "hello.txt"], check=True)
+    subprocess.run([*git, "commit", "-qm", "first"], check=True)
+    svc = BottleService(
+        ServiceConfig(manifest_path=example_manifest, cwd=repo, host_roots=[repo]), DockerBackend(Instance.current())
+    )
+    try:
+        plan = await svc.prepare("worker", copy_cwd=True)
+        assert plan.copy_cwd is not None
+        assert plan.copy_cwd.host_repo == str(repo.resolve())
+        launched = await svc.launch(plan.plan_id)
+        assert any("repository" in p for p in launched.provisioned)
+        res = await svc.exec(launched.bottle_id, "git log --format=%s && cat hello.txt && git status --porcelain")
+        assert res.stdout == "first\nhello\n", res.stderr
     finally:
         await svc.aclose()
