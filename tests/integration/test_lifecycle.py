@@ -272,7 +272,8 @@ async def test_launch_failing_half_way_removes_what_it_created(
         await svc.aclose()
 
 
-async def test_copy_cwd_brings_the_repository_checked_out(example_manifest: Path, tmp_path: Path) -> None:
+@pytest.fixture
+def host_repo(tmp_path: Path) -> Path:
     repo = tmp_path / "repo"
     repo.mkdir()
     git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
@@ -280,6 +281,11 @@ async def test_copy_cwd_brings_the_repository_checked_out(example_manifest: Path
     (repo / "hello.txt").write_text("hello\n")
     subprocess.run([*git, "add", "hello.txt"], check=True)
     subprocess.run([*git, "commit", "-qm", "first"], check=True)
+    return repo
+
+
+async def test_copy_cwd_brings_the_repository_checked_out(example_manifest: Path, host_repo: Path) -> None:
+    repo = host_repo
     svc = BottleService(
         ServiceConfig(manifest_path=example_manifest, cwd=repo, host_roots=[repo]), DockerBackend(Instance.current())
     )
