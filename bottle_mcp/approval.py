@@ -230,7 +230,10 @@ class ApprovalLog:
         finally:
             os.close(fd)
 
-    async def record(self, event: Event, decision: LaunchDecision, instance: str, **extra: Any) -> None:
+    async def record(
+        self, event: Event, decision: LaunchDecision, instance: str, *, required: bool = True, **extra: Any
+    ) -> None:
+        """Append one event. When `required`, a failure to write refuses the launch (it has not started yet)."""
         plan = decision.plan
         entry: dict[str, Any] = {
             "time": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
@@ -258,6 +261,9 @@ class ApprovalLog:
         try:
             await anyio.to_thread.run_sync(self._append, line)
         except OSError as e:
+            if not required:
+                log.warning("could not record %s for plan %s in %s: %s", event, plan.plan_id, self.path, e)
+                return
             raise ToolError(
                 f"the approval decision could not be recorded in {self.path} ({e.strerror}); nothing was "
                 "launched. Fix the folder's permissions, or start the server with --approvals-log PATH"
@@ -345,7 +351,7 @@ async def launch_approved(
     try:
         result = await launch(decision.digest)
     except BottleError as e:
-        await record.record("launch-failed", decision, instance, error=type(e).__name__)
+        await record.record("launch-failed", decision, instance, required=False, error=type(e).__name__)
         raise
-    await record.record("launched", decision, instance, bottle_id=result.bottle_id)
+    await record.record("launched", decision, instance, required=False, bottle_id=result.bottle_id)
     return result

@@ -85,11 +85,19 @@ INSTANCE = Instance.current()
 
 @asynccontextmanager
 async def serving(
-    path: Path, tmp_path: Path, mode: str, person: Person | None, override: ApprovePolicy | None = None
+    path: Path,
+    tmp_path: Path,
+    mode: str,
+    person: Person | None,
+    override: ApprovePolicy | None = None,
+    approvals_log: Path | None = None,
 ) -> AsyncIterator[tuple[Client, FakeWorld]]:
     world = FakeWorld()
     config = ServiceConfig(
-        manifest_path=path, cwd=tmp_path, approve=override, approvals_log=tmp_path / "state" / "approvals.jsonl"
+        manifest_path=path,
+        cwd=tmp_path,
+        approve=override,
+        approvals_log=approvals_log or tmp_path / "state" / "approvals.jsonl",
     )
     service = BottleService(config, FakeBackend(INSTANCE, world))
     with anyio.fail_after(20):
@@ -257,3 +265,20 @@ async def test_the_policy_is_not_a_tool_argument(write_manifest: ManifestFactory
             "launch_bottle", {"plan_id": plan.structured_content["plan_id"], "answer": {"approve": True}}
         )
         assert result.is_error and bottles(world) == []
+
+
+async def test_an_approval_that_cannot_be_recorded_launches_nothing(
+    write_manifest: ManifestFactory, tmp_path: Path
+) -> None:
+    (tmp_path / "not-a-folder").write_text("")
+    unwritable = tmp_path / "not-a-folder" / "approvals.jsonl"
+    person = Person("accept")
+    async with serving(manifest(write_manifest), tmp_path, "legacy", person, approvals_log=unwritable) as (
+        client,
+        world,
+    ):
+        result = await prepare_and_launch(client, "fetcher")
+        assert result.is_error and "could not be recorded" in text(result) and "--approvals-log" in text(result)
+        assert bottles(world) == []
+        # Launches that need no approval do not depend on the record.
+        assert not (await prepare_and_launch(client, "worker")).is_error
