@@ -65,7 +65,7 @@ def manifest(write_manifest: ManifestFactory, worker_image: str) -> Path:
     )
 
 
-def _params(manifest: Path, cwd: Path) -> StdioServerParameters:
+def _params(manifest: Path, cwd: Path, *extra: str) -> StdioServerParameters:
     env = {k: os.environ[k] for k in ("DOCKER_HOST",) if k in os.environ}
     env["APPROVAL_TOKEN"] = SECRET
     return StdioServerParameters(
@@ -78,6 +78,7 @@ def _params(manifest: Path, cwd: Path) -> StdioServerParameters:
             str(manifest),
             "--approvals-log",
             str(cwd / "approvals.jsonl"),
+            *extra,
         ],
         env=env,
         cwd=str(cwd),
@@ -158,3 +159,11 @@ async def test_a_client_without_elicitation_launches_offline_bottles_only(
             assert "cannot ask its user" in _text(refused) and "--approve" in _text(refused)
             assert len(await _mine(client)) == 1
     assert _events(tmp_path) == ["no-client-support"]
+
+
+async def test_the_command_line_policy_wins_over_the_manifest(manifest: Path, tmp_path: Path) -> None:
+    with anyio.fail_after(60):
+        async with Client(_params(manifest, tmp_path, "--approve", "never"), mode="legacy") as client:
+            launched = await _launch(client, "fetcher")
+            assert not launched.is_error, _text(launched)
+    assert not (tmp_path / "approvals.jsonl").exists()
