@@ -62,6 +62,20 @@ def _parser() -> argparse.ArgumentParser:
         help="folder cp_in may read from (repeatable; overrides the manifest's [host] roots)",
     )
     s.add_argument("--output-cap", default=None, help="most bytes per output stream of one exec, e.g. 1m")
+    s.add_argument(
+        "--approve",
+        choices=["never", "always", "elevated"],
+        default=None,
+        help="when a person must approve a launch through the MCP client (overrides the manifest's [host] "
+        "approve; 'elevated': only bottles that grant more than the offline default)",
+    )
+    s.add_argument(
+        "--approvals-log",
+        type=Path,
+        default=None,
+        help="JSON-lines file recording approval decisions (default: $BOTTLE_MCP_APPROVALS_LOG, else "
+        "$XDG_STATE_HOME/bottle-mcp/approvals.jsonl, else ~/.local/state/bottle-mcp/approvals.jsonl)",
+    )
 
     p = sub.add_parser("plan", help="print the launch plan for an agent as JSON (the preflight)")
     _add_manifest(p)
@@ -118,6 +132,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         manifest_path=args.manifest or default_manifest(),
         host_roots=args.host_root,
         output_cap=parse_size(args.output_cap) if args.output_cap else None,
+        approve=args.approve,
+        approvals_log=args.approvals_log,
     )
     service = BottleService(config, _instance_backend(args))
     log = logging.getLogger("bottle_mcp")
@@ -127,6 +143,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         service.instance.id,
         service.backend.name,
     )
+    from .approval import approval_log, effective_policy
+
+    policy, source = effective_policy(config.approve, service.manifest)
+    log.info("launch approval: %s (%s); decisions go to %s", policy, source, approval_log(service).path)
 
     async def main() -> None:
         mcp = build_server(service)

@@ -31,6 +31,9 @@ EGRESS_PATTERN = r"^(\*\.)?[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9
 USER_PATTERN = r"^[0-9]{1,10}(:[0-9]{1,10})?$"
 ABS_PATH_PATTERN = r"^/[A-Za-z0-9._/-]*$"
 
+# When a person must approve a launch (see bottle_mcp/approval.py and docs/approval.md).
+ApprovePolicy = Literal["never", "always", "elevated"]
+
 # Variables the server sets itself inside every bottle.
 RESERVED_ENV = frozenset({"HOME", "USER", "PATH", "BOTTLE_ID", "BOTTLE_AGENT"})
 
@@ -223,6 +226,11 @@ class HostSettings(_Strict):
     skills_dir: str = Field("~/.claude/skills", description="Where skills live on the host.")
     output_cap: Size = Field("1m", description="Most bytes of stdout (and of stderr) one exec returns.")
     max_bottles: int = Field(64, ge=1, le=1000, description="Most live bottles per server.")
+    approve: ApprovePolicy = Field(
+        "elevated",
+        description="When a person must approve a launch through the MCP client: 'never', 'always', or "
+        "'elevated' (only bottles that grant more than the offline default). `serve --approve` overrides it.",
+    )
 
     @field_validator("output_cap")
     @classmethod

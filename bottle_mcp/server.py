@@ -13,12 +13,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, ParamSpec, TypeVar
 
-from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver import Context, ElicitationResult, MCPServer, Resolve
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field
 
 from . import __version__
+from .approval import ApprovalForm, LaunchDecision, ask_person, decide_launch, launch_approved
 from .errors import BottleError
 from .models import (
     BottleInfo,
@@ -40,7 +41,8 @@ INSTRUCTIONS = """\
 bottle-mcp runs sub-agents in sandboxed containers ("bottles") under a policy a human wrote (the manifest).
 Typical flow: prepare_bottle(agent) -> review the plan -> launch_bottle(plan_id) -> exec / cp_in ->
 stop_bottle(bottle_id). list_active shows every bottle; cleanup removes what crashed servers left behind.
-You cannot widen what the manifest allows: image, network, mounts, credentials and limits come from it."""
+You cannot widen what the manifest allows: image, network, mounts, credentials and limits come from it.
+The human's policy may require a person to approve a launch: launch_bottle then asks them through the client."""
 
 BottleId = Annotated[str, Field(description="The bottle_id returned by launch_bottle.", max_length=64)]
 
@@ -106,12 +108,16 @@ def build_server(service: BottleService) -> MCPServer[BottleService]:
     async def launch_bottle(
         plan_id: Annotated[str, Field(description="plan_id from prepare_bottle.", max_length=64)],
         ctx: Context,
+        decision: Annotated[LaunchDecision, Resolve(decide_launch)],
+        answer: Annotated[ElicitationResult[ApprovalForm], Resolve(ask_person)],
     ) -> LaunchResult:
         """Start the bottle a plan describes and provision its prompt, skills and files.
 
         Returns bottle_id (use it with exec, cp_in, stop_bottle), status and the runtime that runs it.
         Sends progress notifications while it works (usually well under a few seconds). Refuses when
-        the manifest changed since the plan was made: prepare again then.
+        the manifest changed since the plan was made: prepare again then. When the server's approval
+        policy requires it, a person is first shown the plan through the client and must approve it;
+        if they decline, nothing launches.
         """
         step = 0
 
@@ -120,7 +126,10 @@ def build_server(service: BottleService) -> MCPServer[BottleService]:
             step += 1
             await ctx.report_progress(step, 7, message)
 
-        return await service.launch(plan_id, progress)
+        async def launch(approved_digest: str) -> LaunchResult:
+            return await service.launch(plan_id, progress, expect_digest=approved_digest)
+
+        return await launch_approved(ctx, decision, answer, launch)
 
     @mcp.tool(
         name="exec",

@@ -187,7 +187,11 @@ class FakeBackend(Backend):
             "init": True,
             "mounts": [MountPlan(target=bottle.workdir, kind="volume", read_only=False, purpose="workspace")],
             "host_mounts": [],
-            "network": NetworkPlan(mode=bottle.network, effective="none"),
+            "network": NetworkPlan(
+                mode=bottle.network,
+                egress_allow=list(bottle.egress.allow) if bottle.egress else [],
+                effective="none",
+            ),
             "resources": ResourcePlan(
                 cpus=res.cpus,
                 memory=format_size(res.memory_bytes),
