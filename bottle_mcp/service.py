@@ -62,6 +62,7 @@ class BottleService:
         self.manifest: LoadedManifest = load_manifest(config.manifest_path)
         self._plans: OrderedDict[str, tuple[BottlePlan, BottleSpec]] = OrderedDict()
         self._bottles: dict[str, Bottle] = {}
+        self._launching = 0
 
     # -- helpers ---------------------------------------------------------------------
 
@@ -142,12 +143,16 @@ class BottleService:
                 f"{expect_digest}); call prepare_bottle again and launch the new plan_id"
             )
         limit = self.manifest.manifest.host.max_bottles
-        if len(self._bottles) >= limit:
+        if len(self._bottles) + self._launching >= limit:
             raise LimitError(
-                f"this server already runs {len(self._bottles)} bottles, the limit set by [host] max_bottles; "
-                "stop one with stop_bottle first"
+                f"this server already runs {len(self._bottles)} bottles (and launches {self._launching}), the "
+                "limit set by [host] max_bottles; stop one with stop_bottle first"
             )
-        bottle = await self.backend.launch(plan, spec, progress)
+        self._launching += 1  # reserved before the first await, so concurrent launches see it
+        try:
+            bottle = await self.backend.launch(plan, spec, progress)
+        finally:
+            self._launching -= 1
         self._bottles[bottle.id] = bottle
         provisioned = []
         if plan.prompt:
