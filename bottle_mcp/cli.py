@@ -62,6 +62,13 @@ def _parser() -> argparse.ArgumentParser:
         help="folder cp_in may read from (repeatable; overrides the manifest's [host] roots)",
     )
     s.add_argument("--output-cap", default=None, help="most bytes per output stream of one exec, e.g. 1m")
+    s.add_argument(
+        "--http",
+        metavar="127.0.0.1:PORT",
+        default=None,
+        help="serve the same tools over Streamable HTTP at http://ADDR:PORT/mcp instead of stdio "
+        "(loopback addresses only: there is no authentication)",
+    )
 
     p = sub.add_parser("plan", help="print the launch plan for an agent as JSON (the preflight)")
     _add_manifest(p)
@@ -85,6 +92,11 @@ def _parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="drive a real bottle through the MCP server, step by step")
     _add_manifest(d)
+
+    dr = sub.add_parser("doctor", help="check that the server can work here; say what to fix if not")
+    _add_manifest(dr)
+    dr.add_argument("--host-root", action="append", type=Path, default=None, help="as for serve")
+    dr.add_argument("--json", action="store_true", help="print the report as JSON")
     return ap
 
 
@@ -109,11 +121,34 @@ def _run(fn: Callable[[], Awaitable[T]]) -> T:
 # -- commands -----------------------------------------------------------------------
 
 
+def parse_http_address(value: str) -> tuple[str, int]:
+    """'127.0.0.1:8000' -> ('127.0.0.1', 8000); only loopback addresses are accepted."""
+    import ipaddress
+
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise BottleError(f"--http {value!r}: write it as ADDRESS:PORT, e.g. 127.0.0.1:8765")
+    if host == "localhost":
+        host = "127.0.0.1"
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise BottleError(
+            f"--http {value!r}: the HTTP transport has no authentication, so it binds only to loopback "
+            "addresses (127.0.0.1 or ::1); use stdio for everything else"
+        )
+    return host, int(port)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from .manifest import parse_size
     from .server import build_server
     from .service import BottleService, ServiceConfig
 
+    http = parse_http_address(args.http) if args.http else None
     config = ServiceConfig(
         manifest_path=args.manifest or default_manifest(),
         host_roots=args.host_root,
@@ -127,6 +162,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         service.instance.id,
         service.backend.name,
     )
+
+    if http is not None:
+        host, port = http
+        log.info("serving over Streamable HTTP at http://%s:%d/mcp", host, port)
+        # uvicorn handles SIGINT/SIGTERM; the server's lifespan removes its bottles on the way out.
+        _run(lambda: build_server(service).run_streamable_http_async(host=host, port=port))
+        return 0
 
     async def main() -> None:
         mcp = build_server(service)
@@ -263,6 +305,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return _run(lambda: run_demo((args.manifest or default_manifest()).resolve(), backend=args.backend))
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import DoctorReport, format_report, run_doctor
+
+    backend = _instance_backend(args)
+    manifest = (args.manifest or default_manifest()).expanduser().absolute()
+
+    async def main() -> DoctorReport:
+        try:
+            return await run_doctor(manifest, backend, host_roots=args.host_root)
+        finally:
+            await backend.aclose()
+
+    report = _run(main)
+    if args.json:
+        _print_json(report)
+    else:
+        print(format_report(report, color=sys.stdout.isatty() and "NO_COLOR" not in os.environ))
+    return report.exit_code
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "serve": cmd_serve,
     "plan": cmd_plan,
@@ -271,6 +333,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "images": cmd_images,
     "schema": cmd_schema,
     "demo": cmd_demo,
+    "doctor": cmd_doctor,
 }
 
 
