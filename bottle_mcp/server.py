@@ -8,6 +8,7 @@ says what went wrong and what to call instead.
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -63,6 +64,8 @@ def _tool_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
         except BottleError as e:
             raise ToolError(str(e)) from e
 
+    # The docstring is the tool's description: send it without the source's indentation.
+    wrapper.__doc__ = inspect.cleandoc(fn.__doc__ or "")
     return wrapper
 
 
@@ -236,6 +239,7 @@ def build_server(service: BottleService) -> MCPServer[BottleService]:
         title="Diagnose the server's set-up",
         annotations=ToolAnnotations(readOnlyHint=True, idempotentHint=True, openWorldHint=False),
     )
+    @_tool_errors
     async def doctor() -> DoctorReport:
         """Check whether this server can work here and say what to fix if not. Read-only; a second or two.
 
