@@ -6,12 +6,13 @@ import argparse
 import json
 import logging
 import os
+import re
 import signal
 import sys
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 from pydantic import BaseModel
@@ -19,6 +20,9 @@ from pydantic import BaseModel
 from . import __version__
 from .errors import BottleError
 from .labels import Instance
+
+if TYPE_CHECKING:
+    from .backends.base import Backend
 
 T = TypeVar("T")
 
@@ -86,12 +90,19 @@ def _parser() -> argparse.ArgumentParser:
     _add_manifest(i)
     i.add_argument("--extra-ca-certs", type=Path, default=None, help="CA certificate file or folder for builds")
     i.add_argument("--rebuild", action="store_true", help="build even when the image is current")
+    i.add_argument("--json", action="store_true", help="print a JSON summary on stdout; no build log")
 
     sc = sub.add_parser("schema", help="print the manifest's JSON Schema")
     sc.add_argument("--output", "-o", type=Path, default=None)
 
     d = sub.add_parser("demo", help="drive a real bottle through the MCP server, step by step")
     _add_manifest(d)
+
+    it = sub.add_parser("init", help="write a commented starter manifest and print how to register the server")
+    it.add_argument("path", nargs="?", type=Path, default=Path("bottle-mcp.toml"), help="default: ./bottle-mcp.toml")
+    it.add_argument("--force", action="store_true", help="overwrite an existing file")
+    it.add_argument("--print-only", action="store_true", help="write nothing; print the registration for PATH")
+    it.add_argument("--json", action="store_true", help="print the registration as JSON")
 
     dr = sub.add_parser("doctor", help="check that the server can work here; say what to fix if not")
     _add_manifest(dr)
@@ -108,7 +119,7 @@ def _print_json(obj: Any) -> None:
     print(text)
 
 
-def _instance_backend(args: argparse.Namespace) -> Any:
+def _instance_backend(args: argparse.Namespace) -> Backend:
     from .backends import get_backend
 
     return get_backend(Instance.current(), args.backend)
@@ -234,16 +245,36 @@ def cmd_ls(args: argparse.Namespace) -> int:
     return 0
 
 
+CLEANUP_BATCH = 16
+
+
 def cmd_cleanup(args: argparse.Namespace) -> int:
+    from .models import CleanupPlan, CleanupReport
+    from .progress import Bar, wants_bar
+
     backend = _instance_backend(args)
 
-    async def main() -> Any:
-        plan = await backend.prepare_cleanup()
-        if args.dry_run:
-            from .models import CleanupReport
-
-            return CleanupReport(dry_run=True, removed=plan.remove, kept=plan.keep, failed=[])
-        return await backend.cleanup(plan)
+    async def main() -> CleanupReport:
+        try:
+            plan = await backend.prepare_cleanup()
+            if args.dry_run:
+                return CleanupReport(dry_run=True, removed=plan.remove, kept=plan.keep, failed=[])
+            if args.json or not wants_bar(sys.stderr) or len(plan.remove) <= CLEANUP_BATCH:
+                return await backend.cleanup(plan)
+            # On a terminal, remove in batches (containers first, as the backend does) to show progress.
+            order = {"container": 0, "volume": 1, "network": 2}
+            items = sorted(plan.remove, key=lambda i: order[i.kind])
+            report = CleanupReport(dry_run=False, removed=[], kept=plan.keep, failed=[])
+            with Bar(len(items), "cleanup") as bar:
+                for start in range(0, len(items), CLEANUP_BATCH):
+                    batch = items[start : start + CLEANUP_BATCH]
+                    part = await backend.cleanup(CleanupPlan(remove=batch, keep=[]))
+                    report.removed.extend(part.removed)
+                    report.failed.extend(part.failed)
+                    bar.advance(len(batch), f"{batch[-1].kind}s")
+            return report
+        finally:
+            await backend.aclose()
 
     report = _run(main)
     if args.json:
@@ -260,31 +291,49 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 
+_STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)")
+
+
 def cmd_images(args: argparse.Namespace) -> int:
     from .backends.docker import Engine
     from .images import build_image, image_status
     from .manifest import load_manifest
+    from .progress import Bar, wants_bar
 
     lm = load_manifest(args.manifest or default_manifest())
     engine = Engine()
-    built = 0
+    bar_wanted = not args.json and wants_bar(sys.stderr)
+    summary: list[dict[str, str]] = []
+
+    def say(text: str) -> None:
+        if not args.json:
+            print(f"[images] {text}", file=sys.stderr)
+
     for name, bottle in lm.manifest.bottles.items():
         if bottle.build is None:
+            summary.append({"bottle": name, "image": lm.image_for(name), "action": "not built here (no [build])"})
             continue
         status = image_status(engine, lm, name)
         if status.present and not status.stale and not args.rebuild:
-            print(f"[images] {status.image} is current", file=sys.stderr)
+            say(f"{status.image} is current")
+            summary.append({"bottle": name, "image": status.image, "action": "current"})
             continue
-        print(f"[images] building {status.image} for bottle {name!r}", file=sys.stderr)
-        image_id = build_image(
-            engine,
-            lm,
-            name,
-            extra_ca=args.extra_ca_certs,
-            on_line=lambda line: print(f"  {line}", file=sys.stderr),
-        )
-        print(f"[images] built {status.image} ({image_id[:19]})", file=sys.stderr)
-        built += 1
+        say(f"building {status.image} for bottle {name!r}")
+        with Bar(0, f"building {status.image}", enabled=bar_wanted) as bar:
+
+            def on_line(line: str, bar: Bar = bar) -> None:
+                if bar.enabled:
+                    if m := _STEP.match(line):
+                        bar.update(int(m.group(1)) - 1, m.group(3)[:40], total=int(m.group(2)))
+                elif not args.json:
+                    print(f"  {line}", file=sys.stderr)
+
+            image_id = build_image(engine, lm, name, extra_ca=args.extra_ca_certs, on_line=on_line)
+        say(f"built {status.image} ({image_id[:19]})")
+        summary.append({"bottle": name, "image": status.image, "action": "built", "image_id": image_id})
+    engine.close()
+    if args.json:
+        _print_json(summary)
     return 0
 
 
@@ -303,6 +352,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     return _run(lambda: run_demo((args.manifest or default_manifest()).resolve(), backend=args.backend))
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from .manifest import load_manifest
+    from .starter import registration, registration_text, starter_text
+
+    path: Path = args.path.expanduser().absolute()
+    written = False
+    if not args.print_only:
+        if path.exists() and not args.force:
+            raise BottleError(
+                f"{str(path)!r} already exists; pass --force to overwrite it, or --print-only to print the "
+                "registration for it"
+            )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(starter_text())
+        written = True
+        print(f"wrote {path}; edit it, then run `bottle-mcp doctor --manifest {path}`", file=sys.stderr)
+    manifest = load_manifest(path).manifest
+    reg = registration(path, manifest)
+    if args.json:
+        _print_json({"manifest": str(path), "written": written, **reg})
+    else:
+        print(registration_text(reg))
+    return 0
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -334,6 +408,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "schema": cmd_schema,
     "demo": cmd_demo,
     "doctor": cmd_doctor,
+    "init": cmd_init,
 }
 
 
