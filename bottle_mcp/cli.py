@@ -104,6 +104,10 @@ def _parser() -> argparse.ArgumentParser:
     it.add_argument("--print-only", action="store_true", help="write nothing; print the registration for PATH")
     it.add_argument("--json", action="store_true", help="print the registration as JSON")
 
+    g = sub.add_parser("gen-docs", help="regenerate docs/tools.md, docs/manifest.md and docs/manifest.schema.json")
+    g.add_argument("--output-dir", type=Path, default=Path("docs"))
+    g.add_argument("--check", action="store_true", help="write nothing; exit 1 if a file is out of date")
+
     dr = sub.add_parser("doctor", help="check that the server can work here; say what to fix if not")
     _add_manifest(dr)
     dr.add_argument("--host-root", action="append", type=Path, default=None, help="as for serve")
@@ -399,6 +403,27 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
+def cmd_gen_docs(args: argparse.Namespace) -> int:
+    from .docgen import generate
+
+    files = _run(generate)
+    stale = []
+    for name, text in files.items():
+        path: Path = args.output_dir / name
+        if path.is_file() and path.read_text() == text:
+            continue
+        stale.append(str(path))
+        if not args.check:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+    if args.check and stale:
+        print(f"out of date: {', '.join(stale)}; run `bottle-mcp gen-docs`", file=sys.stderr)
+        return 1
+    for path_name in stale:
+        print(f"wrote {path_name}", file=sys.stderr)
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "serve": cmd_serve,
     "plan": cmd_plan,
@@ -409,6 +434,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "demo": cmd_demo,
     "doctor": cmd_doctor,
     "init": cmd_init,
+    "gen-docs": cmd_gen_docs,
 }
 
 
