@@ -451,6 +451,9 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.cmd](args)
     except BottleError as e:
         print(f"bottle-mcp: {e}", file=sys.stderr)
+        if args.cmd == "serve":
+            # Agent hosts show only "failed to connect"; this line in their log says where to look.
+            print("bottle-mcp: the server did not start; `bottle-mcp doctor` checks the whole set-up", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
