@@ -40,6 +40,7 @@ flock 9
 need_pkgs=()
 command -v dockerd >/dev/null 2>&1 || need_pkgs+=(docker.io cgroupfs-mount iptables)
 command -v mmdebstrap >/dev/null 2>&1 || need_pkgs+=(mmdebstrap)
+command -v npm >/dev/null 2>&1 || need_pkgs+=(npm)   # fetches the third-party MCP clients the tests run
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   log "installing ${need_pkgs[*]}"
   # Keep the packages' init scripts from starting a daemon: we start our own.
@@ -162,4 +163,7 @@ if [ "$build_images" = 1 ]; then
   # Builds the example's images and the server's own (the egress proxy).
   .venv/bin/bottle-mcp images --manifest manifests/example.toml "${ca_args[@]}"
 fi
+# --- 6. third-party MCP clients for tests/clients (Node 22, Inspector, conformance suite) ---
+scripts/third-party-clients.sh install
+
 log "ready"
