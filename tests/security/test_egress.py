@@ -124,10 +124,13 @@ async def test_passthrough_host_keeps_its_own_certificate_and_others_are_interce
 
 
 async def test_raw_bytes_in_an_intercepted_tunnel_do_not_reach_the_host(
-    net_bottle: DockerBottle, world: World, docker_client: docker.DockerClient
+    sec_service: BottleService, net_bottle: DockerBottle, world: World, docker_client: docker.DockerClient
 ) -> None:
-    await probe(net_bottle, "raw_tunnel", "allowed.test")
+    # Port 80 of the allowed host records any bytes it receives, HTTP or not.
+    await probe(net_bottle, "raw_tunnel", "allowed.test", "80")
     assert not any("raw-tunnel-payload" in h for h in world.allowed.hits(docker_client))
+    log = await sec_service.egress_log(net_bottle.id)
+    assert any(d.action == "deny" and d.kind == "tunnel" for d in log.decisions)
 
 
 class HostListener:
