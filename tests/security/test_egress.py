@@ -279,7 +279,7 @@ async def test_cleanup_finds_the_proxy_and_network_of_a_server_that_is_gone(
     mine = CleanupPlan(remove=[i for i in found.remove if i.bottle_id == bottle.id], keep=[])
     assert sorted(i.kind for i in mine.remove) == ["container"] * 3 + ["network"] + ["volume"] * 2
     report = await sec_service.backend.cleanup(mine)
-    assert not report.failed
+    assert not report.failed, report.failed
     assert _objects_of(docker_client, label) == []
 
 
