@@ -285,9 +285,10 @@ class EgressStack:
                 host_config=self._hardened(
                     c,
                     network_mode=f"container:{bottle_container_id}",
-                    pids_limit=64,
-                    mem_limit=64 * 1024**2,
-                    memswap_limit=64 * 1024**2,
+                    # socat forks per connection: this bounds the bottle's concurrent proxy connections.
+                    pids_limit=128,
+                    mem_limit=128 * 1024**2,
+                    memswap_limit=128 * 1024**2,
                 ),
             )
             self.forwarder_id = str(created["Id"])
