@@ -137,7 +137,9 @@ def _text(value: Any, cap: int) -> str | None:
 
 
 def _result_from_event(event: dict[str, Any], cap: int) -> AgentResult:
-    cost = event.get("total_cost_usd", event.get("cost_usd"))
+    cost = event.get("total_cost_usd")
+    if cost is None:
+        cost = event.get("cost_usd")
     return AgentResult(
         final_answer=_text(event.get("result"), cap),
         is_error=event["is_error"] if isinstance(event.get("is_error"), bool) else None,
