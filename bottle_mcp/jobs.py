@@ -71,7 +71,7 @@ RUN_SH = r"""d=$1; w=$2; cap=$3; limit=$4
 echo "$$" > "$d/pid.tmp" && mv -f "$d/pid.tmp" "$d/pid"
 export BOTTLE_MCP_JOB_DIR="$d"
 export BOTTLE_MCP_JOB="${d##*/}"
-keep() { head -c "$cap" > "$1"; wc -c > "$1.dropped"; }
+keep() { dd bs=65536 iflag=count_bytes count="$cap" status=none > "$1"; wc -c > "$1.dropped"; }
 (
   i=0
   while [ "$i" -lt "$limit" ] && [ ! -e "$d/exit" ]; do sleep 1; i=$((i + 1)); done
