@@ -20,17 +20,7 @@ from ..conftest import ManifestFactory
 
 pytestmark = pytest.mark.anyio
 
-STANDIN_IMAGE = "bottle-mcp/standin:latest"
 SECRET = "sk-standin-secret-9f8e7d6c5b4a"
-
-
-@pytest.fixture(scope="session")
-def standin_image(docker_client: docker.DockerClient) -> str:
-    try:
-        docker_client.images.get(STANDIN_IMAGE)
-    except docker.errors.ImageNotFound:
-        pytest.fail(f"{STANDIN_IMAGE} is missing; run scripts/setup.sh (it builds the test images)")
-    return STANDIN_IMAGE
 
 
 def git(repo: Path, *args: str) -> str:
