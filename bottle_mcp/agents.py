@@ -173,6 +173,8 @@ def _describe_event(event: dict[str, Any]) -> str | None:
     kind = event.get("type")
     if kind == "system" and event.get("subtype") == "init":
         return f"agent started (model {event.get('model', '?')})"
+    if kind == "system" and event.get("subtype") == "api_retry":
+        return f"model API unreachable, retry {event.get('attempt', '?')} of {event.get('max_retries', '?')}"
     if kind == "result":
         return f"agent finished ({event.get('subtype', '?')})"
     message = event.get("message")

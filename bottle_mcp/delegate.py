@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CP_OUT_LIMIT = 512 * 1024**2
+CP_OUT_LIMIT = 256 * 1024**2  # the tar is held in memory on its way out
 BUNDLE_DIR = PurePosixPath("/tmp/bottle-mcp-out")
 GIT = "git -c safe.directory='*'"
 

@@ -108,6 +108,7 @@ async def test_supervisor_delegates_a_task_and_brings_the_work_back(
             assert result is not None and result["done"]
             assert result["job"]["status"] == "exited" and result["job"]["exit_code"] == 0
             assert any("step" in m for m in messages), messages
+            assert all(SECRET not in m for m in messages)
             agent = result["agent_result"]
             assert agent["cost_usd"] == 0.0123 and agent["num_turns"] == 5 and agent["is_error"] is False
             assert "step 1" in stdout

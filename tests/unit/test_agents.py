@@ -170,3 +170,5 @@ def test_progress_lines_are_summarized() -> None:
     assert describe_line(b"  compiling \x1b[31mfoo\x1b[0m  ") == "compiling \\x1b[31mfoo\\x1b[0m"
     assert describe_line(b"x" * 500, limit=20) == "x" * 17 + "..."
     assert describe_line(b"   ") is None
+    retry = {"type": "system", "subtype": "api_retry", "attempt": 2, "max_retries": 10}
+    assert describe_line(json.dumps(retry).encode()) == "model API unreachable, retry 2 of 10"
