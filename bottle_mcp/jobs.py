@@ -134,9 +134,9 @@ cat "$d/pid"
 
 # One look at a job: $1 folder, $2 runner pid, $3/$4 stdout/stderr offsets, $5 bytes per stream, $6 tail bytes.
 POLL_SH = r"""d=$1; pid=$2; o=$3; e=$4; n=$5; t=$6
-if [ -e "$d/exit" ]; then st="exit $(head -c 16 "$d/exit")"
+if [ -e "$d/exit" ]; then st="exit $(head -c 16 "$d/exit" | tr -dc 0-9a-z)"
 elif kill -0 "$pid" 2>/dev/null; then st=running
-elif [ -e "$d/exit" ]; then st="exit $(head -c 16 "$d/exit")"
+elif [ -e "$d/exit" ]; then st="exit $(head -c 16 "$d/exit" | tr -dc 0-9a-z)"
 else st=lost; fi
 [ -e "$d/timed_out" ] && st="$st timed_out"
 echo "state $st"
@@ -177,7 +177,7 @@ class Poll:
     err: bytes
 
 
-_STATE_RE = re.compile(r"^state (running|lost|exit (-?[0-9]{1,6}|killed)?)( timed_out)?$")
+_STATE_RE = re.compile(r"^state (running|lost|exit ([0-9a-z]{0,16}))( timed_out)?$")
 _SIZE_RE = re.compile(r"^size (stdout|stderr) ([0-9]{1,15}) ([0-9]{1,15})$")
 
 
@@ -190,7 +190,8 @@ def parse_poll(text: str) -> Poll:
     if m is None:
         raise BottleError(f"the bottle reported an unreadable job state {lines[0][:80]!r}")
     kind = m.group(1).split(" ")[0]
-    code = int(m.group(2)) if m.group(2) and m.group(2) != "killed" else None
+    # Anything but a number (say "killed", or what a hostile agent wrote there) is no exit status.
+    code = int(m.group(2)) if m.group(2) and m.group(2).isdigit() and len(m.group(2)) <= 6 else None
     sizes: dict[str, tuple[int, int]] = {}
     for line in lines[1:3]:
         s = _SIZE_RE.match(line)
@@ -397,7 +398,7 @@ class JobManager:
         if not job.done:
             await self._guarded(job, self._poll(job, (0, 0), 0, 0))
 
-    async def _guarded(self, job: Job, poll: Awaitable[Poll]) -> Poll | None:
+    async def _guarded(self, job: Job, poll: Awaitable[Poll]) -> Poll:
         try:
             return await poll
         except BottleGoneError:
@@ -422,7 +423,6 @@ class JobManager:
         last_message = ""
         while not job.done:
             poll = await self._guarded(job, self._poll(job, (0, 0), 0, PROGRESS_TAIL))
-            assert poll is not None
             if job.done:
                 break
             elapsed = time.monotonic() - started
@@ -454,7 +454,6 @@ class JobManager:
             )
         want_result = job.done and job.kind == "agent" and job.agent_result is None
         poll = await self._guarded(job, self._poll(job, offsets, cap, RESULT_TAIL if want_result else 0))
-        assert poll is not None
         if want_result:
             job.agent_result = parse_agent_result(poll.tail, text_cap=cap)
             if job.agent_result is None and poll.sizes["stdout"][1]:

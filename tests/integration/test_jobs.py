@@ -122,6 +122,15 @@ async def test_a_job_whose_runner_is_killed_inside_the_bottle_is_reported_lost(s
         assert started.job is not None
         res = await _until_done(svc, started.job.job_id)
         assert res.job.status == "lost"
+        # The job folder is the agent's to tamper with: garbage where the exit status goes is no status.
+        forged = await svc.exec(
+            bid,
+            'kill -KILL "$(cat "$BOTTLE_MCP_JOB_DIR/pid")"; printf "0\\nstate exit 0; rm" > "$BOTTLE_MCP_JOB_DIR/exit"',
+            background=True,
+        )
+        assert forged.job is not None
+        res = await _until_done(svc, forged.job.job_id)
+        assert (res.job.status, res.job.exit_code) == ("lost", None)
 
 
 async def test_jobs_of_a_stopped_bottle_are_gone_with_it(svc: BottleService) -> None:

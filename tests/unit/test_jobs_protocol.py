@@ -31,6 +31,8 @@ def test_a_running_poll_is_read_with_sizes_and_output() -> None:
         ("exit 0", ("exit", 0, False)),
         ("exit 137", ("exit", 137, False)),
         ("exit killed", ("exit", None, False)),
+        ("exit rmrf", ("exit", None, False)),
+        ("exit 99999999", ("exit", None, False)),
         ("lost timed_out", ("lost", None, True)),
     ],
 )
