@@ -90,13 +90,6 @@ class Delegation:
     def credential_names(self) -> set[str]:
         return {c.name for plan in self._plans.values() for c in plan.credentials}
 
-    async def _guard(self, bottle: Bottle, work: Awaitable[object]) -> None:
-        try:
-            await work
-        except BottleGoneError:
-            await self._service.bottle_gone(bottle)
-            raise
-
     # -- jobs -----------------------------------------------------------------------------
 
     async def run_agent(self, bottle_id: str, prompt: str, *, timeout_s: float, workdir: str | None) -> JobInfo:
@@ -125,7 +118,7 @@ class Delegation:
                 prompt=prompt.encode(),
             )
         except BottleGoneError:
-            await self._service.bottle_gone(bottle)
+            await self._service.discard(bottle)
             raise
 
     async def exec_background(self, bottle: Bottle, command: str, *, timeout_s: float, workdir: str | None) -> JobInfo:
@@ -141,7 +134,7 @@ class Delegation:
                 timeout_s=timeout_s,
             )
         except BottleGoneError:
-            await self._service.bottle_gone(bottle)
+            await self._service.discard(bottle)
             raise
 
     async def wait_job(
@@ -153,7 +146,7 @@ class Delegation:
                 job_id, timeout_s=timeout_s, cursor=cursor, progress=progress, redact=self._service.redactor.text
             )
         except BottleGoneError:
-            await self._service.bottle_gone(job.bottle)
+            await self._service.discard(job.bottle)
             raise
 
     async def cancel_job(self, job_id: str) -> CancelResult:
@@ -161,7 +154,7 @@ class Delegation:
         try:
             return await self.jobs.cancel(job_id)
         except BottleGoneError:
-            await self._service.bottle_gone(job.bottle)
+            await self._service.discard(job.bottle)
             raise
 
     async def list_jobs(self, bottle_id: str) -> JobList:
@@ -172,7 +165,7 @@ class Delegation:
                 for job in jobs:
                     tg.start_soon(self.jobs.refresh, job)
         except BottleGoneError:
-            await self._service.bottle_gone(bottle)
+            await self._service.discard(bottle)
             raise
         return JobList(jobs=[j.info() for j in jobs])
 
@@ -201,7 +194,7 @@ class Delegation:
         try:
             return await bottle.get_tar(src, max_bytes=CP_OUT_LIMIT)
         except BottleGoneError:
-            await self._service.bottle_gone(bottle)
+            await self._service.discard(bottle)
             raise
 
     def _origin(self, bottle_id: str) -> RepoOrigin:
@@ -218,7 +211,7 @@ class Delegation:
         try:
             res = await bottle.exec(f"{GIT} {args}", timeout_s=120, workdir=plan.workdir, output_cap=cap)
         except BottleGoneError:
-            await self._service.bottle_gone(bottle)
+            await self._service.discard(bottle)
             raise
         if res.exit_code not in (0, 1):
             what = args.split(maxsplit=1)[0]

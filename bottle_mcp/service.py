@@ -100,8 +100,8 @@ class BottleService:
         """A live bottle of this server, or BottleNotFoundError saying whose it is."""
         return await self._bottle(bottle_id)
 
-    async def bottle_gone(self, bottle: Bottle) -> None:
-        """Forget a bottle that vanished behind our back and remove what is left of it."""
+    async def discard(self, bottle: Bottle) -> None:
+        """Forget a bottle that vanished (or cannot be used) and remove what is left of it."""
         self._bottles.pop(bottle.id, None)
         self.delegate.on_stop(bottle.id)
         await bottle.close()
@@ -156,7 +156,7 @@ class BottleService:
             await self.delegate.on_launch(bottle, plan)
         except BaseException:
             with anyio.CancelScope(shield=True):
-                await self.bottle_gone(bottle)
+                await self.discard(bottle)
             raise
         provisioned = []
         if plan.prompt:
