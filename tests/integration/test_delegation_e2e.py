@@ -45,8 +45,9 @@ def _ok(result: CallToolResult) -> dict[str, Any]:
     return result.structured_content
 
 
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
 async def test_supervisor_delegates_a_task_and_brings_the_work_back(
-    write_manifest: ManifestFactory, standin_image: str, host_repo: Path, docker_client: docker.DockerClient
+    mode: str, write_manifest: ManifestFactory, standin_image: str, host_repo: Path, docker_client: docker.DockerClient
 ) -> None:
     manifest = write_manifest(
         f"""
@@ -75,7 +76,7 @@ async def test_supervisor_delegates_a_task_and_brings_the_work_back(
         messages.append(message or "")
 
     with anyio.fail_after(120):
-        async with Client(params, mode="legacy") as client:
+        async with Client(params, mode=mode) as client:
             plan = _ok(await client.call_tool("prepare_bottle", {"agent": "standin", "copy_cwd": True}))
             bid = _ok(await client.call_tool("launch_bottle", {"plan_id": plan["plan_id"]}))["bottle_id"]
 
