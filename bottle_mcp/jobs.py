@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import logging
 import re
 import secrets
@@ -53,7 +54,6 @@ from .results import (
 log = logging.getLogger(__name__)
 
 JOBS_ROOT = PurePosixPath("/tmp/bottle-mcp-jobs")
-MARKER = "BOTTLE_MCP_JOB"
 STREAM_LIMIT = 32 * 1024**2  # bytes of each stream kept in the bottle per job
 RESULT_TAIL = 1024**2  # bytes of an agent's stdout read to find its final result
 PROGRESS_TAIL = 2048
@@ -70,7 +70,6 @@ CONTROL_TIMEOUT_S = 30.0
 RUN_SH = r"""d=$1; w=$2; cap=$3; limit=$4
 echo "$$" > "$d/pid.tmp" && mv -f "$d/pid.tmp" "$d/pid"
 export BOTTLE_MCP_JOB_DIR="$d"
-export BOTTLE_MCP_JOB="${d##*/}"
 keep() { dd bs=65536 iflag=count_bytes count="$cap" status=none > "$1"; wc -c > "$1.dropped"; }
 (
   i=0
@@ -89,17 +88,18 @@ fi
 if [ -e "$d/rc" ]; then mv -f "$d/rc" "$d/exit"; else echo killed > "$d/exit"; fi
 """
 
-# Kill a job: $1 job id, $2 its session id. TERM first (agents may save state), then KILL the
-# session, the process group, and any process whose environment carries the job's marker.
+# Kill a job: $1 job id, $2 its session id (0: unknown). TERM first (agents may save state), then
+# KILL the session, the process group, and any process whose environment carries the job's marker.
 KILL_SH = r"""id=$1; sid=$2; me=$$
 case "$sid" in ''|*[!0-9]*) exit 2 ;; esac
-[ "$sid" -gt 1 ] || exit 2
-kill -TERM -- "-$sid" 2>/dev/null
-i=0
-while [ "$i" -lt 20 ] && kill -0 -- "-$sid" 2>/dev/null; do sleep 0.1; i=$((i + 1)); done
+[ "$sid" = 1 ] && exit 2
+if [ "$sid" -gt 1 ]; then
+  kill -TERM -- "-$sid" 2>/dev/null
+  i=0
+  while [ "$i" -lt 20 ] && kill -0 -- "-$sid" 2>/dev/null; do sleep 0.1; i=$((i + 1)); done
+fi
 for round in 1 2 3; do
-  kill -KILL -- "-$sid" 2>/dev/null
-  pkill -KILL -s "$sid" 2>/dev/null
+  if [ "$sid" -gt 1 ]; then kill -KILL -- "-$sid" 2>/dev/null; pkill -KILL -s "$sid" 2>/dev/null; fi
   for p in /proc/[0-9]*; do
     p=${p#/proc/}
     [ "$p" = "$me" ] && continue
@@ -124,9 +124,9 @@ done
 echo "$n"
 """
 
-# Start the runner detached in its own session; print its pid once it wrote it.
+# Start the runner detached in its own session, marked; print its pid once it wrote it.
 START_SH = r"""d=$1
-cd / && setsid /bin/sh "$d/run.sh" "$d" "$2" "$3" "$4" </dev/null >/dev/null 2>&1 &
+cd / && BOTTLE_MCP_JOB="${d##*/}" setsid /bin/sh "$d/run.sh" "$d" "$2" "$3" "$4" </dev/null >/dev/null 2>&1 &
 i=0
 while [ ! -s "$d/pid" ] && [ "$i" -lt 200 ]; do sleep 0.05; i=$((i + 1)); done
 cat "$d/pid"
@@ -317,18 +317,13 @@ class JobManager:
             entries.append(TarEntry(arcname=f"{job_id}/prompt", data=prompt, mode=0o600))
         with pack_tar(entries) as (tar, _stats):
             await bottle.put_tar(tar, JOBS_ROOT)
-        res = await bottle.exec(
-            _sh(START_SH, str(JOBS_ROOT / job_id), workdir, STREAM_LIMIT, max(1, int(timeout_s))),
-            timeout_s=CONTROL_TIMEOUT_S,
-            workdir=None,
-            output_cap=4096,
-        )
-        pid_text = res.stdout.strip()
-        if res.exit_code != 0 or not pid_text.isdigit() or int(pid_text) <= 1:
-            raise BottleError(
-                f"the job did not start in bottle {bottle.id!r} (exit {res.exit_code}): "
-                f"{(res.stderr or res.stdout).strip()[:300]}. The image needs /bin/sh, setsid and coreutils."
-            )
+        try:
+            pid = await self._launch(bottle, job_id, workdir, timeout_s)
+        except BaseException:
+            # Started or not, nothing of a job the server does not track may keep running.
+            with anyio.CancelScope(shield=True), contextlib.suppress(BottleError):
+                await bottle.exec(_sh(KILL_SH, job_id, 0), timeout_s=CONTROL_TIMEOUT_S, workdir=None, output_cap=4096)
+            raise
         job = Job(
             job_id=job_id,
             bottle=bottle,
@@ -337,12 +332,28 @@ class JobManager:
             workdir=workdir,
             timeout_s=timeout_s,
             started_at=_now(),
-            pid=int(pid_text),
+            pid=pid,
         )
         self._jobs[job_id] = job
         self._trim()
         log.info("job %s started in bottle %s (%s)", job_id, bottle.id, kind)
         return job.info()
+
+    @staticmethod
+    async def _launch(bottle: Bottle, job_id: str, workdir: str, timeout_s: float) -> int:
+        res = await bottle.exec(
+            _sh(START_SH, str(JOBS_ROOT / job_id), workdir, STREAM_LIMIT, max(1, int(timeout_s))),
+            timeout_s=CONTROL_TIMEOUT_S,
+            workdir=None,
+            output_cap=4096,
+        )
+        pid = res.stdout.strip()
+        if res.exit_code != 0 or not pid.isdigit() or int(pid) <= 1:
+            raise BottleError(
+                f"the job did not start in bottle {bottle.id!r} (exit {res.exit_code}): "
+                f"{(res.stderr or res.stdout).strip()[:300]}. The image needs /bin/sh, setsid and coreutils."
+            )
+        return int(pid)
 
     def _trim(self) -> None:
         finished = [j for j in self._jobs.values() if j.done]

@@ -168,3 +168,14 @@ async def test_cp_out_refuses_symlinks_and_skips_links_inside_folders(svc: Bottl
         await svc.exec(bid, "echo tmp > /tmp/t.txt")
         await svc.delegate.cp_out(bid, "/tmp/t.txt", "t.txt")
         assert (root / "t.txt").read_text() == "tmp\n"
+
+
+async def test_every_process_of_a_job_carries_its_marker(svc: BottleService) -> None:
+    """What a failed or interrupted start relies on: killing by the marker alone leaves nothing."""
+    with anyio.fail_after(60):
+        bid = await _bottle(svc)
+        job = await svc.delegate.run_agent(bid, "hang", timeout_s=600, workdir=None)
+        assert not (await svc.delegate.wait_job(job.job_id, timeout_s=0.5, cursor=None)).done
+        assert "standin-agent" in await _job_processes(svc, bid)
+        await svc.exec(bid, jobs._sh(jobs.KILL_SH, job.job_id, 0))
+        assert await _job_processes(svc, bid) == ""
