@@ -1,10 +1,12 @@
 """Bringing an agent's commits back into the host repository as a new branch.
 
 The bottle makes a git bundle (its commits since the start); the bundle is copied out like any
-file (see copyout.py) and the host's own git verifies it and fetches from it. Nothing from the
-bottle runs on the host: a bundle is data (refs and a pack), git checks every object it receives
-(`fsckObjects`), only the bundle's HEAD is taken (its other refs are ignored), and the branch is
-created atomically only if it does not exist yet, so no existing ref can be overwritten.
+file (see copyout.py) and the host's own git verifies it and takes its objects in. Nothing from
+the bottle runs on the host: a bundle is data (a header naming refs, and a pack). The pack goes
+through `git index-pack --strict`, which checks every object and that everything it references
+exists, before any of it lands (a plain `git fetch` from a bundle does not check objects on the
+git versions Debian ships). Only the bundle's HEAD is taken (its other refs are ignored), and the
+branch is created atomically only if it does not exist yet, so no existing ref can be overwritten.
 """
 
 from __future__ import annotations
@@ -61,6 +63,34 @@ def host_git(repo: Path, *args: str, check: bool = True) -> subprocess.Completed
     return proc
 
 
+def _index_pack(repo: Path, pack: bytes) -> None:
+    """Store a (thin) pack's objects in `repo` after checking each of them and their links (blocking)."""
+    try:
+        proc = subprocess.run(
+            ["git", "-C", str(repo), "index-pack", "--stdin", "--fix-thin", "--strict"],
+            input=pack,
+            capture_output=True,
+            env=_env(),
+            timeout=GIT_TIMEOUT_S,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise GitError(f"checking the bottle's commits took longer than {GIT_TIMEOUT_S} s") from None
+    if proc.returncode != 0:
+        detail, _ = safe_text(proc.stderr.strip()[:500])
+        raise GitError(f"the bottle's bundle holds objects git refuses ({detail}); nothing was imported")
+
+
+def bundle_pack(data: bytes) -> bytes:
+    """The pack of a v2/v3 bundle (what follows its header's blank line)."""
+    if not data.startswith((b"# v2 git bundle\n", b"# v3 git bundle\n")):
+        raise GitError("the bottle sent something that is not a git bundle; nothing was imported")
+    end = data.find(b"\n\n")
+    if end < 0 or not data[end + 2 :].startswith(b"PACK"):
+        raise GitError("the bottle's bundle has no pack after its header; nothing was imported")
+    return data[end + 2 :]
+
+
 def check_branch(repo: Path, branch: str) -> str:
     """A new, well-formed branch name for the host repository."""
     if not BRANCH_RE.match(branch) or ".." in branch or branch.endswith((".lock", "/", ".")) or "//" in branch:
@@ -94,7 +124,7 @@ def import_bundle(repo: Path, bundle: Path, branch: str, start: str | None) -> I
     head = next((line.split(" ", 1)[0] for line in heads if line.endswith(" HEAD")), None)
     if head is None or not OID_RE.match(head):
         raise GitError("the bottle's bundle has no usable HEAD; nothing was imported")
-    host_git(repo, "fetch", "--quiet", "--no-tags", "--no-write-fetch-head", str(bundle), "HEAD")
+    _index_pack(repo, bundle_pack(bundle.read_bytes()))
     host_git(repo, "cat-file", "-e", f"{head}^{{commit}}")
     zero = "0" * len(head)
     host_git(repo, "update-ref", "-m", "bottle-mcp: commits from a bottle", f"refs/heads/{branch}", head, zero)

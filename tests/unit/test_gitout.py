@@ -93,6 +93,24 @@ def test_a_corrupt_bundle_is_refused_and_creates_nothing(repos: tuple[Path, Path
     assert probe.returncode != 0
 
 
+def test_a_bundle_with_a_malformed_object_is_refused_before_anything_lands(repos: tuple[Path, Path, str]) -> None:
+    host, bottle, start = repos
+    tree = git(bottle, "write-tree").strip()
+    raw = f"tree {tree}\nparent {start}\nauthor x <no-end 1 +0000\ncommitter c <c@c> 1 +0000\n\nevil\n"
+    bad = subprocess.run(
+        ["git", "-C", str(bottle), "hash-object", "-t", "commit", "-w", "--literally", "--stdin"],
+        input=raw,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    git(bottle, "update-ref", "HEAD", bad)
+    with pytest.raises(GitError, match="refuses"):
+        import_bundle(host, _bundle(bottle, "HEAD", f"^{start}"), "agent/bad", start)
+    probe = subprocess.run(["git", "-C", str(host), "cat-file", "-e", bad], check=False, capture_output=True)
+    assert probe.returncode != 0
+
+
 def test_redactor_replaces_long_values_and_leaves_short_ones() -> None:
     env = {"TOKEN": "abcdef123456", "PIN": "42", "OTHER": "abcdef123456-longer"}
     redactor = Redactor(lambda: ["TOKEN", "PIN", "OTHER", "UNSET"], lambda: env)
