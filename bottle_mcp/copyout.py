@@ -2,7 +2,8 @@
 
 A tar made inside a bottle is hostile input. Extraction here trusts none of it: every member
 name is checked (no absolute paths, no '..', no NUL, nothing outside the one top folder), only
-regular files and folders are written (links, devices and fifos are skipped and reported), modes
+regular files and folders are written (links, devices, fifos and sparse files, which could expand
+to far more than the bytes sent, are skipped and reported), modes
 lose set-uid/set-gid/sticky bits, and every write goes through directory file descriptors opened
 with O_NOFOLLOW below a destination that did not exist before, so nothing can be redirected
 outside the root, not even by a symlink swapped in on the host during the copy.
@@ -101,14 +102,22 @@ def extract_tar(data: bytes, top: str, dest: Path) -> ExtractStats:
                 if member.isdir():
                     fd = _open_dirs(parent_fd, (dest.name, *parts), stats, dest)
                     os.close(fd)
-                elif member.isreg():
+                elif member.isreg() and not member.issparse():
                     fd = _open_dirs(parent_fd, (dest.name, *parts[:-1]), stats, dest)
                     try:
                         _write_file(tf, member, fd, parts[-1], stats, dest / shown)
                     finally:
                         os.close(fd)
                 else:
-                    kind = "symlink" if member.issym() else "hard link" if member.islnk() else "special file"
+                    kind = (
+                        "symlink"
+                        if member.issym()
+                        else "hard link"
+                        if member.islnk()
+                        else "sparse file"
+                        if member.issparse()
+                        else "special file"
+                    )
                     target = f" -> {member.linkname[:100]}" if member.issym() or member.islnk() else ""
                     stats.skipped.append(f"{shown} ({kind}{target}: only files and folders are copied out)")
         return stats
@@ -132,7 +141,7 @@ def _read_members(tf: tarfile.TarFile, top: str) -> tuple[list[tarfile.TarInfo],
         _member_parts(member.name, top)
         members.append(member)
     top_member = next((m for m in members if _member_parts(m.name, top) == ()), None)
-    if top_member is None or not (top_member.isdir() or top_member.isreg()):
+    if top_member is None or not (top_member.isdir() or (top_member.isreg() and not top_member.issparse())):
         kind = "missing" if top_member is None else "not a regular file or folder"
         raise PathError(f"{top!r} is {kind} in the bottle's archive; only files and folders are copied out")
     if top_member.isreg() and len(members) != 1:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import stat
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -87,6 +88,23 @@ def test_hostile_archives_are_refused_and_leave_nothing_behind(
     assert not os.path.lexists(dest)
     assert sorted(os.listdir(tmp_path)) == []
     assert not Path("/etc/evil").exists()
+
+
+def test_a_sparse_file_cannot_blow_up_into_more_than_was_sent(tmp_path: Path) -> None:
+    src = tmp_path / "src" / "out"
+    src.mkdir(parents=True)
+    with open(src / "huge", "wb") as f:
+        f.truncate(1024**4)  # 1 TiB of holes, a few KiB in a sparse tar
+    (src / "ok.txt").write_text("ok\n")
+    tar = subprocess.run(
+        ["tar", "-c", "-S", "--format=gnu", "-f", "-", "-C", str(src.parent), "out"], capture_output=True, check=True
+    ).stdout
+    assert len(tar) < 1024**2
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    stats = extract_tar(tar, "out", dest / "copy")
+    assert sorted(os.listdir(dest / "copy")) == ["ok.txt"]
+    assert any("huge (sparse file" in s for s in stats.skipped)
 
 
 def test_garbage_instead_of_a_tar_is_refused(tmp_path: Path) -> None:
