@@ -133,8 +133,11 @@ async def test_supervisor_delegates_a_task_and_brings_the_work_back(
             assert copied["files"] == 1
             assert (host_repo / "notes-copy.txt").read_text() == "hello from the bottle\n"
 
+            edit = "echo wip >> README.md && echo new > scratch.txt"
+            _ok(await client.call_tool("exec", {"bottle_id": bid, "command": edit}))
             diff = _ok(await client.call_tool("diff", {"bottle_id": bid}))
-            assert "+hello from the bottle" in diff["diff"]
+            assert "+hello from the bottle" in diff["diff"] and "+wip" in diff["diff"]
+            assert diff["untracked"] == ["scratch.txt"] and "README.md" in diff["stat"]
             branch = _ok(await client.call_tool("fetch_branch", {"bottle_id": bid, "branch": "agent/notes"}))
             assert [c["subject"] for c in branch["commits"]] == ["add notes"]
             assert git(host_repo, "show", "agent/notes:notes.txt") == "hello from the bottle\n"
