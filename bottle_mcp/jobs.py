@@ -8,7 +8,8 @@ A job is a folder in the bottle, `/tmp/bottle-mcp-jobs/<job_id>/`, and a detache
     run.sh         the runner: a session leader that runs command.sh with stdout and stderr going
                    to the files below, each kept up to a limit (the rest is counted, not stored),
                    enforces the job's deadline, and writes the exit status last
-    pid, stdout, stderr, stdout.dropped, stderr.dropped, exit, timed_out
+    pid, stdout, stderr, stdout.dropped, stderr.dropped, exit, deadline (passed: being killed),
+    timed_out (killed after its deadline)
 
 The server learns the runner's pid (its session and process group id) when it starts the job and
 keeps it; each wait reads the status and new output from byte offsets (the cursor). Cancelling
@@ -75,8 +76,8 @@ keep() { dd bs=65536 iflag=count_bytes count="$cap" status=none > "$1"; wc -c > 
   i=0
   while [ "$i" -lt "$limit" ] && [ ! -e "$d/exit" ]; do sleep 1; i=$((i + 1)); done
   if [ ! -e "$d/exit" ]; then
-    : > "$d/timed_out"
-    env -u BOTTLE_MCP_JOB setsid /bin/sh "$d/kill.sh" "$BOTTLE_MCP_JOB" "$$" </dev/null >/dev/null 2>&1
+    : > "$d/deadline"
+    env -u BOTTLE_MCP_JOB setsid /bin/sh "$d/kill.sh" "$BOTTLE_MCP_JOB" "$$" "$d/timed_out" </dev/null >/dev/null 2>&1
   fi
 ) </dev/null >/dev/null 2>&1 &
 if cd -- "$w" 2>/dev/null; then
@@ -88,8 +89,9 @@ fi
 if [ -e "$d/rc" ]; then mv -f "$d/rc" "$d/exit"; else echo killed > "$d/exit"; fi
 """
 
-# Kill a job: $1 job id, $2 its session id (0: unknown). TERM first (agents may save state), then
-# KILL the session, the process group, and any process whose environment carries the job's marker.
+# Kill a job: $1 job id, $2 its session id (0: unknown), $3 a file to create when done (optional).
+# TERM first (agents may save state), then KILL the session, the process group, and any process
+# whose environment carries the job's marker.
 KILL_SH = r"""id=$1; sid=$2; me=$$
 case "$sid" in ''|*[!0-9]*) exit 2 ;; esac
 [ "$sid" = 1 ] && exit 2
@@ -109,6 +111,8 @@ for round in 1 2 3; do
   done
   sleep 0.1
 done
+[ -n "$3" ] && : > "$3"
+true
 """
 
 # How many processes of a job are still alive: $1 job id, $2 session id.
@@ -126,6 +130,7 @@ echo "$n"
 
 # Start the runner detached in its own session, marked; print its pid once it wrote it.
 START_SH = r"""d=$1
+: > "$d/stdout"; : > "$d/stderr"
 cd / && BOTTLE_MCP_JOB="${d##*/}" setsid /bin/sh "$d/run.sh" "$d" "$2" "$3" "$4" </dev/null >/dev/null 2>&1 &
 i=0
 while [ ! -s "$d/pid" ] && [ "$i" -lt 200 ]; do sleep 0.05; i=$((i + 1)); done
@@ -133,20 +138,33 @@ cat "$d/pid"
 """
 
 # One look at a job: $1 folder, $2 runner pid, $3/$4 stdout/stderr offsets, $5 bytes per stream, $6 tail bytes.
-POLL_SH = r"""d=$1; pid=$2; o=$3; e=$4; n=$5; t=$6
-if [ -e "$d/exit" ]; then st="exit $(head -c 16 "$d/exit" | tr -dc 0-9a-z)"
+# Every process started in a bottle costs tens of milliseconds: builtins do what they can here.
+POLL_SH = r"""d=$1; pid=$2; o=$3; e=$4; n=$5; t=$6; x=
+if [ -e "$d/exit" ]; then st=exit; read -r x < "$d/exit"
 elif kill -0 "$pid" 2>/dev/null; then st=running
-elif [ -e "$d/exit" ]; then st="exit $(head -c 16 "$d/exit" | tr -dc 0-9a-z)"
+elif [ -e "$d/exit" ]; then st=exit; read -r x < "$d/exit"
+elif [ -e "$d/deadline" ] && [ ! -e "$d/timed_out" ]; then st=running
 else st=lost; fi
+case $x in *[!0-9a-z]*) x=bad ;; esac
+[ "${#x}" -gt 16 ] && x=bad
+[ "$st" = exit ] && st="exit $x"
 [ -e "$d/timed_out" ] && st="$st timed_out"
 echo "state $st"
-for s in stdout stderr; do
-  b=$(wc -c < "$d/$s" 2>/dev/null); x=$(head -c 20 "$d/$s.dropped" 2>/dev/null)
-  echo "size $s ${b:-0} ${x:-0}"
-done
-echo "tail $(tail -c "$t" "$d/stdout" 2>/dev/null | base64 -w0)"
-echo "out $(tail -c "+$((o + 1))" "$d/stdout" 2>/dev/null | head -c "$n" | base64 -w0)"
-echo "err $(tail -c "+$((e + 1))" "$d/stderr" 2>/dev/null | head -c "$n" | base64 -w0)"
+xo=0; xe=0
+[ -e "$d/stdout.dropped" ] && read -r xo < "$d/stdout.dropped"
+[ -e "$d/stderr.dropped" ] && read -r xe < "$d/stderr.dropped"
+case $xo in ''|*[!0-9]*) xo=0 ;; esac
+case $xe in ''|*[!0-9]*) xe=0 ;; esac
+set -- $(stat -c %s -- "$d/stdout" "$d/stderr" 2>/dev/null)
+echo "size stdout ${1:-0} $xo"
+echo "size stderr ${2:-0} $xe"
+if [ "$t" -gt 0 ]; then echo "tail $(tail -c "$t" "$d/stdout" | base64 -w0)"; else echo "tail "; fi
+if [ "$n" -gt 0 ]; then
+  echo "out $(tail -c "+$((o + 1))" "$d/stdout" | head -c "$n" | base64 -w0)"
+  echo "err $(tail -c "+$((e + 1))" "$d/stderr" | head -c "$n" | base64 -w0)"
+else
+  echo "out "; echo "err "
+fi
 """
 
 Progress = Callable[[float, str], Awaitable[None]]

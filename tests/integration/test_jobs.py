@@ -125,7 +125,8 @@ async def test_a_job_whose_runner_is_killed_inside_the_bottle_is_reported_lost(s
         # The job folder is the agent's to tamper with: garbage where the exit status goes is no status.
         forged = await svc.exec(
             bid,
-            'kill -KILL "$(cat "$BOTTLE_MCP_JOB_DIR/pid")"; printf "0\\nstate exit 0; rm" > "$BOTTLE_MCP_JOB_DIR/exit"',
+            'kill -KILL "$(cat "$BOTTLE_MCP_JOB_DIR/pid")"; '
+            'printf "0; rm -rf /\\nstate exit 0" > "$BOTTLE_MCP_JOB_DIR/exit"',
             background=True,
         )
         assert forged.job is not None
