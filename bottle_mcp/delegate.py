@@ -24,7 +24,7 @@ from .backends.base import Bottle
 from .copyout import confine_host_dest, extract_tar
 from .errors import BottleError, BottleGoneError
 from .gitout import EMPTY_TREE, OID_RE, check_branch, import_bundle
-from .jobs import JobManager
+from .jobs import Job, JobManager
 from .models import BottlePlan
 from .paths import check_bottle_path
 from .results import (
@@ -160,13 +160,22 @@ class Delegation:
     async def list_jobs(self, bottle_id: str) -> JobList:
         bottle = await self._service.bottle(bottle_id)
         jobs = self.jobs.of_bottle(bottle_id)
-        try:
-            async with anyio.create_task_group() as tg:
-                for job in jobs:
-                    tg.start_soon(self.jobs.refresh, job)
-        except BottleGoneError:
+        gone: list[BottleGoneError] = []
+
+        async def refresh(job: Job) -> None:
+            try:
+                await self.jobs.refresh(job)
+            except BottleGoneError as e:
+                gone.append(e)
+            except BottleError as e:  # one unreadable job must not hide the others
+                log.warning("could not read job %s: %s", job.job_id, e)
+
+        async with anyio.create_task_group() as tg:
+            for job in jobs:
+                tg.start_soon(refresh, job)
+        if gone:
             await self._service.discard(bottle)
-            raise
+            raise gone[0]
         return JobList(jobs=[j.info() for j in jobs])
 
     # -- results out ------------------------------------------------------------------------

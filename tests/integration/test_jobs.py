@@ -6,11 +6,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
+import docker
 import pytest
 
 from bottle_mcp import jobs
 from bottle_mcp.backends.docker import DockerBackend
-from bottle_mcp.errors import BottleNotFoundError, PathError
+from bottle_mcp.errors import BottleGoneError, BottleNotFoundError, PathError
 from bottle_mcp.labels import Instance
 from bottle_mcp.results import JobResult
 from bottle_mcp.service import BottleService, ServiceConfig
@@ -180,3 +181,19 @@ async def test_every_process_of_a_job_carries_its_marker(svc: BottleService) -> 
         assert "standin-agent" in await _job_processes(svc, bid)
         await svc.exec(bid, jobs._sh(jobs.KILL_SH, job.job_id, 0))
         assert await _job_processes(svc, bid) == ""
+
+
+async def test_a_bottle_removed_behind_the_servers_back_ends_its_jobs(
+    svc: BottleService, docker_client: docker.DockerClient
+) -> None:
+    with anyio.fail_after(60):
+        bid = await _bottle(svc)
+        job = await svc.delegate.run_agent(bid, "hang", timeout_s=600, workdir=None)
+        docker_client.api.remove_container(svc.live_bottles[0].container_id, force=True)  # type: ignore[attr-defined]
+        with pytest.raises(BottleGoneError):
+            await svc.delegate.list_jobs(bid)
+        res = await svc.delegate.wait_job(job.job_id, timeout_s=1, cursor=None)
+        assert res.done and res.job.status == "bottle_gone"
+        with pytest.raises(BottleNotFoundError):
+            await svc.delegate.list_jobs(bid)
+        assert svc.live_bottles == []
