@@ -271,7 +271,8 @@ def register_delegation_tools(mcp: MCPServer[BottleService], service: BottleServ
             float, Field(description="Most seconds to wait before returning (the job keeps running).", ge=0, le=300)
         ] = 30,
         cursor: Annotated[
-            str | None, Field(description="next_cursor of the previous wait_job; omit to read from the start.")
+            str | None,
+            Field(description="next_cursor of the previous wait_job; omit to read from the start.", max_length=64),
         ] = None,
     ) -> JobResult:
         """Wait until the job ends or timeout_s passes, then return its status and output since the cursor.
