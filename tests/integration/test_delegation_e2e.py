@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -79,6 +80,10 @@ async def test_supervisor_delegates_a_task_and_brings_the_work_back(
         async with Client(params, mode=mode) as client:
             plan = _ok(await client.call_tool("prepare_bottle", {"agent": "standin", "copy_cwd": True}))
             bid = _ok(await client.call_tool("launch_bottle", {"plan_id": plan["plan_id"]}))["bottle_id"]
+            assert plan["credentials"] == [{"name": "BOTTLE_TEST_TOKEN", "present": True}]
+            assert SECRET not in json.dumps(plan)
+            (container,) = docker_client.api.containers(filters={"label": [f"{L.BOTTLE}={bid}"]})
+            assert SECRET not in json.dumps(container["Labels"])
 
             task = (
                 "write notes.txt: hello from the bottle\ncommit: add notes\n"
