@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 
 from bottle_mcp.backends.docker import DockerBackend
 from bottle_mcp.backends.docker.bottle import DockerBottle
-from bottle_mcp.errors import BottleNotFoundError, PathError
+from bottle_mcp.errors import BottleError, BottleNotFoundError, PathError
 from bottle_mcp.labels import Instance
 from bottle_mcp.server import build_server
 from bottle_mcp.service import BottleService, ServiceConfig
@@ -191,3 +192,64 @@ async def test_timed_out_exec_leaves_no_process_behind(sec_service: BottleServic
     res = await sec_service.exec(plain_bottle.id, "sleep 2001 & setsid sleep 2002 & sleep 2003; wait", timeout_s=1)
     assert res.timed_out and res.exit_code is None
     await _wait_for(sec_service, plain_bottle, "200[13]", present=False)
+
+
+def _host_tree_state(top: Path) -> dict[str, str]:
+    """Every path under top (links not followed): 'link -> target' for symlinks, 'file'/'dir' otherwise."""
+    state = {}
+    for dirpath, dirs, files in os.walk(top):
+        for name in dirs + files:
+            p = Path(dirpath) / name
+            state[str(p.relative_to(top))] = (
+                f"link -> {os.readlink(p)}" if p.is_symlink() else ("dir" if p.is_dir() else "file")
+            )
+    return state
+
+
+@pytest.mark.parametrize("host_path", ["../root-evil/got", "{outside}/got", "/tmp/got-{pid}", "{root}-evil/got"])
+async def test_copy_out_refuses_host_destinations_outside_the_root(
+    sec_service: BottleService, plain_bottle: DockerBottle, host_tree: tuple[Path, Path], host_path: str
+) -> None:
+    root, outside = host_tree
+    await sec_service.exec(plain_bottle.id, "echo payload > /workspace/payload.txt")
+    dest = host_path.format(root=root, outside=outside, pid=os.getpid())
+    with pytest.raises(PathError):
+        await sec_service.delegate.cp_out(plain_bottle.id, "/workspace/payload.txt", dest)
+    assert not (outside / "got").exists() and not Path(f"/tmp/got-{os.getpid()}").exists()
+
+
+async def test_copy_out_of_a_hostile_tree_writes_only_plain_files_under_the_destination(
+    sec_service: BottleService, plain_bottle: DockerBottle, host_tree: tuple[Path, Path]
+) -> None:
+    root, outside = host_tree
+    before_outside = _host_tree_state(outside.parent)
+    await sec_service.exec(
+        plain_bottle.id,
+        "set -e; d=/workspace/hostile; rm -rf $d; mkdir -p $d/sub; echo ok > $d/sub/a.txt; "
+        "ln -s ../../../../root-evil/secret.txt $d/up; ln -s /etc/passwd $d/abs; ln $d/sub/a.txt $d/hard; "
+        'mkfifo $d/fifo; echo x > "$d/new\nline"; echo y > $d/...; ln -s . $d/loop',
+    )
+    static = await sec_service.delegate.cp_out(plain_bottle.id, "/workspace/hostile", "static")
+    assert (root / "static" / "sub" / "a.txt").read_text() == "ok\n"
+    assert len(static.skipped) >= 3, static.skipped  # the links and the fifo
+    assert not any(v.startswith("link") for v in _host_tree_state(root / "static").values())
+    # Now the agent keeps swapping a folder for a link that points up and out while copies run.
+    await sec_service.exec(
+        plain_bottle.id,
+        "(while :; do mkdir -p /workspace/hostile/flip && rm -rf /workspace/hostile/flip && "
+        "ln -sfn ../../.. /workspace/hostile/flip && rm -f /workspace/hostile/flip; done) "
+        ">/dev/null 2>&1 & echo $! > /tmp/flipper",
+    )
+    try:
+        for i in range(10):
+            with contextlib.suppress(BottleError):  # refusing is fine; writing outside is not
+                await sec_service.delegate.cp_out(plain_bottle.id, "/workspace/hostile", f"out{i}")
+    finally:
+        await sec_service.exec(plain_bottle.id, "kill $(cat /tmp/flipper)")
+    for i in range(10):
+        for rel, kind in _host_tree_state(root / f"out{i}").items() if (root / f"out{i}").exists() else []:
+            assert not kind.startswith("link"), (i, rel, kind)
+    after = _host_tree_state(outside.parent)
+    new = {k: v for k, v in after.items() if k not in before_outside}
+    assert all(k.split("/", 1)[0] == "root" for k in new), new  # nothing appeared beside the root
+    assert (outside / "secret.txt").read_text() == SECRET
