@@ -129,6 +129,12 @@ ALLOWED_PARAMETERS = {
     "bottle_path",
     "dry_run",
     "limit",
+    # delegation: the task prompt, jobs and their paging, the host branch that receives commits
+    "prompt",
+    "background",
+    "job_id",
+    "cursor",
+    "branch",
 }
 
 
