@@ -16,6 +16,7 @@ import pytest
 
 from bottle_mcp.backends.docker import DockerBackend
 from bottle_mcp.labels import Instance
+from bottle_mcp.manifest import load_manifest
 from bottle_mcp.service import BottleService, ServiceConfig
 
 from ..conftest import REPO
@@ -34,8 +35,21 @@ async def test_claude_code_runs_in_its_bottle_reports_results_and_is_cancelled_c
         pytest.skip(f"{CLAUDE_IMAGE} is not built; run `bottle-mcp images --manifest manifests/claude.toml`")
     for name in ("ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN"):
         monkeypatch.delenv(name, raising=False)
+    # The example grants egress to the real model API; this test must not reach it, so it runs the same
+    # bottle without a network.
+    text = (REPO / "manifests" / "claude.toml").read_text()
+    offline = text.replace('network = "egress"\n', 'network = "none"\n').replace(
+        'context = "../bottle_mcp/', f'context = "{REPO}/bottle_mcp/'
+    )
+    offline = (
+        offline[: offline.index("[bottles.claude.egress]")] + offline[offline.index("[bottles.claude.resources]") :]
+    )
+    manifest = tmp_path / "claude-offline.toml"
+    manifest.write_text(offline)
+    bottle = load_manifest(manifest).manifest.bottles["claude"]
+    assert bottle.network == "none" and bottle.egress is None
     service = BottleService(
-        ServiceConfig(manifest_path=REPO / "manifests" / "claude.toml", cwd=tmp_path, host_roots=[tmp_path]),
+        ServiceConfig(manifest_path=manifest, cwd=tmp_path, host_roots=[tmp_path]),
         DockerBackend(Instance.current()),
     )
     messages: list[str] = []
