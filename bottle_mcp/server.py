@@ -371,7 +371,12 @@ def register_delegation_tools(mcp: MCPServer[BottleService], service: BottleServ
     )
     @_tool_errors
     async def list_jobs(bottle_id: BottleId) -> JobList:
-        """List the jobs this server started in a bottle, with their current status."""
+        """List the jobs this server started in a bottle (agent runs and background execs), newest last.
+
+        Each entry has job_id, kind, the command or a prompt excerpt, status (running, exited,
+        timed_out, cancelled, lost, bottle_gone), exit code and start time. Use a job_id with wait_job to read
+        its output, or with cancel_job to stop it. Jobs live as long as this server and the bottle.
+        """
         return await delegate.list_jobs(bottle_id)
 
     @mcp.tool(

@@ -275,10 +275,16 @@ class BottleService:
         with anyio.CancelScope(shield=True):
             if bottles:
                 log.info("removing %d bottle(s) on shutdown", len(bottles))
-                with anyio.move_on_after(SHUTDOWN_BUDGET_S * 3):
+                started = time.monotonic()
+                with anyio.move_on_after(SHUTDOWN_BUDGET_S * 3) as scope:
                     async with anyio.create_task_group() as tg:
                         for b in bottles:
                             tg.start_soon(_close_quietly, b)
+                took = time.monotonic() - started
+                if scope.cancelled_caught:
+                    log.warning("gave up removing bottles after %.1f s; `bottle-mcp cleanup` will find them", took)
+                else:
+                    log.info("removed %d bottle(s) in %.2f s", len(bottles), took)
             await self.backend.aclose()
 
 
