@@ -75,7 +75,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--dry-run", action="store_true", help="only list what would be removed")
     c.add_argument("--json", action="store_true", help="print JSON instead of lines")
 
-    i = sub.add_parser("images", help="build the images of a manifest's bottles that have a [build] table")
+    i = sub.add_parser(
+        "images", help="build the images of a manifest's bottles that have a [build] table, and the server's own"
+    )
     _add_manifest(i)
     i.add_argument("--extra-ca-certs", type=Path, default=None, help="CA certificate file or folder for builds")
     i.add_argument("--rebuild", action="store_true", help="build even when the image is current")
@@ -220,7 +222,7 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
 
 def cmd_images(args: argparse.Namespace) -> int:
     from .backends.docker import Engine
-    from .images import build_image, image_status
+    from .images import BUILTIN_IMAGES, build_builtin, build_image, builtin_status, image_status
     from .manifest import load_manifest
 
     lm = load_manifest(args.manifest or default_manifest())
@@ -243,6 +245,16 @@ def cmd_images(args: argparse.Namespace) -> int:
         )
         print(f"[images] built {status.image} ({image_id[:19]})", file=sys.stderr)
         built += 1
+    for tag in BUILTIN_IMAGES:
+        status = builtin_status(engine, tag)
+        if status.present and not status.stale and not args.rebuild:
+            print(f"[images] {tag} is current", file=sys.stderr)
+            continue
+        print(f"[images] building {tag} (the server's own)", file=sys.stderr)
+        image_id = build_builtin(
+            engine, tag, extra_ca=args.extra_ca_certs, on_line=lambda line: print(f"  {line}", file=sys.stderr)
+        )
+        print(f"[images] built {tag} ({image_id[:19]})", file=sys.stderr)
     return 0
 
 

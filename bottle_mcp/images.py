@@ -101,10 +101,23 @@ def build_image(
         )
     context = lm.resolve(build.context)
     digest = context_hash(context, build.dockerfile, build.args)
-    tag = lm.image_for(bottle)
+    labels = {L.MANAGED: "true", CONTEXT_LABEL: digest, f"{L.PREFIX}.bottle-def": bottle}
+    return _build(engine, context, build.dockerfile, lm.image_for(bottle), dict(build.args), labels, extra_ca, on_line)
+
+
+def _build(
+    engine: Engine,
+    context: Path,
+    dockerfile: str,
+    tag: str,
+    buildargs: dict[str, str],
+    labels: dict[str, str],
+    extra_ca: Path | None,
+    on_line: Callable[[str], None],
+) -> str:
     with tempfile.TemporaryDirectory(prefix="bottle-mcp-build-") as tmp:
         staged = Path(tmp) / "context"
-        shutil.copytree(context, staged, symlinks=True, ignore=shutil.ignore_patterns(".git"))
+        shutil.copytree(context, staged, symlinks=True, ignore=shutil.ignore_patterns(".git", "__pycache__"))
         ca_dir = staged / CA_FOLDER
         ca_dir.mkdir(exist_ok=True)
         for i, cert in enumerate(collect_ca_certs(extra_ca)):
@@ -114,10 +127,10 @@ def build_image(
             image_id = ""
             for chunk in c.api.build(
                 path=str(staged),
-                dockerfile=build.dockerfile,
+                dockerfile=dockerfile,
                 tag=tag,
-                buildargs=dict(build.args),
-                labels={L.MANAGED: "true", CONTEXT_LABEL: digest, f"{L.PREFIX}.bottle-def": bottle},
+                buildargs=buildargs,
+                labels=labels,
                 rm=True,
                 forcerm=True,
                 pull=False,
@@ -134,3 +147,28 @@ def build_image(
             return image_id
 
         return engine.call_sync(f"build {tag}", run)
+
+
+# Images the server itself runs (not named by any manifest): tag -> folder under data/images.
+BUILTIN_IMAGES = {"bottle-mcp/egress-proxy:latest": "egress-proxy"}
+_DATA_IMAGES = Path(__file__).parent / "data" / "images"
+
+
+def builtin_status(engine: Engine, tag: str) -> ImageStatus:
+    """Blocking: whether a built-in image is present and built from the current recipe."""
+    want = context_hash(_DATA_IMAGES / BUILTIN_IMAGES[tag], "Dockerfile", {})
+    try:
+        attrs = engine.call_sync("inspect image", lambda c: c.images.get(tag).attrs)
+    except EngineNotFoundError:
+        return ImageStatus(tag, present=False, stale=False)
+    have = ((attrs.get("Config") or {}).get("Labels") or {}).get(CONTEXT_LABEL)
+    return ImageStatus(tag, present=True, stale=have != want)
+
+
+def build_builtin(
+    engine: Engine, tag: str, *, extra_ca: Path | None = None, on_line: Callable[[str], None] = lambda _line: None
+) -> str:
+    """Build one of the server's own images (blocking). Returns the image id."""
+    context = _DATA_IMAGES / BUILTIN_IMAGES[tag]
+    labels = {L.MANAGED: "true", CONTEXT_LABEL: context_hash(context, "Dockerfile", {})}
+    return _build(engine, context, "Dockerfile", tag, {}, labels, extra_ca, on_line)

@@ -28,6 +28,7 @@ GIT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 SSH_ALIAS_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 HOSTNAME_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$"
 EGRESS_PATTERN = r"^(\*\.)?[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+(:[0-9]{1,5})?$"
+EGRESS_HOST_PATTERN = r"^(\*\.)?[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+$"
 USER_PATTERN = r"^[0-9]{1,10}(:[0-9]{1,10})?$"
 ABS_PATH_PATTERN = r"^/[A-Za-z0-9._/-]*$"
 
@@ -93,11 +94,26 @@ class Build(_Strict):
 
 
 class Egress(_Strict):
-    """Hosts the bottle may reach through the egress proxy."""
+    """Hosts the bottle may reach through the egress proxy (see docs/security.md)."""
 
     allow: list[Annotated[str, Field(pattern=EGRESS_PATTERN)]] = Field(
         default_factory=list,
         description="Lower-case host names, optionally '*.' wildcards and ':port' (default ports 443 and 80).",
+    )
+    passthrough: list[Annotated[str, Field(pattern=EGRESS_HOST_PATTERN)]] = Field(
+        default_factory=list,
+        description="Allowed hosts whose TLS is passed through, not intercepted (e.g. certificate pinning); "
+        "requests to them are not scanned for credentials.",
+    )
+    credentials: dict[
+        Annotated[str, Field(pattern=ENV_NAME_PATTERN)], list[Annotated[str, Field(pattern=EGRESS_HOST_PATTERN)]]
+    ] = Field(
+        default_factory=dict,
+        description="Hosts each forwarded credential may be sent to; the proxy refuses requests that carry "
+        "a forwarded credential to any other host.",
+    )
+    upstream_ca: str | None = Field(
+        None, description="PEM file of an extra CA the proxy trusts for upstream TLS (relative to the manifest)."
     )
 
 
@@ -363,6 +379,14 @@ def _cross_check(lm: LoadedManifest) -> list[tuple[str, str]]:
                     "an egress allow-list is declared but network = 'none'; set network = 'egress'",
                 )
             )
+        if bottle.egress is not None:
+            hosts = {a.split(":")[0] for a in bottle.egress.allow}
+            for i, p in enumerate(bottle.egress.passthrough):
+                if not any(p == h or (h.startswith("*.") and p.endswith(h[1:])) for h in hosts):
+                    problems.append((f"{where}.egress.passthrough[{i}]", f"{p!r} is not in egress.allow; add it there"))
+            ca = bottle.egress.upstream_ca
+            if ca is not None and not lm.resolve(ca).is_file():
+                problems.append((f"{where}.egress.upstream_ca", f"file {str(lm.resolve(ca))!r} does not exist"))
         if bottle.build is not None:
             ctx = lm.resolve(bottle.build.context)
             if not (ctx / bottle.build.dockerfile).is_file():

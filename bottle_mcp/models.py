@@ -50,6 +50,33 @@ class NetworkPlan(_Frozen):
     egress_allow: list[str] = Field(default_factory=list)
     effective: Literal["none", "egress-proxy"] = Field(description="What the bottle will really get.")
     note: str = ""
+    intercepted: list[str] = Field(
+        default_factory=list, description="Allowed hosts whose TLS the proxy decrypts and scans for credentials."
+    )
+    passthrough: list[str] = Field(default_factory=list, description="Allowed hosts whose TLS passes unopened.")
+    credential_hosts: dict[str, list[str]] = Field(
+        default_factory=dict, description="Where each forwarded credential may go; anywhere else is refused."
+    )
+    proxy: str = Field("", description="How the proxy is reached from inside the bottle.")
+
+
+class EgressDecision(_Frozen):
+    time: str
+    action: Literal["allow", "deny"]
+    kind: str = Field(description="CONNECT, HTTP, HTTPS (a request inside an intercepted tunnel), connect, tunnel.")
+    host: str
+    port: int | str
+    reason: str
+    method: str | None = None
+    path: str | None = None
+    tls: str | None = Field(None, description="For CONNECT: 'intercept' or 'passthrough'.")
+
+
+class EgressLog(_Frozen):
+    bottle_id: str
+    allow: list[str] = Field(description="The allow-list in force.")
+    decisions: list[EgressDecision] = Field(description="Oldest first; at most `limit` of the latest.")
+    total: int = Field(description="Decisions recorded in all (the list may hold only the latest).")
 
 
 class ResourcePlan(_Frozen):

@@ -32,6 +32,7 @@ from .models import (
     BottleSpec,
     CleanupReport,
     CopyResult,
+    EgressLog,
     ExecResult,
     LaunchResult,
     StopResult,
@@ -192,6 +193,11 @@ class BottleService:
         removed = await bottle.close()
         self._bottles.pop(bottle_id, None)
         return StopResult(bottle_id=bottle_id, removed=removed)
+
+    async def egress_log(self, bottle_id: str, *, limit: int = 200) -> EgressLog:
+        bottle = await self._bottle(bottle_id)
+        allow, decisions = await bottle.egress_log()
+        return EgressLog(bottle_id=bottle_id, allow=allow, decisions=decisions[-limit:], total=len(decisions))
 
     async def list_active(self) -> list[BottleInfo]:
         return await self.backend.list_active()

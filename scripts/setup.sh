@@ -70,6 +70,51 @@ if ! docker info >/dev/null 2>&1; then
 fi
 log "engine $(docker version --format '{{.Server.Version}}') answers"
 
+# --- 2b. gVisor (runsc) for bottles with runtime "auto" -------------------------
+# Debian bookworm's own runsc is too broken to use; the bookworm-backports build
+# works. Its network stack cannot start on every kernel, so it is registered with
+# --network=host (the container keeps its own network namespace; see
+# docs/security.md). Adding a runtime needs only a configuration reload (SIGHUP),
+# which leaves running containers alone. Skipped for a remote engine
+# (DOCKER_HOST) and with BOTTLE_MCP_GVISOR=0.
+if [ "${BOTTLE_MCP_GVISOR:-1}" = 1 ] && [ -z "${DOCKER_HOST:-}" ] \
+   && ! docker info --format '{{json .Runtimes}}' 2>/dev/null | grep -q '"runsc"'; then
+  if ! runsc --version 2>/dev/null | grep -q '0.0~2024\|0.0~2025\|0.0~2026' \
+     && grep -q 'VERSION_CODENAME=bookworm' /etc/os-release 2>/dev/null; then
+    mirror=${BOTTLE_MCP_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+    log "installing gVisor (runsc) from bookworm-backports"
+    as_root sh -c "echo 'deb $mirror bookworm-backports main' > /etc/apt/sources.list.d/bottle-mcp-backports.list"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq || true
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      -t bookworm-backports runsc >/dev/null || log "runsc could not be installed; bottles will use runc"
+  fi
+  runsc_path=$(command -v runsc || true)
+  if [ -n "$runsc_path" ] && runsc --version 2>/dev/null | grep -q '0.0~2024\|0.0~2025\|0.0~2026'; then
+    log "registering runsc with the engine (configuration reload, no restart)"
+    as_root python3 - "$runsc_path" <<'PY'
+import json, os, sys
+path = "/etc/docker/daemon.json"
+conf = {}
+if os.path.exists(path):
+    with open(path) as f:
+        conf = json.load(f)
+conf.setdefault("runtimes", {})["runsc"] = {"path": sys.argv[1], "runtimeArgs": ["--network=host"]}
+os.makedirs("/etc/docker", exist_ok=True)
+with open(path + ".tmp", "w") as f:
+    json.dump(conf, f, indent=2)
+os.replace(path + ".tmp", path)
+PY
+    pid=$(cat /var/run/docker.pid 2>/dev/null || true)
+    if [ -n "$pid" ]; then as_root kill -HUP "$pid"; fi
+    for _ in $(seq 1 50); do
+      docker info --format '{{json .Runtimes}}' 2>/dev/null | grep -q '"runsc"' && break
+      sleep 0.1
+    done
+    docker info --format '{{json .Runtimes}}' 2>/dev/null | grep -q '"runsc"' \
+      || log "the engine did not pick up runsc; bottles will use runc"
+  fi
+fi
+
 # --- 3. base image from the Debian mirror (no registry needed) ---------------
 base_image=bottle-mcp/base:bookworm
 base_recipe=2   # bump when the recipe below changes: the image is rebuilt
@@ -114,6 +159,7 @@ fi
 if [ "$build_images" = 1 ]; then
   ca_args=()
   if [ -n "$extra_ca" ]; then ca_args=(--extra-ca-certs "$extra_ca"); fi
+  # Builds the example's images and the server's own (the egress proxy).
   .venv/bin/bottle-mcp images --manifest manifests/example.toml "${ca_args[@]}"
 fi
 log "ready"

@@ -28,6 +28,7 @@ from ..models import (
     CleanupReport,
     CopyCwdPlan,
     CredentialPlan,
+    EgressDecision,
     ExecResult,
     GitPlan,
     PromptPlan,
@@ -70,6 +71,10 @@ class Bottle(Protocol):
 
     async def close(self) -> list[str]:
         """Remove the bottle and everything it owns; return what was removed. Idempotent."""
+        ...
+
+    async def egress_log(self) -> tuple[list[str], list[EgressDecision]]:
+        """The egress allow-list and every allow/deny decision so far (both empty without egress)."""
         ...
 
 

@@ -30,6 +30,7 @@ from ..models import (
     CleanupItem,
     CleanupPlan,
     CleanupReport,
+    EgressDecision,
     ExecResult,
     MountPlan,
     NetworkPlan,
@@ -74,6 +75,9 @@ class FakeBottle:
     @property
     def info(self) -> BottleInfo:
         return self._info
+
+    async def egress_log(self) -> tuple[list[str], list[EgressDecision]]:
+        return [], []  # the fake runs nothing, so nothing leaves it
 
     def _alive(self) -> None:
         obj = self.world.objects.get(self.container_id)

@@ -34,13 +34,13 @@ from ...models import (
     CleanupPlan,
     CleanupReport,
     MountPlan,
-    NetworkPlan,
     ResourceKind,
     ResourcePlan,
     RuntimePlan,
 )
 from ...paths import TarEntry, pack_tar
 from ..base import Backend, Bottle, Progress, _no_progress, find_repo, prompt_text
+from . import egress
 from .bottle import DockerBottle
 from .engine import Engine
 
@@ -81,21 +81,16 @@ class DockerBackend(Backend):
         if runtime.effective == "runc" and bottle.runtime == "auto":
             warnings.append("gVisor (runsc) is not installed on this engine: the bottle shares the host kernel")
         res = bottle.resources
-        network = NetworkPlan(
-            mode=bottle.network,
-            egress_allow=list(bottle.egress.allow) if bottle.egress else [],
-            effective="none",
-            note=(
-                "no network interface besides loopback"
-                if bottle.network == "none"
-                else "egress enforcement is not available in this version: the bottle gets no network at all"
-            ),
-        )
-        if bottle.network == "egress":
-            warnings.append(
-                "egress is declared but this server cannot enforce it yet, so the bottle runs with no network "
-                "(fail closed)"
-            )
+        network = egress.network_plan(bottle)
+        warnings += egress.plan_warnings(bottle, agent.credentials)
+        if network.effective == "egress-proxy":
+            try:
+                await self.engine.call("inspect egress image", lambda c: c.images.get(egress.EGRESS_IMAGE).id)
+            except EngineNotFoundError:
+                warnings.append(
+                    f"the egress proxy image {egress.EGRESS_IMAGE!r} is missing: build it with `bottle-mcp images` "
+                    "(or run scripts/setup.sh); launch fails until then"
+                )
         if not bottle.read_only_root:
             warnings.append("read_only_root = false in the manifest: the agent can modify the image's files")
         return {
@@ -181,6 +176,7 @@ class DockerBackend(Backend):
         started = time.monotonic()
         container_id: str | None = None
         volume_made = False
+        stack: egress.EgressStack | None = None
         try:
             await progress("checking the image")
             try:
@@ -205,11 +201,19 @@ class DockerBackend(Backend):
             import os
 
             env.update({c: os.environ[c] for c in agent.credentials if c in os.environ})
+            ca_pem: str | None = None
+            if plan.network.effective == "egress-proxy":
+                await progress("starting the egress proxy")
+                stack = egress.EgressStack(self.engine, self.instance, name, extra)
+                ca_pem = await stack.start_proxy(spec.manifest, bdef, agent.credentials)
+                env.update(egress.bottle_env(bdef.home))
             container_id = await self.engine.call(
                 "create container", lambda c: self._create(c, plan, bdef, name, volume, env, extra)
             )
             await progress("starting the container")
             await self.engine.call("start container", lambda c: c.api.start(container_id))
+            if stack is not None:
+                await stack.start_forwarder(container_id)
             info = BottleInfo(
                 bottle_id=bottle_id,
                 agent=plan.agent,
@@ -222,13 +226,23 @@ class DockerBackend(Backend):
                 owner="this-server",
                 instance=self.instance.id,
             )
-            handle = DockerBottle(self.engine, container_id=container_id, volume=volume, info=info, user=bdef.user)
+            handle = DockerBottle(
+                self.engine, container_id=container_id, volume=volume, info=info, user=bdef.user, egress=stack
+            )
             await progress("provisioning prompt, skills and files")
             await self._provision(handle, plan, spec)
+            if ca_pem is not None:
+                res = await handle.exec(
+                    egress.INSTALL_CA, timeout_s=30, workdir=None, output_cap=4096, stdin=ca_pem.encode()
+                )
+                _check_ca_installed(res.exit_code, res.stderr)
             await progress(f"ready in {int((time.monotonic() - started) * 1000)} ms")
             return handle
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
+                if stack is not None:
+                    with contextlib.suppress(EngineError):
+                        await stack.remove()
                 await self._undo(container_id, volume if volume_made else None)
             if isinstance(exc, BottleError | anyio.get_cancelled_exc_class()):
                 if isinstance(exc, EngineError | BottleGoneError) and not isinstance(exc, LaunchError):
@@ -410,3 +424,8 @@ def _remove(c: docker.DockerClient, item: CleanupItem) -> None:
         c.api.remove_volume(item.id, force=True)
     else:
         c.api.remove_network(item.id)
+
+
+def _check_ca_installed(exit_code: int | None, stderr: str) -> None:
+    if exit_code != 0:
+        raise LaunchError(f"installing the egress proxy's CA in the bottle failed: {stderr[:300]}")

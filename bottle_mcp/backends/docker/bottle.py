@@ -9,8 +9,9 @@ from typing import IO
 import anyio
 
 from ...errors import BottleError, BottleGoneError, EngineError, EngineNotFoundError
-from ...models import BottleInfo, ExecResult
+from ...models import BottleInfo, EgressDecision, ExecResult
 from ...output import safe_text
+from .egress import EgressStack
 from .engine import Engine
 from .execstream import ExecStream
 
@@ -26,7 +27,9 @@ class DockerBottle:
         volume: str,
         info: BottleInfo,
         user: str,
+        egress: EgressStack | None = None,
     ) -> None:
+        self.egress = egress
         self._engine = engine
         self.container_id = container_id
         self.volume = volume
@@ -122,6 +125,12 @@ class DockerBottle:
                 "such as the workspace."
             )
 
+    async def egress_log(self) -> tuple[list[str], list[EgressDecision]]:
+        """The allow-list and the proxy's decisions so far (empty for a bottle without egress)."""
+        if self.egress is None:
+            return [], []
+        return self.egress.allow, await self.egress.decisions()
+
     async def _raise_if_gone(self) -> None:
         try:
             state = await self._engine.call(
@@ -140,6 +149,9 @@ class DockerBottle:
             return []
         removed: list[str] = []
         with anyio.CancelScope(shield=True):
+            if self.egress is not None:
+                # The forwarder lives in the bottle's network namespace: it goes first.
+                removed += await self.egress.remove()
             try:
                 await self._engine.call(
                     "remove container", lambda c: c.api.remove_container(self.container_id, force=True)

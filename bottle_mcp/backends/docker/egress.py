@@ -1,0 +1,350 @@
+"""Egress for a Docker bottle: a proxy sidecar that is the bottle's only way out.
+
+The topology (docs/security.md says why this one):
+
+    bottle           network "none": loopback only, no route, no DNS
+      forwarder      a container in the bottle's network namespace (not its
+                     file system or processes): 127.0.0.1:3128 -> Unix socket
+    socket volume    shared by the forwarder and the sidecar, never by the bottle
+    sidecar          mitmproxy with the policy addon, on a per-bottle bridge
+                     network: the only one of them with a route out
+
+Programs in the bottle reach the proxy through HTTP(S)_PROXY; programs that
+ignore those variables find no interface to send anything through. The sidecar
+generates its own CA when it starts (the key never leaves it); the certificate
+is installed in the bottle's home and named by the usual trust variables.
+Everything here carries the bottle's labels, so `cleanup` finds it.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import docker
+
+from ... import labels as L
+from ...errors import EngineError, EngineNotFoundError, ImageMissingError, LaunchError
+from ...manifest import BottleDef, LoadedManifest
+from ...models import EgressDecision, NetworkPlan
+from .engine import Engine
+
+EGRESS_IMAGE = "bottle-mcp/egress-proxy:latest"
+PROXY_PORT = 3128
+PROXY_URL = f"http://127.0.0.1:{PROXY_PORT}"
+SOCKET_DIR = "/run/egress"
+CONF_DIR = "/run/egress-conf"
+SIDECAR_USER = "10101:10101"
+LOG_PREFIX = "EGRESS-LOG "
+CA_PREFIX = "EGRESS-CA "
+READY_TIMEOUT_S = 30.0
+MIN_SCANNED_SECRET = 12
+LOG_TAIL_LINES = 20000
+DEFAULT_PORTS = (443, 80)
+
+
+def allow_rules(allow: list[str]) -> list[dict[str, Any]]:
+    """Manifest entries ('host', '*.domain', 'host:8443') -> the addon's rules, one per pattern."""
+    ports: dict[str, list[int]] = {}
+    for entry in allow:
+        host, _, port = entry.partition(":")
+        wanted = [int(port)] if port else list(DEFAULT_PORTS)
+        have = ports.setdefault(host, [])
+        have += [p for p in wanted if p not in have]
+    return [{"pattern": host, "ports": p} for host, p in ports.items()]
+
+
+def network_plan(bottle: BottleDef) -> NetworkPlan:
+    if bottle.network == "none" or bottle.egress is None:
+        return NetworkPlan(mode="none", effective="none", note="no network interface besides loopback")
+    egress = bottle.egress
+    hosts = [r["pattern"] for r in allow_rules(egress.allow)]
+    return NetworkPlan(
+        mode="egress",
+        egress_allow=list(egress.allow),
+        effective="egress-proxy",
+        note=(
+            "the bottle has no network interface besides loopback; an egress proxy (mitmproxy) in a sidecar "
+            "container is its only way out, reached through a forwarder on 127.0.0.1:3128. Only the allowed "
+            "names and ports (default 443 and 80) pass, for CONNECT and plain HTTP alike; the bottle cannot "
+            "resolve names itself"
+        ),
+        intercepted=[h for h in hosts if h not in egress.passthrough],
+        passthrough=list(egress.passthrough),
+        credential_hosts={k: list(v) for k, v in egress.credentials.items()},
+        proxy=f"HTTP_PROXY / HTTPS_PROXY = {PROXY_URL} (a convenience; enforcement is the topology)",
+    )
+
+
+def plan_warnings(bottle: BottleDef, credentials: list[str]) -> list[str]:
+    if bottle.network != "egress" or bottle.egress is None:
+        return []
+    warnings = []
+    for name in credentials:
+        value = os.environ.get(name)
+        if value is not None and len(value) < MIN_SCANNED_SECRET:
+            warnings.append(
+                f"credential {name} is shorter than {MIN_SCANNED_SECRET} characters: the egress proxy does not "
+                "scan requests for it"
+            )
+        elif value is not None and name not in bottle.egress.credentials:
+            warnings.append(
+                f"credential {name} has no hosts in egress.credentials: the proxy refuses any intercepted request "
+                "that carries it"
+            )
+    if bottle.egress.passthrough:
+        warnings.append(
+            "TLS to " + ", ".join(bottle.egress.passthrough) + " is passed through unopened: requests there are not "
+            "scanned for credentials"
+        )
+    return warnings
+
+
+def bottle_env(home: str) -> dict[str, str]:
+    """Variables for well-behaved programs: the proxy and the trust store that includes the proxy's CA."""
+    bundle = f"{home}/.bottle-mcp/egress-ca-bundle.pem"
+    return {
+        "HTTP_PROXY": PROXY_URL,
+        "HTTPS_PROXY": PROXY_URL,
+        "http_proxy": PROXY_URL,
+        "https_proxy": PROXY_URL,
+        "NO_PROXY": "localhost,127.0.0.1,::1",
+        "no_proxy": "localhost,127.0.0.1,::1",
+        "SSL_CERT_FILE": bundle,
+        "REQUESTS_CA_BUNDLE": bundle,
+        "CURL_CA_BUNDLE": bundle,
+        "GIT_SSL_CAINFO": bundle,
+        "PIP_CERT": bundle,
+        "NODE_EXTRA_CA_CERTS": f"{home}/.bottle-mcp/egress-ca.pem",
+    }
+
+
+# Run inside the bottle with the CA certificate on stdin, before the agent gets control.
+INSTALL_CA = (
+    'd="$HOME/.bottle-mcp" && mkdir -p "$d" && cat > "$d/egress-ca.pem" && '
+    '{ cat /etc/ssl/certs/ca-certificates.crt 2>/dev/null; cat "$d/egress-ca.pem"; } > "$d/egress-ca-bundle.pem"'
+)
+
+
+def policy(lm: LoadedManifest, bottle: BottleDef, credentials: list[str]) -> dict[str, Any]:
+    """The addon's policy. Credentials go in as a short prefix, a length and a hash, never whole."""
+    assert bottle.egress is not None
+    creds = []
+    for name in credentials:
+        value = os.environ.get(name)
+        if value is None or len(value) < MIN_SCANNED_SECRET:
+            continue
+        raw = value.encode()
+        creds.append(
+            {
+                "name": name,
+                "prefix": value[:6],
+                "length": len(raw),
+                "sha256": hashlib.sha256(raw).hexdigest(),
+                "hosts": list(bottle.egress.credentials.get(name, [])),
+            }
+        )
+    return {
+        "allow": allow_rules(bottle.egress.allow),
+        "passthrough": list(bottle.egress.passthrough),
+        "credentials": creds,
+    }
+
+
+def parse_decisions(text: str) -> list[EgressDecision]:
+    out = []
+    for line in text.splitlines():
+        if not line.startswith(LOG_PREFIX):
+            continue
+        try:
+            out.append(EgressDecision.model_validate(json.loads(line[len(LOG_PREFIX) :])))
+        except ValueError:
+            continue
+    return out
+
+
+class EgressStack:
+    """The sidecar, forwarder, socket volume and network of one bottle."""
+
+    def __init__(self, engine: Engine, instance: L.Instance, name: str, extra: dict[str, str]) -> None:
+        self._engine = engine
+        self._instance = instance
+        self._extra = extra
+        self.network_name = f"{name}-egress"
+        self.volume_name = f"{name}-egress-sock"
+        self._sidecar_name = f"{name}-egress-proxy"
+        self._forwarder_name = f"{name}-egress-fwd"
+        self.network_id: str | None = None
+        self.volume_made = False
+        self.sidecar_id: str | None = None
+        self.forwarder_id: str | None = None
+        self.allow: list[str] = []
+
+    def _labels(self, role: L.Role, what: str) -> dict[str, str]:
+        return self._instance.labels(role, **self._extra, **{f"{L.PREFIX}.egress": what})
+
+    def _hardened(self, c: docker.DockerClient, **kw: Any) -> Any:
+        return c.api.create_host_config(
+            init=True,
+            read_only=True,
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges:true"],
+            ipc_mode="private",
+            runtime="runc",
+            mounts=[docker.types.Mount(target=SOCKET_DIR, source=self.volume_name, type="volume")],
+            **kw,
+        )
+
+    async def start_proxy(self, lm: LoadedManifest, bottle: BottleDef, credentials: list[str]) -> str:
+        """Create network, socket volume and sidecar; wait until the proxy answers. Returns its CA (PEM)."""
+        assert bottle.egress is not None
+        self.allow = list(bottle.egress.allow)
+        try:
+            await self._engine.call("inspect egress image", lambda c: c.images.get(EGRESS_IMAGE).id)
+        except EngineNotFoundError:
+            raise ImageMissingError(
+                EGRESS_IMAGE, "build it with `bottle-mcp images` (or run scripts/setup.sh)"
+            ) from None
+        env = {"EGRESS_POLICY": json.dumps(policy(lm, bottle, credentials))}
+        if bottle.egress.upstream_ca is not None:
+            env["EGRESS_UPSTREAM_CA"] = lm.resolve(bottle.egress.upstream_ca).read_text()
+
+        def create(c: docker.DockerClient) -> None:
+            net = c.api.create_network(
+                self.network_name,
+                driver="bridge",
+                labels=self._labels("network", "network"),
+                enable_ipv6=False,
+            )
+            self.network_id = str(net["Id"])
+            c.api.create_volume(name=self.volume_name, labels=self._labels("sidecar", "socket"))
+            self.volume_made = True
+            created = c.api.create_container(
+                image=EGRESS_IMAGE,
+                command=["proxy"],
+                name=self._sidecar_name,
+                user=SIDECAR_USER,
+                environment=env,
+                labels=self._labels("sidecar", "proxy"),
+                host_config=self._hardened(
+                    c,
+                    network_mode=self.network_name,
+                    tmpfs={CONF_DIR: "rw,nosuid,nodev,size=64m,uid=10101,gid=10101,mode=0700"},
+                    pids_limit=256,
+                    mem_limit=512 * 1024**2,
+                    memswap_limit=512 * 1024**2,
+                ),
+            )
+            self.sidecar_id = str(created["Id"])
+            c.api.start(self.sidecar_id)
+
+        await self._engine.call("create the egress proxy", create)
+        return await self._wait_ready()
+
+    async def _wait_ready(self) -> str:
+        sidecar = self.sidecar_id
+        assert sidecar is not None
+        with anyio.move_on_after(READY_TIMEOUT_S):
+            while True:
+                text = await self._engine.call(
+                    "read the egress proxy's log", lambda c: c.api.logs(sidecar, stdout=True, stderr=True)
+                )
+                for line in text.decode(errors="replace").splitlines():
+                    if line.startswith(CA_PREFIX):
+                        return base64.b64decode(line[len(CA_PREFIX) :]).decode()
+                state = await self._engine.call("inspect the egress proxy", lambda c: c.api.inspect_container(sidecar))
+                if not state["State"].get("Running"):
+                    tail = text.decode(errors="replace")[-800:]
+                    raise LaunchError(f"the egress proxy stopped while starting (its log ends with: {tail!r})")
+                await anyio.sleep(0.1)
+        raise LaunchError(f"the egress proxy did not come up within {READY_TIMEOUT_S:g} s")
+
+    async def start_forwarder(self, bottle_container_id: str) -> None:
+        """Join the bottle's network namespace with a forwarder to the proxy's socket."""
+
+        def create(c: docker.DockerClient) -> None:
+            created = c.api.create_container(
+                image=EGRESS_IMAGE,
+                command=["forward"],
+                name=self._forwarder_name,
+                user=SIDECAR_USER,
+                labels=self._labels("sidecar", "forwarder"),
+                host_config=self._hardened(
+                    c,
+                    network_mode=f"container:{bottle_container_id}",
+                    pids_limit=64,
+                    mem_limit=64 * 1024**2,
+                    memswap_limit=64 * 1024**2,
+                ),
+            )
+            self.forwarder_id = str(created["Id"])
+            c.api.start(self.forwarder_id)
+
+        await self._engine.call("create the egress forwarder", create)
+
+    async def decisions(self) -> list[EgressDecision]:
+        sidecar = self.sidecar_id
+        if sidecar is None:
+            return []
+        text = await self._engine.call(
+            "read the egress log", lambda c: c.api.logs(sidecar, stdout=True, stderr=False, tail=LOG_TAIL_LINES)
+        )
+        return parse_decisions(text.decode(errors="replace"))
+
+    async def remove(self) -> list[str]:
+        """Remove everything this stack created (idempotent, never raises for what is already gone)."""
+        removed: list[str] = []
+        with anyio.CancelScope(shield=True):
+            for what, cid in (("forwarder", self.forwarder_id), ("proxy", self.sidecar_id)):
+                if cid is None:
+                    continue
+                with contextlib.suppress(EngineNotFoundError):
+                    await self._engine.call(f"remove egress {what}", _remover(cid))
+                    removed.append(f"egress {what} {cid[:12]}")
+            self.forwarder_id = self.sidecar_id = None
+            if self.volume_made:
+                vol = self.volume_name
+                await self._retry("remove egress socket volume", lambda c: c.api.remove_volume(vol))
+                removed.append(f"volume {self.volume_name}")
+                self.volume_made = False
+            if self.network_id is not None:
+                net = self.network_id
+                # Nothing else belongs on this network; whatever was attached to it goes off first.
+                with contextlib.suppress(EngineError):
+                    await self._engine.call("detach from egress network", lambda c: _detach_all(c, net))
+                await self._retry("remove egress network", lambda c: c.api.remove_network(net))
+                removed.append(f"network {self.network_name}")
+                self.network_id = None
+        return removed
+
+    async def _retry(self, what: str, fn: Callable[[docker.DockerClient], object]) -> None:
+        # The engine may hold a volume or network for a moment after its containers go.
+        for attempt in range(10):
+            try:
+                await self._engine.call(what, fn)
+                return
+            except EngineNotFoundError:
+                return
+            except EngineError:
+                if attempt == 9:
+                    raise
+                await anyio.sleep(0.2)
+
+
+def _remover(container_id: str) -> Callable[[docker.DockerClient], None]:
+    def remove(c: docker.DockerClient) -> None:
+        c.api.remove_container(container_id, force=True)
+
+    return remove
+
+
+def _detach_all(c: docker.DockerClient, network_id: str) -> None:
+    for container_id in c.api.inspect_network(network_id).get("Containers") or {}:
+        with contextlib.suppress(docker.errors.APIError):
+            c.api.disconnect_container_from_network(container_id, network_id, force=True)

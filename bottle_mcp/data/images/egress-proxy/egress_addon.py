@@ -1,0 +1,251 @@
+"""mitmproxy addon: the egress policy of one bottle.
+
+Runs inside the egress sidecar (Debian's python3 and mitmproxy, nothing from
+the project is imported). The policy comes in the environment variable
+EGRESS_POLICY as JSON:
+
+    {"allow": [{"pattern": "api.example.com", "ports": [443, 80]},
+               {"pattern": "*.pypi.org", "ports": [443]}],
+     "passthrough": ["pinned.example.com"],
+     "credentials": [{"name": "API_KEY", "prefix": "sk-12", "length": 40,
+                      "sha256": "...", "hosts": ["api.example.com"]}]}
+
+Every decision is printed as one line `EGRESS-LOG {json}` on stdout; the
+server reads those lines from the container's log.
+
+Rules, in order:
+- a destination must be a lower-case DNS name (no IP literal, no trailing
+  dot, no upper case, no userinfo) matching an allow rule on an allowed port;
+- CONNECT and absolute-URI HTTP are checked alike; in an intercepted tunnel
+  each request is checked again, and its Host header must name the tunnel's host;
+- the name's addresses are resolved here and refused when any is loopback,
+  link-local, multicast, unspecified or this sidecar's gateway (the host);
+  the connection then goes to the checked address, so a second lookup cannot
+  change it;
+- TLS to hosts not listed in passthrough is intercepted with this sidecar's own
+  CA, and requests carrying a forwarded credential to a host that credential is
+  not declared for are refused. Raw (non-TLS, non-HTTP) bytes in a tunnel are
+  refused unless the host is passthrough.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import ipaddress
+import json
+import os
+import re
+import socket
+import struct
+import time
+
+from mitmproxy import http, tls
+from mitmproxy.proxy import server_hooks
+
+NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+$")
+MAX_FIELD = 200
+
+
+def _load_policy() -> dict:
+    return json.loads(os.environ.get("EGRESS_POLICY") or '{"allow": []}')
+
+
+def _gateways() -> set[str]:
+    """Default gateways of this sidecar (the engine's host on each network)."""
+    found: set[str] = set()
+    try:
+        with open("/proc/net/route") as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if len(fields) > 2 and fields[2] != "00000000":
+                    found.add(socket.inet_ntoa(struct.pack("<L", int(fields[2], 16))))
+    except OSError:
+        pass
+    return found
+
+
+def _clip(value: object) -> str:
+    text = str(value)
+    return text if len(text) <= MAX_FIELD else text[:MAX_FIELD] + "..."
+
+
+def matches(pattern: str, host: str) -> bool:
+    if pattern.startswith("*."):
+        return host.endswith(pattern[1:]) and len(host) > len(pattern) - 1
+    return host == pattern
+
+
+class EgressPolicy:
+    def __init__(self) -> None:
+        policy = _load_policy()
+        self.allow: list[dict] = policy.get("allow", [])
+        self.passthrough: list[str] = policy.get("passthrough", [])
+        self.credentials: list[dict] = policy.get("credentials", [])
+        self.gateways = _gateways()
+        self.tunnels: dict[str, str] = {}  # client connection id -> the CONNECT host
+        self.pinned: dict[tuple[str, int], str] = {}  # checked address -> the name it was resolved from
+
+    # -- helpers -----------------------------------------------------------------
+
+    def log(self, action: str, kind: str, host: object, port: object, reason: str, **extra: object) -> None:
+        record = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "action": action,
+            "kind": kind,
+            "host": _clip(host),
+            "port": port if isinstance(port, int) else _clip(port),
+            "reason": reason,
+            **{k: _clip(v) if isinstance(v, str) else v for k, v in extra.items()},
+        }
+        print("EGRESS-LOG " + json.dumps(record, sort_keys=True), flush=True)
+
+    def check_destination(self, host: str, port: int) -> str | None:
+        """None when host:port may be reached, else why not."""
+        if not host:
+            return "no destination host"
+        try:
+            ipaddress.ip_address(host.strip("[]"))
+            return "IP literals are refused; use a host name from the allow-list"
+        except ValueError:
+            pass
+        if host != host.lower():
+            return "upper-case letters in the host name are refused; write it in lower case"
+        if host.endswith("."):
+            return "a trailing dot in the host name is refused"
+        if not NAME_RE.match(host) or host.rsplit(".", 1)[-1].isdigit():
+            return "not a plain DNS host name"
+        for rule in self.allow:
+            if matches(rule["pattern"], host):
+                if port in rule["ports"]:
+                    return None
+                return f"port {port} is not allowed for {rule['pattern']} (allowed: {rule['ports']})"
+        return "host is not in the allow-list"
+
+    def passthrough_host(self, host: str) -> bool:
+        return any(matches(p, host) for p in self.passthrough)
+
+    def leaked_credentials(self, host: str, blobs: list[bytes]) -> list[str]:
+        """Names of forwarded credentials found in blobs that may not go to host."""
+        found = []
+        for cred in self.credentials:
+            if any(matches(p, host) for p in cred["hosts"]):
+                continue
+            prefix = cred["prefix"].encode()
+            length = int(cred["length"])
+            for blob in blobs:
+                if self._contains(blob, prefix, length, cred["sha256"]):
+                    found.append(cred["name"])
+                    break
+        return found
+
+    @staticmethod
+    def _contains(blob: bytes, prefix: bytes, length: int, digest: str) -> bool:
+        start = blob.find(prefix)
+        while start != -1:
+            if hashlib.sha256(blob[start : start + length]).hexdigest() == digest:
+                return True
+            start = blob.find(prefix, start + 1)
+        return False
+
+    # -- mitmproxy hooks -------------------------------------------------------------
+
+    def running(self) -> None:
+        # The proxy listens: hand out the CA certificate (never the key) through the log.
+        with open(os.path.join(os.environ.get("HOME", "/run/egress-conf"), "mitmproxy-ca-cert.pem"), "rb") as f:
+            print("EGRESS-CA " + base64.b64encode(f.read()).decode(), flush=True)
+
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        req = flow.request
+        why = self.check_destination(req.host, req.port)
+        if why is not None:
+            self.log("deny", "CONNECT", req.host, req.port, why)
+            flow.response = http.Response.make(403, f"bottle egress: {why}\n".encode())
+            return
+        self.tunnels[flow.client_conn.id] = req.host
+        mode = "passthrough" if self.passthrough_host(req.host) else "intercept"
+        self.log("allow", "CONNECT", req.host, req.port, "allow-list", tls=mode)
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        req = flow.request
+        if req.method == "CONNECT":
+            return
+        kind = "HTTPS" if req.scheme == "https" else "HTTP"
+        # In a tunnel the destination is the CONNECT's name (the address was pinned to an IP).
+        host = self.tunnels.get(flow.client_conn.id) or req.host
+        why = self.check_destination(host, req.port)
+        if why is None:
+            header = req.host_header
+            if header is not None:
+                named = header.rsplit(":", 1)[0] if not header.endswith("]") else header
+                if named != host:
+                    why = f"the Host header names {named!r}, not the destination {host!r}"
+        if why is None:
+            blobs = [req.url.encode(errors="replace"), bytes(req.raw_content or b"")]
+            blobs += [f"{k}: {v}".encode(errors="replace") for k, v in req.headers.items(multi=True)]
+            decoded = req.get_content(strict=False)
+            if decoded:
+                blobs.append(decoded)
+            leaked = self.leaked_credentials(host, blobs)
+            if leaked:
+                why = f"request carries credential(s) {', '.join(leaked)} that may not be sent to this host"
+        if why is not None:
+            self.log("deny", kind, host, req.port, why, method=req.method, path=req.path)
+            flow.response = http.Response.make(403, f"bottle egress: {why}\n".encode())
+            return
+        self.log("allow", kind, host, req.port, "allow-list", method=req.method, path=req.path)
+
+    def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
+        if data.server.address is None:
+            return
+        host, port = data.server.address
+        if (str(host), int(port)) in self.pinned:
+            return  # an address this hook already checked and pinned
+        why = self.check_destination(str(host), int(port))
+        if why is None:
+            try:
+                infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            except OSError as e:
+                why = f"cannot resolve: {e}"
+                infos = []
+            addresses = [info[4][0] for info in infos]
+            for addr in addresses:
+                ip = ipaddress.ip_address(addr)
+                if (
+                    ip.is_loopback
+                    or ip.is_link_local
+                    or ip.is_multicast
+                    or ip.is_unspecified
+                    or ip.is_reserved
+                    or addr in self.gateways
+                ):
+                    why = f"{host} resolves to {addr}, an address bottles may not reach"
+                    break
+            if why is None and addresses:
+                # Connect to the address that was checked; keep the name for TLS.
+                if data.server.sni is None:
+                    data.server.sni = str(host)
+                data.server.address = (addresses[0], int(port))
+                self.pinned[(addresses[0], int(port))] = str(host)
+        if why is not None:
+            self.log("deny", "connect", host, port, why)
+            data.server.error = f"bottle egress: {why}"
+
+    def tls_clienthello(self, data: tls.ClientHelloData) -> None:
+        host = self.tunnels.get(data.context.client.id, "")
+        if host and self.passthrough_host(host):
+            data.ignore_connection = True
+
+    def tcp_start(self, flow) -> None:  # type: ignore[no-untyped-def]
+        host = self.tunnels.get(flow.client_conn.id, "")
+        if host and self.passthrough_host(host):
+            return
+        address = flow.server_conn.address
+        self.log("deny", "tunnel", host, address[1] if address else "?", "raw bytes in a tunnel are refused")
+        flow.kill()
+
+    def client_disconnected(self, client) -> None:  # type: ignore[no-untyped-def]
+        self.tunnels.pop(client.id, None)
+
+
+addons = [EgressPolicy()]

@@ -1,0 +1,183 @@
+"""Egress: the allow-listed host is reachable through the proxy, everything else is refused or unroutable.
+
+The hostile agent is played by probes.py run inside the bottle. It uses the
+proxy the polite way, then with every trick on the security checklist, then
+without the proxy at all (raw TCP, UDP, DNS, IPv6, the host's address).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from types import TracebackType
+
+import docker
+import pytest
+
+from bottle_mcp.backends.docker.bottle import DockerBottle
+from bottle_mcp.service import BottleService
+
+from .conftest import SECRET_NAME, SECRET_VALUE, World, probe
+
+pytestmark = pytest.mark.anyio
+
+NO_PROXY_ENV = "env -u HTTP_PROXY -u HTTPS_PROXY -u http_proxy -u https_proxy"
+
+
+async def test_plan_shows_the_egress_policy_before_launch(sec_service: BottleService) -> None:
+    plan = await sec_service.prepare("net")
+    net = plan.network
+    assert (net.mode, net.effective) == ("egress", "egress-proxy")
+    assert net.egress_allow == ["allowed.test", "*.allowed.test:443"]
+    assert net.intercepted == ["allowed.test", "*.allowed.test"]
+    assert net.passthrough == ["pinned.allowed.test"]
+    assert net.credential_hosts == {SECRET_NAME: ["allowed.test"]}
+    assert any("pinned.allowed.test is passed through" in w for w in plan.warnings)
+
+
+async def test_allowed_host_is_reachable_over_https_and_http_through_the_proxy(net_bottle: DockerBottle) -> None:
+    out = await probe(net_bottle, "fetch", "https://allowed.test/hello")
+    assert "hello from allowed.test host=allowed.test path=/hello" in out, out
+    out = await probe(net_bottle, "fetch", "http://allowed.test/plain")
+    assert "path=/plain" in out, out
+    out = await probe(net_bottle, "fetch", "https://api.allowed.test/wild")
+    assert "path=/wild" in out, out
+
+
+BYPASSES = {
+    "connect-blocked": ("CONNECT blocked.test:443 HTTP/1.1\\r\\nHost: blocked.test:443\\r\\n\\r\\n", ""),
+    "http-blocked": ("GET http://blocked.test/ HTTP/1.1\\r\\nHost: blocked.test\\r\\n\\r\\n", ""),
+    "connect-mixed-case": ("CONNECT ALLOWED.test:443 HTTP/1.1\\r\\n\\r\\n", ""),
+    "http-mixed-case": ("GET http://Allowed.Test/ HTTP/1.1\\r\\nHost: Allowed.Test\\r\\n\\r\\n", ""),
+    "connect-trailing-dot": ("CONNECT allowed.test.:443 HTTP/1.1\\r\\n\\r\\n", ""),
+    "http-trailing-dot": ("GET http://allowed.test./ HTTP/1.1\\r\\nHost: allowed.test.\\r\\n\\r\\n", ""),
+    "http-userinfo": ("GET http://allowed.test@blocked.test/ HTTP/1.1\\r\\nHost: blocked.test\\r\\n\\r\\n", ""),
+    "http-userinfo-port": ("GET http://allowed.test:80@blocked.test/ HTTP/1.1\\r\\nHost: blocked.test\\r\\n\\r\\n", ""),
+    "connect-other-port": ("CONNECT allowed.test:8080 HTTP/1.1\\r\\n\\r\\n", ""),
+    "http-other-port": ("GET http://allowed.test:8080/ HTTP/1.1\\r\\nHost: allowed.test:8080\\r\\n\\r\\n", ""),
+    "wildcard-not-on-port-80": ("CONNECT api.allowed.test:80 HTTP/1.1\\r\\n\\r\\n", ""),
+    "parent-domain": ("CONNECT test:443 HTTP/1.1\\r\\n\\r\\n", ""),
+    "lookalike-suffix": ("CONNECT evilallowed.test:443 HTTP/1.1\\r\\n\\r\\n", ""),
+    "host-header-mismatch": ("GET http://allowed.test/ HTTP/1.1\\r\\nHost: blocked.test\\r\\n\\r\\n", ""),
+    "tunnel-host-header-mismatch": ("CONNECT allowed.test:443 HTTP/1.1\\r\\n\\r\\n", "blocked.test"),
+}
+
+
+@pytest.mark.parametrize("case", list(BYPASSES))
+async def test_allow_list_bypass_attempts_are_refused(
+    net_bottle: DockerBottle, world: World, docker_client: docker.DockerClient, case: str
+) -> None:
+    request, tls_host = BYPASSES[case]
+    out = await probe(net_bottle, "raw_proxy", request, tls_host)
+    last = out.rsplit("|", 1)[-1]
+    assert " 200 " not in last and (" 403 " in last or " 400 " in last or "Error" in last), out
+    assert not any("blocked.test" in h for h in world.blocked.hits(docker_client) if h.startswith("HIT http"))
+
+
+async def test_ip_literals_are_refused_for_connect_and_http(
+    net_bottle: DockerBottle, world: World, docker_client: docker.DockerClient
+) -> None:
+    assert net_bottle.egress is not None
+    ip = world.allowed.ip_on(docker_client, net_bottle.egress.network_name)
+    for request in (
+        f"CONNECT {ip}:443 HTTP/1.1\\r\\n\\r\\n",
+        f"GET http://{ip}/ip-literal HTTP/1.1\\r\\nHost: allowed.test\\r\\n\\r\\n",
+        f"CONNECT [::ffff:{ip}]:443 HTTP/1.1\\r\\n\\r\\n",
+    ):
+        out = await probe(net_bottle, "raw_proxy", request)
+        assert " 403 " in out or " 400 " in out, (request, out)
+    assert not any("/ip-literal" in h for h in world.allowed.hits(docker_client))
+
+
+async def test_forwarded_credential_going_to_another_host_is_refused_and_logged(
+    sec_service: BottleService, net_bottle: DockerBottle, world: World, docker_client: docker.DockerClient
+) -> None:
+    out = await probe(net_bottle, "post_credential", "https://api.allowed.test/exfil", SECRET_NAME)
+    assert "403" in out, out
+    out = await probe(net_bottle, "post_credential", "http://allowed.test:80/legit", SECRET_NAME)
+    assert out.strip() == "200", out
+    hits = world.allowed.hits(docker_client)
+    assert not any("/exfil" in h for h in hits)
+    assert any("/legit" in h for h in hits)
+    log = await sec_service.egress_log(net_bottle.id)
+    denied = [d for d in log.decisions if d.action == "deny" and d.path == "/exfil"]
+    assert denied and SECRET_NAME in denied[0].reason
+    assert SECRET_VALUE not in log.model_dump_json()
+
+
+async def test_passthrough_host_keeps_its_own_certificate_and_others_are_intercepted(
+    net_bottle: DockerBottle, world: World
+) -> None:
+    # Trusting only the world's CA, the handshake works only where the proxy does not intercept.
+    out = await probe(net_bottle, "tunnel_with_ca", "pinned.allowed.test", world.allowed.ca_pem)
+    assert "200 OK" in out and "path=/pinned" in out, out
+    out = await probe(net_bottle, "tunnel_with_ca", "api.allowed.test", world.allowed.ca_pem)
+    assert "CERTIFICATE_VERIFY_FAILED" in out, out
+
+
+async def test_raw_bytes_in_an_intercepted_tunnel_do_not_reach_the_host(
+    net_bottle: DockerBottle, world: World, docker_client: docker.DockerClient
+) -> None:
+    await probe(net_bottle, "raw_tunnel", "allowed.test")
+    assert not any("raw-tunnel-payload" in h for h in world.allowed.hits(docker_client))
+
+
+class HostListener:
+    """A TCP listener on the host's 0.0.0.0, the case of moby #47356; records whoever connects."""
+
+    def __enter__(self) -> int:
+        self.sock = socket.socket()
+        self.sock.bind(("0.0.0.0", 0))
+        self.sock.listen()
+        self.hits: list[str] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+        return int(self.sock.getsockname()[1])
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, peer = self.sock.accept()
+            except OSError:
+                return
+            self.hits.append(str(peer))
+            conn.close()
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.sock.close()
+
+
+async def test_without_the_proxy_nothing_leaves_the_bottle(
+    net_bottle: DockerBottle, world: World, docker_client: docker.DockerClient
+) -> None:
+    assert net_bottle.egress is not None
+    net = net_bottle.egress.network_name
+    sink_ip = world.blocked.ip_on(docker_client, net)
+    gateway = docker_client.api.inspect_network(net)["IPAM"]["Config"][0]["Gateway"]
+    nonce = f"nonce-{net_bottle.id}.blocked.test"
+    listener = HostListener()
+    with listener as port:
+        out = await probe(net_bottle, "no_proxy_escape", sink_ip, gateway, str(port), nonce, env=NO_PROXY_ENV)
+    assert not listener.hits, f"a host service was reached from the bottle: {listener.hits}"
+    lines = dict(line.split(" ", 1) for line in out.strip().splitlines() if " " in line)
+    assert lines.get("ifaces") == "lo", out
+    assert lines.get("v6addrs", "").count(",") == 0 and "fe80" not in out, out
+    for key in ("tcp", "tcp80", "v6", "gateway"):
+        assert lines[key] != "OPEN", out
+    for key in ("udp", "dns53"):
+        assert lines[key] != "SENT", out
+    assert not lines["lookup"].startswith("RESOLVED"), out
+    assert not lines["lookup-allowed"].startswith("RESOLVED"), out
+    hits = world.blocked.hits(docker_client) + world.allowed.hits(docker_client)
+    assert not any("leak" in h or "nonce-" in h for h in hits), hits
+
+
+async def test_egress_log_records_allow_and_deny(sec_service: BottleService, net_bottle: DockerBottle) -> None:
+    await probe(net_bottle, "raw_proxy", "GET http://allowed.test/logged HTTP/1.1\\r\\nHost: allowed.test\\r\\n\\r\\n")
+    await probe(net_bottle, "raw_proxy", "GET http://blocked.test/logged HTTP/1.1\\r\\nHost: blocked.test\\r\\n\\r\\n")
+    log = await sec_service.egress_log(net_bottle.id)
+    assert log.allow == ["allowed.test", "*.allowed.test:443"]
+    mine = [(d.action, d.host) for d in log.decisions if d.path == "/logged"]
+    assert ("allow", "allowed.test") in mine and ("deny", "blocked.test") in mine
+    assert log.total >= len(log.decisions)
+    limited = await sec_service.egress_log(net_bottle.id, limit=1)
+    assert len(limited.decisions) == 1 and limited.decisions[0] == log.decisions[-1]
