@@ -34,6 +34,7 @@ from .models import (
     CopyResult,
     EgressLog,
     ExecResult,
+    GateLog,
     LaunchResult,
     StopResult,
 )
@@ -198,6 +199,13 @@ class BottleService:
         bottle = await self._bottle(bottle_id)
         allow, decisions = await bottle.egress_log()
         return EgressLog(bottle_id=bottle_id, allow=allow, decisions=decisions[-limit:], total=len(decisions))
+
+    async def gate_log(self, bottle_id: str, *, limit: int = 200) -> GateLog:
+        bottle = await self._bottle(bottle_id)
+        remotes, ssh_hosts, events = await bottle.gate_log()
+        return GateLog(
+            bottle_id=bottle_id, git_remotes=remotes, ssh_hosts=ssh_hosts, events=events[-limit:], total=len(events)
+        )
 
     async def list_active(self) -> list[BottleInfo]:
         return await self.backend.list_active()

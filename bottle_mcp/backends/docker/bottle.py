@@ -9,11 +9,12 @@ from typing import IO
 import anyio
 
 from ...errors import BottleError, BottleGoneError, EngineError, EngineNotFoundError
-from ...models import BottleInfo, EgressDecision, ExecResult
+from ...models import BottleInfo, EgressDecision, ExecResult, GateEvent
 from ...output import safe_text
 from .egress import EgressStack
 from .engine import Engine
 from .execstream import ExecStream
+from .gates import GateStack
 
 UNPACK = 'mkdir -p -- "$1" && exec tar -x --no-same-owner -C "$1" -f -'
 
@@ -28,8 +29,10 @@ class DockerBottle:
         info: BottleInfo,
         user: str,
         egress: EgressStack | None = None,
+        gate: GateStack | None = None,
     ) -> None:
         self.egress = egress
+        self.gate = gate
         self._engine = engine
         self.container_id = container_id
         self.volume = volume
@@ -131,6 +134,12 @@ class DockerBottle:
             return [], []
         return self.egress.allow, await self.egress.decisions()
 
+    async def gate_log(self) -> tuple[dict[str, str], dict[str, str], list[GateEvent]]:
+        """Git remotes -> upstreams, ssh aliases -> host:port, and the gate's events (empty without a gate)."""
+        if self.gate is None:
+            return {}, {}, []
+        return self.gate.git_remotes, self.gate.ssh_hosts, await self.gate.events()
+
     async def _raise_if_gone(self) -> None:
         try:
             state = await self._engine.call(
@@ -152,6 +161,8 @@ class DockerBottle:
             if self.egress is not None:
                 # The forwarder lives in the bottle's network namespace: it goes first.
                 removed += await self.egress.remove()
+            if self.gate is not None:
+                removed += await self.gate.remove()
             try:
                 await self._engine.call(
                     "remove container", lambda c: c.api.remove_container(self.container_id, force=True)
