@@ -118,7 +118,16 @@ def cmd_configure() -> int:
             mirror(entry)
         except (RuntimeError, subprocess.TimeoutExpired) as e:
             event("error", entry["name"], upstream=entry["upstream"], detail=f"initial fetch failed: {e}")
-            say(f"the upstream of git remote {entry['name']!r} ({entry['upstream']}) could not be fetched: {e}")
+            hint = ""
+            if "Host key verification failed" in str(e):
+                hint = (
+                    " Its host key does not match known_host_key in the manifest: compare the pinned key with "
+                    "the output of `ssh-keyscan -p PORT HOST` from a network you trust."
+                )
+            say(
+                f"the upstream of git remote {entry['name']!r} ({entry['upstream']}) could not be fetched.{hint} "
+                f"ssh and git said: {str(e)[-700:]}"
+            )
             return 1
     tmp = CONFIG.with_suffix(".tmp")
     tmp.write_text(json.dumps(data))
