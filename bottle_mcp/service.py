@@ -142,6 +142,9 @@ class BottleService:
         if plan.copy_cwd:
             provisioned.append(f"repository {plan.copy_cwd.host_repo} -> {plan.workdir}")
         provisioned += [f"credential {c.name}" for c in plan.credentials if c.present]
+        if plan.gates is not None:
+            provisioned += [f"git remote {n} -> {url} (the git gate)" for n, url in plan.gates.git_remotes.items()]
+            provisioned += [f"ssh host {alias} -> {how}" for alias, how in plan.gates.ssh_hosts.items()]
         return LaunchResult(
             bottle_id=bottle.id,
             status=bottle.info.status,

@@ -264,7 +264,7 @@ class DockerBackend(Backend):
                 )
                 _check_ca_installed(res.exit_code, res.stderr)
             if gate is not None:
-                await self._provision_gates(handle, bdef)
+                await self._provision_gates(handle, bdef, plan)
             await progress(f"ready in {int((time.monotonic() - started) * 1000)} ms")
             return handle
         except BaseException as exc:
@@ -357,13 +357,22 @@ class DockerBackend(Backend):
             if res.exit_code != 0:
                 raise LaunchError(f"checking out the copied repository failed in the bottle: {res.stderr[:500]}")
 
-    async def _provision_gates(self, handle: DockerBottle, bdef: BottleDef) -> None:
+    async def _provision_gates(self, handle: DockerBottle, bdef: BottleDef, plan: BottlePlan) -> None:
         """The bottle's git remotes and ssh hosts lead to the gate; start the ssh agent relay."""
         home = bdef.home.lstrip("/")
         files = gates.bottle_files(bdef)
         entries = [TarEntry(arcname=f"{home}/{rel}", data=text.encode()) for rel, text in files.items()]
         with pack_tar(entries) as (tar, _stats):
             await handle.put_tar(tar, PurePosixPath("/"))
+        if plan.copy_cwd is not None and bdef.git:
+            # A copied repository's own remote of the same name would add a second URL to the gate's.
+            names = " ".join(g.name for g in bdef.git)
+            await handle.exec(
+                f"for r in {names}; do git config --remove-section remote.$r 2>/dev/null; done; true",
+                timeout_s=30,
+                workdir=plan.workdir,
+                output_cap=4096,
+            )
         command = gates.relay_command(bdef)
         if command is not None:
             res = await handle.exec(command, timeout_s=30, workdir=None, output_cap=4096)

@@ -71,8 +71,10 @@ def bottle_url(name: str) -> str:
 def _host_key(value: str | None, where: str) -> str | None:
     if value is None:
         return None
-    key = " ".join(value.split()[:2])
-    if not HOST_KEY_RE.match(key):
+    parts = value.split(" ")
+    key = " ".join(parts[:2])
+    # At most a comment after the key, and never a second line.
+    if len(parts) > 3 or any(c in value for c in "\r\n\t") or not HOST_KEY_RE.match(key):
         raise PlanError(
             f"{where}.known_host_key: {value[:60]!r} is not a host key line; write it like 'ssh-ed25519 AAAA...' "
             "(the output of `ssh-keyscan HOST`, without the host name)"

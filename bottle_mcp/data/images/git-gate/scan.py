@@ -150,12 +150,14 @@ def added_lines(patch: str) -> Iterator[tuple[str, int, str]]:
             if line.startswith("+++ "):
                 target = line[4:].removesuffix("\t")
                 path = _unquote(target)[2:] if target != "/dev/null" else path
-            elif line.startswith("--- ") and line[4:] != "/dev/null":
-                path = _unquote(line[4:].removesuffix("\t"))[2:]
-            elif line.startswith("@@"):
-                in_header = False
-            else:
                 continue
+            if line.startswith("--- "):
+                source = line[4:].removesuffix("\t")
+                path = _unquote(source)[2:] if source != "/dev/null" else path
+                continue
+            if not line.startswith("@@"):
+                continue
+            in_header = False
         if line.startswith("@@"):
             m = re.match(r"@@ -\S+ \+(\d+)", line)
             number = int(m.group(1)) if m else 0
