@@ -119,6 +119,11 @@ class _Packer:
         parent_fd = os.open(source.parent, _OPEN_DIR)
         try:
             self._add_entry(parent_fd, source.name, arcname, root)
+        except OSError as e:
+            # Something vanished or was swapped for a link (O_NOFOLLOW) while it was being read.
+            raise PathError(
+                f"{arcname!r} could not be copied: {e.strerror} ({e.filename}); it may have changed during the copy"
+            ) from None
         finally:
             os.close(parent_fd)
 

@@ -9,15 +9,23 @@ from __future__ import annotations
 
 import socket
 import threading
+from pathlib import Path
 from types import TracebackType
 
+import anyio
 import docker
 import pytest
 
+from bottle_mcp import labels as L
+from bottle_mcp.backends.docker import DockerBackend
 from bottle_mcp.backends.docker.bottle import DockerBottle
-from bottle_mcp.service import BottleService
+from bottle_mcp.backends.docker.egress import EgressStack
+from bottle_mcp.errors import BottleNotFoundError, EngineError, LaunchError
+from bottle_mcp.labels import Instance
+from bottle_mcp.models import CleanupPlan
+from bottle_mcp.service import BottleService, ServiceConfig
 
-from .conftest import SECRET_NAME, SECRET_VALUE, World, probe
+from .conftest import SECRET_NAME, SECRET_VALUE, World, launch, probe
 
 pytestmark = pytest.mark.anyio
 
@@ -181,3 +189,92 @@ async def test_egress_log_records_allow_and_deny(sec_service: BottleService, net
     assert log.total >= len(log.decisions)
     limited = await sec_service.egress_log(net_bottle.id, limit=1)
     assert len(limited.decisions) == 1 and limited.decisions[0] == log.decisions[-1]
+
+
+def _objects_of(client: docker.DockerClient, label: str) -> list[tuple[str, str]]:
+    """(kind, role) of every engine object carrying the label."""
+    flt = {"label": [label]}
+    found = [("container", c["Labels"][L.ROLE]) for c in client.api.containers(all=True, filters=flt)]
+    found += [("volume", v["Labels"][L.ROLE]) for v in client.api.volumes(filters=flt).get("Volumes") or []]
+    found += [("network", n["Labels"][L.ROLE]) for n in client.api.networks(filters=flt)]
+    return sorted(found)
+
+
+async def test_exec_and_listing_cannot_reach_the_sidecars(
+    sec_service: BottleService, net_bottle: DockerBottle, docker_client: docker.DockerClient
+) -> None:
+    flt = {"label": [f"{L.BOTTLE}={net_bottle.id}", f"{L.ROLE}=sidecar"]}
+    sidecars = docker_client.api.containers(filters=flt)
+    assert len(sidecars) == 2
+    for row in sidecars:
+        for name in (row["Id"], row["Id"][:12], row["Names"][0].lstrip("/")):
+            with pytest.raises(BottleNotFoundError):
+                await sec_service.exec(name, "id")
+            with pytest.raises(BottleNotFoundError):
+                await sec_service.egress_log(name)
+    listed = {b.bottle_id for b in await sec_service.list_active() if b.bottle_id == net_bottle.id}
+    assert listed == {net_bottle.id}
+    assert len([b for b in await sec_service.list_active() if b.bottle_id == net_bottle.id]) == 1
+
+
+async def test_proxy_network_and_volumes_carry_the_labels_and_go_with_the_bottle(
+    sec_service: BottleService, docker_client: docker.DockerClient
+) -> None:
+    bottle = await launch(sec_service, "net")
+    label = f"{L.BOTTLE}={bottle.id}"
+    assert _objects_of(docker_client, label) == [
+        ("container", "bottle"),
+        ("container", "sidecar"),
+        ("container", "sidecar"),
+        ("network", "network"),
+        ("volume", "sidecar"),
+        ("volume", "workspace"),
+    ]
+    for row in docker_client.api.containers(filters={"label": [label]}):
+        assert row["Labels"][L.INSTANCE] == sec_service.instance.id
+    # The sidecars are hardened like the bottle.
+    for row in docker_client.api.containers(filters={"label": [label, f"{L.ROLE}=sidecar"]}):
+        hc = docker_client.api.inspect_container(row["Id"])["HostConfig"]
+        assert hc["CapDrop"] == ["ALL"] and hc["ReadonlyRootfs"] and "no-new-privileges:true" in hc["SecurityOpt"]
+    result = await sec_service.stop(bottle.id)
+    assert any("egress proxy" in r for r in result.removed)
+    assert _objects_of(docker_client, label) == []
+
+
+async def test_failed_launch_removes_the_proxy_and_its_network(
+    security_manifest: Path, docker_client: docker.DockerClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = EgressStack.start_forwarder
+
+    async def broken(self: EgressStack, bottle_container_id: str) -> None:
+        await real(self, bottle_container_id)
+        raise EngineError("injected failure after the forwarder started")
+
+    monkeypatch.setattr(EgressStack, "start_forwarder", broken)
+    svc = BottleService(ServiceConfig(manifest_path=security_manifest), DockerBackend(Instance.current()))
+    try:
+        plan = await svc.prepare("net")
+        with pytest.raises(LaunchError, match="injected"):
+            await svc.launch(plan.plan_id)
+        assert _objects_of(docker_client, f"{L.INSTANCE}={svc.instance.id}") == []
+    finally:
+        await svc.aclose()
+
+
+async def test_cleanup_finds_the_proxy_and_network_of_a_server_that_is_gone(
+    sec_service: BottleService, security_manifest: Path, docker_client: docker.DockerClient
+) -> None:
+    gone = await anyio.run_process(["sh", "-c", "echo $$"])
+    me = Instance.current()
+    ghost = Instance(id="ghost" + me.id[:6], host=me.host, boot_id=me.boot_id, pid=int(gone.stdout), start_ticks="1")
+    svc = BottleService(ServiceConfig(manifest_path=security_manifest), DockerBackend(ghost))
+    bottle = await launch(svc, "net")
+    await svc.backend.aclose()  # the ghost server "crashes": its objects stay behind
+    label = f"{L.BOTTLE}={bottle.id}"
+    assert len(_objects_of(docker_client, label)) == 6
+    found = await sec_service.backend.prepare_cleanup()
+    mine = CleanupPlan(remove=[i for i in found.remove if i.bottle_id == bottle.id], keep=[])
+    assert sorted(i.kind for i in mine.remove) == ["container"] * 3 + ["network"] + ["volume"] * 2
+    report = await sec_service.backend.cleanup(mine)
+    assert not report.failed
+    assert _objects_of(docker_client, label) == []

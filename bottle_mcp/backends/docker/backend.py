@@ -311,6 +311,7 @@ class DockerBackend(Backend):
             memswap_limit=res.memory_bytes,
             nano_cpus=int(res.cpus * 1e9),
             ipc_mode="private",
+            cgroupns="private",
             runtime=plan.runtime.effective,
         )
         created = c.api.create_container(

@@ -196,6 +196,7 @@ class EgressStack:
             cap_drop=["ALL"],
             security_opt=["no-new-privileges:true"],
             ipc_mode="private",
+            cgroupns="private",
             runtime="runc",
             mounts=[docker.types.Mount(target=SOCKET_DIR, source=self.volume_name, type="volume")],
             **kw,
