@@ -168,11 +168,12 @@ def world(
         net.remove()
 
 
-def gate_manifest(world: World, *, git_pin: str | None) -> str:
+def gate_manifest(world: World, *, git_pin: str | None, runtime: str = "auto") -> str:
     pin = f'known_host_key = "{git_pin}"' if git_pin else ""
     return f"""
         [bottles.pusher]
         image = "{SSH_WORKER_IMAGE}"
+        runtime = "{runtime}"
 
         [[bottles.pusher.git]]
         name = "origin"
@@ -222,10 +223,13 @@ class Gated:
 
 
 @pytest.fixture(scope="module")
-async def gated(world: World, ssh_worker_image: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Gated]:
+async def gated(
+    world: World, ssh_worker_image: str, tmp_path_factory: pytest.TempPathFactory, runtime: str
+) -> AsyncIterator[Gated]:
+    """One bottle per runtime (the security suite's `runtime` fixture), shared by the module's tests."""
     home = tmp_path_factory.mktemp("gated")
     manifest = home / "manifest.toml"
-    manifest.write_text(textwrap.dedent(gate_manifest(world, git_pin=world.upstream_key)))
+    manifest.write_text(textwrap.dedent(gate_manifest(world, git_pin=world.upstream_key, runtime=runtime)))
     forwarded = "tok-" + secrets.token_urlsafe(24)
     mp = pytest.MonkeyPatch()
     mp.setenv(FORWARDED, forwarded)
@@ -239,6 +243,7 @@ async def gated(world: World, ssh_worker_image: str, tmp_path_factory: pytest.Te
             assert plan.gates is not None
             assert plan.gates.git_remotes == {"origin": "git://127.0.0.1:9418/origin.git"}
             launched = await svc.launch(plan.plan_id)
+            assert launched.runtime == runtime
         yield Gated(svc, launched.bottle_id, world, forwarded)
     finally:
         await svc.aclose()
