@@ -161,7 +161,7 @@ fi
 if [ "$build_images" = 1 ]; then
   ca_args=()
   if [ -n "$extra_ca" ]; then ca_args=(--extra-ca-certs "$extra_ca"); fi
-  # Builds the example's images and the server's own (the egress proxy).
+  # Builds the example's images and the server's own (the egress proxy and the git gate).
   .venv/bin/bottle-mcp images --manifest manifests/example.toml "${ca_args[@]}"
 fi
 log "ready"
