@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import sys
 from pathlib import Path
@@ -79,8 +80,18 @@ def test_the_gates_own_rules_catch_keys_detect_secrets_does_not_know() -> None:
     assert [name for name, _ in hits] == ["Anthropic API key"]
 
 
+def _fake_openssh_key(cipher: bytes, kdf: bytes) -> str:
+    """The header of an OpenSSH key file (cipher and kdf names), enough for the gate's checks."""
+    head = b"openssh-key-v1\x00" + len(cipher).to_bytes(4, "big") + cipher + len(kdf).to_bytes(4, "big") + kdf
+    body = base64.b64encode(head + b"\x00" * 48).decode()
+    return f"-----BEGIN OPENSSH PRIVATE KEY-----\n{body}\n-----END OPENSSH PRIVATE KEY-----\n"
+
+
+KEY = _fake_openssh_key(b"none", b"none")
+
+
 def _loaded(tmp_path: Path, pin: str | None = None) -> LoadedManifest:
-    (tmp_path / "key").write_text("not really a key\n")
+    (tmp_path / "key").write_text(KEY)
     pin_line = f'known_host_key = "{pin}"' if pin else ""
     text = f"""
 [bottles.b]
@@ -108,23 +119,39 @@ def test_the_bottle_gets_remotes_and_hosts_that_lead_only_to_the_gate(tmp_path: 
     assert "insteadOf = ssh://git@git.example.com:2222/team/repo.git" in files[".gitconfig"]
     assert "HostName 127.0.0.1\n\tPort 2200\n" in files[".ssh/config"]
     assert "IdentityFile none" in files[".ssh/config"]
-    assert all("not really a key" not in text for text in files.values())
+    assert all("PRIVATE KEY" not in text for text in files.values())
     assert gates.forward_mappings(bottle) == ["9418:git.sock", "2200:ssh-0.sock", "2300:agent-0.sock"]
     assert any("'origin' has no known_host_key" in w for w in gates.plan_warnings(bottle))
 
 
 @pytest.mark.parametrize("pin", ["ssh-ed25519", "ssh-ed25519 AAAA\\nbad.host ssh-rsa AAAA", "-oProxyCommand=x AAAA"])
 def test_a_malformed_host_key_pin_is_refused_at_plan_time(tmp_path: Path, pin: str) -> None:
-    bottle = _loaded(tmp_path, pin).manifest.bottles["b"]
+    lm = _loaded(tmp_path, pin)
+    bottle = lm.manifest.bottles["b"]
     with pytest.raises(PlanError, match="known_host_key"):
-        gates.validate(bottle, "b")
+        gates.validate(lm, bottle, "b")
 
 
 def test_a_pinned_key_becomes_one_known_hosts_line_with_the_port(tmp_path: Path) -> None:
     pin = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
     lm = _loaded(tmp_path, pin)
     bottle = lm.manifest.bottles["b"]
-    gates.validate(bottle, "b")
+    gates.validate(lm, bottle, "b")
     config = gates.gate_config(lm, bottle, [])
     assert config["git"][0]["known_hosts"] == [f"[git.example.com]:2222 {pin}"]
-    assert config["git"][0]["key"] == "not really a key\n"  # for the gate only, on the configure exec's stdin
+    assert config["git"][0]["key"] == KEY  # for the gate only, on the configure exec's stdin
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        _fake_openssh_key(b"aes256-ctr", b"bcrypt"),
+        "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\n\nAAAA\n-----END RSA PRIVATE KEY-----\n",
+        "ssh-ed25519 AAAA a public key, not a private one\n",
+    ],
+)
+def test_a_key_the_gate_cannot_use_is_refused_at_plan_time(tmp_path: Path, key: str) -> None:
+    lm = _loaded(tmp_path)
+    (tmp_path / "key").write_text(key)
+    with pytest.raises(PlanError, match="identity_file"):
+        gates.validate(lm, lm.manifest.bottles["b"], "b")

@@ -94,7 +94,7 @@ class DockerBackend(Backend):
                     f"the egress proxy image {egress.EGRESS_IMAGE!r} is missing: build it with `bottle-mcp images` "
                     "(or run scripts/setup.sh); launch fails until then"
                 )
-        gates.validate(bottle, agent.bottle)
+        gates.validate(spec.manifest, bottle, agent.bottle)
         warnings += gates.plan_warnings(bottle)
         if gates.needed(bottle):
             try:

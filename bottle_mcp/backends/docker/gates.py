@@ -19,11 +19,13 @@ environment variable, an image layer, a volume or the bottle.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -82,12 +84,34 @@ def _host_key(value: str | None, where: str) -> str | None:
     return key
 
 
-def validate(bottle: BottleDef, bottle_name: str) -> None:
+def _check_key(path: Path, where: str) -> None:
+    """The gate runs unattended: a key behind a passphrase cannot be used there."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as e:
+        raise PlanError(f"{where}.identity_file: {str(path)!r} cannot be read: {e.strerror}") from None
+    if "PRIVATE KEY-----" not in text:
+        raise PlanError(f"{where}.identity_file: {str(path)!r} is not a private key file (PEM or OpenSSH format)")
+    encrypted = "ENCRYPTED" in text
+    if "BEGIN OPENSSH PRIVATE KEY" in text:
+        body = "".join(line for line in text.splitlines() if line and not line.startswith("-----"))
+        with contextlib.suppress(ValueError):
+            encrypted = b"bcrypt" in base64.b64decode(body)[:64]
+    if encrypted:
+        raise PlanError(
+            f"{where}.identity_file: {str(path)!r} is protected by a passphrase, which the gate cannot type; "
+            "use a key without one (a deploy key limited to this repository or host)"
+        )
+
+
+def validate(lm: LoadedManifest, bottle: BottleDef, bottle_name: str) -> None:
     where = f"bottles.{bottle_name}"
     for i, g in enumerate(bottle.git):
         _host_key(g.known_host_key, f"{where}.git[{i}]")
+        _check_key(lm.resolve(g.identity_file), f"{where}.git[{i}]")
     for i, s in enumerate(bottle.ssh):
         _host_key(s.known_host_key, f"{where}.ssh[{i}]")
+        _check_key(lm.resolve(s.identity_file), f"{where}.ssh[{i}]")
     if len(bottle.ssh) > MAX_SSH_ENTRIES:
         raise PlanError(f"{where}.ssh: at most {MAX_SSH_ENTRIES} ssh entries per bottle")
 

@@ -37,6 +37,7 @@ KEYS = GATE / "keys"
 CONFIG = GATE / "config.json"
 EVENTS = GATE / "events.jsonl"
 SERVING = GATE / "serving"
+SERVE_ERROR = GATE / "serve-error"
 FWD = Path("/run/fwd")
 REPOS = Path("/srv/git")
 HOOKS = "/opt/gate/hooks"
@@ -134,6 +135,9 @@ def cmd_configure() -> int:
     tmp.rename(CONFIG)
     deadline = time.monotonic() + READY_WAIT_S
     while not SERVING.exists():
+        if SERVE_ERROR.exists():
+            say(f"the gate could not start serving: {SERVE_ERROR.read_text().strip()}")
+            return 1
         if time.monotonic() > deadline:
             say("the gate did not start serving in time")
             return 1
@@ -217,8 +221,18 @@ def listen(sock: str, target: str) -> subprocess.Popen[bytes]:
 def cmd_serve() -> int:
     while not CONFIG.exists():
         time.sleep(0.05)
-    data = json.loads(CONFIG.read_text())
     procs: list[subprocess.Popen[bytes]] = []
+    try:
+        start_serving(json.loads(CONFIG.read_text()), procs)
+    except (OSError, RuntimeError, subprocess.CalledProcessError) as e:
+        SERVE_ERROR.write_text(str(e))
+        for p in procs:
+            p.terminate()
+        return 1
+    return supervise(procs, "GATE-READY")
+
+
+def start_serving(data: dict[str, Any], procs: list[subprocess.Popen[bytes]]) -> None:
     if data["git"]:
         procs.append(
             subprocess.Popen(
@@ -248,12 +262,16 @@ def cmd_serve() -> int:
         procs.append(subprocess.Popen(["ssh-agent", "-D", "-a", str(agent_sock)], stdout=subprocess.DEVNULL))
         wait_for(agent_sock, f"the ssh agent of ssh[{i}]")
         key = KEYS / f"ssh-{i}"
-        subprocess.run(
+        added = subprocess.run(
             ["ssh-add", "-q", "--", str(key)],
-            env={**os.environ, "SSH_AUTH_SOCK": str(agent_sock)},
-            check=True,
+            env={**os.environ, "SSH_AUTH_SOCK": str(agent_sock), "SSH_ASKPASS_REQUIRE": "never"},
             stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            check=False,
         )
+        if added.returncode != 0:
+            raise RuntimeError(f"the key of ssh[{i}] could not be loaded into the agent: {added.stderr.strip()[:300]}")
         key.unlink()  # from here on the key lives only in the agent's memory
         procs.append(listen(f"agent-{i}.sock", f"UNIX-CONNECT:{agent_sock}"))
     socks = (["git.sock"] if data["git"] else []) + [
@@ -262,7 +280,6 @@ def cmd_serve() -> int:
     for s in socks:
         wait_for(FWD / s, f"socket {s}")
     SERVING.touch()
-    return supervise(procs, "GATE-READY")
 
 
 # -- the pre-receive hook ------------------------------------------------------------------
