@@ -168,12 +168,14 @@ def world(
         net.remove()
 
 
-def gate_manifest(world: World, *, git_pin: str | None, runtime: str = "auto") -> str:
+def gate_manifest(world: World, *, git_pin: str | None, runtime: str = "auto", egress: bool = False) -> str:
     pin = f'known_host_key = "{git_pin}"' if git_pin else ""
+    network = 'network = "egress"\n        egress.allow = ["updates.example.test"]' if egress else ""
     return f"""
         [bottles.pusher]
         image = "{SSH_WORKER_IMAGE}"
         runtime = "{runtime}"
+        {network}
 
         [[bottles.pusher.git]]
         name = "origin"
@@ -447,12 +449,13 @@ async def test_a_wrong_pinned_host_key_stops_the_launch(
     assert left == []
 
 
-async def test_an_unpinned_upstream_is_trusted_on_first_use_and_recorded(
+async def test_an_unpinned_upstream_is_trusted_on_first_use_beside_an_egress_proxy(
     world: World, ssh_worker_image: str, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     home = tmp_path_factory.mktemp("tofu")
     manifest = home / "manifest.toml"
-    manifest.write_text(textwrap.dedent(gate_manifest(world, git_pin=None)))
+    # With egress too: the gate's forwarder and the proxy's share the bottle's network namespace.
+    manifest.write_text(textwrap.dedent(gate_manifest(world, git_pin=None, egress=True)))
     svc = BottleService(
         ServiceConfig(manifest_path=manifest, cwd=home, host_roots=[home]),
         DockerBackend(Instance.current(), gate_network=world.network),
@@ -463,6 +466,9 @@ async def test_an_unpinned_upstream_is_trusted_on_first_use_and_recorded(
             assert any("no known_host_key" in w and "'origin'" in w for w in plan.warnings)
             bid = (await svc.launch(plan.plan_id)).bottle_id
             log = await svc.gate_log(bid)
+            res = await svc.exec(bid, "git ls-remote origin refs/heads/main && echo $HTTPS_PROXY")
+            assert res.exit_code == 0, res.stderr
+            assert res.stdout.split()[1:] == ["refs/heads/main", "http://127.0.0.1:3128"]
     finally:
         await svc.aclose()
     listed = await anyio.run_process(["ssh-keygen", "-lf", "-"], input=f"x {world.upstream_key}".encode())
