@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ManifestError
 
@@ -31,6 +31,11 @@ EGRESS_PATTERN = r"^(\*\.)?[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9
 EGRESS_HOST_PATTERN = r"^(\*\.)?[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+$"
 USER_PATTERN = r"^[0-9]{1,10}(:[0-9]{1,10})?$"
 ABS_PATH_PATTERN = r"^/[A-Za-z0-9._/-]*$"
+
+# When a person must approve a launch (see bottle_mcp/approval.py and docs/approval.md).
+ApprovePolicy = Literal["never", "always", "elevated"]
+
+MIN_MEMORY = 6 * 1024**2  # Docker refuses less
 
 # Variables the server sets itself inside every bottle.
 RESERVED_ENV = frozenset({"HOME", "USER", "PATH", "BOTTLE_ID", "BOTTLE_AGENT"})
@@ -48,7 +53,10 @@ def parse_size(value: str | int) -> int:
     m = _SIZE_RE.match(value)
     if not m:
         raise ValueError(f"{value!r} is not a size; write it like '512m', '2g' or a number of bytes")
-    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+    size = int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+    if size < 1:
+        raise ValueError(f"size {value!r} is zero, which engines read as 'no limit'; give a positive size")
+    return size
 
 
 def format_size(n: int) -> str:
@@ -80,6 +88,13 @@ class Resources(_Strict):
         parse_size(v)
         return v
 
+    @field_validator("memory")
+    @classmethod
+    def _memory_floor(cls, v: str | int) -> str | int:
+        if parse_size(v) < MIN_MEMORY:
+            raise ValueError(f"memory {v!r} is below the engine's minimum of 6m; give at least '64m'")
+        return v
+
     @property
     def memory_bytes(self) -> int:
         return parse_size(self.memory)
@@ -93,10 +108,17 @@ class Build(_Strict):
     args: dict[str, str] = Field(default_factory=dict, description="Build arguments.")
 
 
+def _egress_port(entry: str) -> str:
+    _, _, port = entry.partition(":")
+    if port and not 1 <= int(port) <= 65535:
+        raise ValueError(f"{entry!r} has port {port}; ports run from 1 to 65535")
+    return entry
+
+
 class Egress(_Strict):
     """Hosts the bottle may reach through the egress proxy (see docs/security.md)."""
 
-    allow: list[Annotated[str, Field(pattern=EGRESS_PATTERN)]] = Field(
+    allow: list[Annotated[str, Field(pattern=EGRESS_PATTERN), AfterValidator(_egress_port)]] = Field(
         default_factory=list,
         description="Lower-case host names, optionally '*.' wildcards and ':port' (default ports 443 and 80).",
     )
@@ -140,6 +162,12 @@ class GitEntry(_Strict):
     @classmethod
     def _ssh_url(cls, v: str) -> str:
         parts = urlsplit(v)
+        try:
+            port = parts.port
+        except ValueError:
+            port = 0
+        if port == 0:
+            raise ValueError(f"{v!r} has an invalid port; use a number from 1 to 65535, or leave it out for 22")
         if parts.scheme != "ssh" or not parts.hostname or not parts.path.strip("/"):
             raise ValueError(f"{v!r} is not an ssh:// URL; write it like 'ssh://git@host:22/owner/repo.git'")
         if v.startswith("-") or any(c in v for c in " \t\n'\"`$;"):
@@ -239,6 +267,11 @@ class HostSettings(_Strict):
     skills_dir: str = Field("~/.claude/skills", description="Where skills live on the host.")
     output_cap: Size = Field("1m", description="Most bytes of stdout (and of stderr) one exec returns.")
     max_bottles: int = Field(64, ge=1, le=1000, description="Most live bottles per server.")
+    approve: ApprovePolicy = Field(
+        "elevated",
+        description="When a person must approve a launch through the MCP client: 'never', 'always', or "
+        "'elevated' (only bottles that grant more than the offline default). `serve --approve` overrides it.",
+    )
 
     @field_validator("output_cap")
     @classmethod
@@ -349,6 +382,8 @@ def _describe(err: Any) -> tuple[str, str]:
         msg = "this key is required; add it"
     elif kind == "literal_error":
         msg = f"{err['input']!r} is not allowed: {msg[0].lower()}{msg[1:]}"
+    elif kind != "value_error":
+        msg = f"{msg} (got {err.get('input')!r}; docs/manifest.md shows the expected form)"
     return toml_path(loc), msg
 
 

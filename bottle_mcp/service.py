@@ -25,7 +25,7 @@ from .errors import (
     UnknownPlanError,
 )
 from .labels import Instance
-from .manifest import LoadedManifest, load_manifest, parse_size
+from .manifest import ApprovePolicy, LoadedManifest, load_manifest, parse_size
 from .models import (
     BottleInfo,
     BottlePlan,
@@ -52,6 +52,8 @@ class ServiceConfig:
     cwd: Path = field(default_factory=Path.cwd)
     host_roots: list[Path] | None = None  # None: from the manifest, else the cwd
     output_cap: int | None = None  # None: from the manifest
+    approve: ApprovePolicy | None = None  # None: from the manifest's [host] approve
+    approvals_log: Path | None = None  # None: the user's state folder (see approval.default_log_path)
 
 
 class BottleService:
@@ -62,6 +64,7 @@ class BottleService:
         self.manifest: LoadedManifest = load_manifest(config.manifest_path)
         self._plans: OrderedDict[str, tuple[BottlePlan, BottleSpec]] = OrderedDict()
         self._bottles: dict[str, Bottle] = {}
+        self._launching = 0
 
     # -- helpers ---------------------------------------------------------------------
 
@@ -109,6 +112,12 @@ class BottleService:
             self._plans.popitem(last=False)
         return plan
 
+    def stored_plan(self, plan_id: str) -> tuple[BottlePlan, BottleSpec]:
+        """The plan as prepare_bottle returned it (not checked against the manifest on disk)."""
+        if plan_id not in self._plans:
+            raise UnknownPlanError(plan_id)
+        return self._plans[plan_id]
+
     async def check_plan(self, plan_id: str) -> tuple[BottlePlan, BottleSpec]:
         """The stored plan, provided the manifest and the files it names still give the same plan."""
         if plan_id not in self._plans:
@@ -124,16 +133,28 @@ class BottleService:
             )
         return plan, fresh_spec
 
-    async def launch(self, plan_id: str, progress: Progress = _no_progress) -> LaunchResult:
+    async def launch(
+        self, plan_id: str, progress: Progress = _no_progress, *, expect_digest: str | None = None
+    ) -> LaunchResult:
+        """Launch a stored plan; with `expect_digest`, only if it is still exactly that plan (an approved one)."""
         started = time.monotonic()
         plan, spec = await self.check_plan(plan_id)
-        limit = self.manifest.manifest.host.max_bottles
-        if len(self._bottles) >= limit:
-            raise LimitError(
-                f"this server already runs {len(self._bottles)} bottles, the limit set by [host] max_bottles; "
-                "stop one with stop_bottle first"
+        if expect_digest is not None and plan.digest != expect_digest:
+            raise StalePlanError(
+                f"plan {plan_id!r} is not the plan that was approved (digest {plan.digest}, approved "
+                f"{expect_digest}); call prepare_bottle again and launch the new plan_id"
             )
-        bottle = await self.backend.launch(plan, spec, progress)
+        limit = self.manifest.manifest.host.max_bottles
+        if len(self._bottles) + self._launching >= limit:
+            raise LimitError(
+                f"this server already runs {len(self._bottles)} bottles (and launches {self._launching}), the "
+                "limit set by [host] max_bottles; stop one with stop_bottle first"
+            )
+        self._launching += 1  # reserved before the first await, so concurrent launches see it
+        try:
+            bottle = await self.backend.launch(plan, spec, progress)
+        finally:
+            self._launching -= 1
         self._bottles[bottle.id] = bottle
         provisioned = []
         if plan.prompt:

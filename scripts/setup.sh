@@ -40,6 +40,7 @@ flock 9
 need_pkgs=()
 command -v dockerd >/dev/null 2>&1 || need_pkgs+=(docker.io cgroupfs-mount iptables)
 command -v mmdebstrap >/dev/null 2>&1 || need_pkgs+=(mmdebstrap)
+command -v npm >/dev/null 2>&1 || need_pkgs+=(npm)   # fetches the third-party MCP clients the tests run
 # ssh-keygen: the git/ssh gate tests make throw-away keys with it.
 command -v ssh-keygen >/dev/null 2>&1 || need_pkgs+=(openssh-client)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
@@ -164,4 +165,7 @@ if [ "$build_images" = 1 ]; then
   # Builds the example's images and the server's own (the egress proxy and the git gate).
   .venv/bin/bottle-mcp images --manifest manifests/example.toml "${ca_args[@]}"
 fi
+# --- 6. third-party MCP clients for tests/clients (Node 22, Inspector, conformance suite) ---
+scripts/third-party-clients.sh install
+
 log "ready"

@@ -39,7 +39,7 @@ from ..models import (
     ResourcePlan,
     RuntimePlan,
 )
-from ..output import safe_text
+from ..output import safe_text, trim_partial_utf8
 from .base import Backend, Bottle, Progress, _no_progress
 
 
@@ -128,8 +128,8 @@ class FakeBottle:
                 out = f"{workdir or '/workspace'}\n".encode()
             else:
                 err, code = f"sh: {head}: not found\n".encode(), 127
-        stdout, n1 = safe_text(out[:output_cap])
-        stderr, n2 = safe_text(err[:output_cap])
+        stdout, n1 = safe_text(trim_partial_utf8(out[:output_cap]) if len(out) > output_cap else out)
+        stderr, n2 = safe_text(trim_partial_utf8(err[:output_cap]) if len(err) > output_cap else err)
         truncated = len(out) > output_cap or len(err) > output_cap
         return ExecResult(
             exit_code=None if timed_out else code,
@@ -195,7 +195,11 @@ class FakeBackend(Backend):
             "init": True,
             "mounts": [MountPlan(target=bottle.workdir, kind="volume", read_only=False, purpose="workspace")],
             "host_mounts": [],
-            "network": NetworkPlan(mode=bottle.network, effective="none"),
+            "network": NetworkPlan(
+                mode=bottle.network,
+                egress_allow=list(bottle.egress.allow) if bottle.egress else [],
+                effective="none",
+            ),
             "resources": ResourcePlan(
                 cpus=res.cpus,
                 memory=format_size(res.memory_bytes),

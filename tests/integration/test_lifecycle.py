@@ -16,7 +16,6 @@ from bottle_mcp.errors import (
     BottleGoneError,
     BottleNotFoundError,
     ImageMissingError,
-    LaunchError,
     PathError,
     StalePlanError,
     UnknownPlanError,
@@ -248,21 +247,27 @@ async def test_cleanup_removes_what_a_dead_server_left(
 async def test_launch_failing_half_way_removes_what_it_created(
     write_manifest: ManifestFactory, tmp_path: Path, worker_image: str, docker_client: docker.DockerClient
 ) -> None:
-    # The engine refuses a 4 MiB memory limit, after the workspace volume was already made.
+    # A fifo inside a skill passes prepare but makes provisioning fail, after the
+    # volume and the container were created and started.
+    skills = tmp_path / "skills"
+    (skills / "odd").mkdir(parents=True)
+    os.mkfifo(skills / "odd" / "pipe")
     path = write_manifest(
         f"""
+        [host]
+        skills_dir = "{skills}"
         [bottles.b]
         image = "{worker_image}"
-        resources = {{ memory = "4m" }}
         [agents.a]
         bottle = "b"
         command = ["true"]
+        skills = ["odd"]
         """
     )
     svc = BottleService(ServiceConfig(manifest_path=path, cwd=tmp_path), DockerBackend(Instance.current()))
     try:
         plan = await svc.prepare("a")
-        with pytest.raises(LaunchError, match="rolled back"):
+        with pytest.raises(PathError, match="fifo"):
             await svc.launch(plan.plan_id)
         flt = {"label": [f"{L.PLAN}={plan.plan_id}"]}
         assert docker_client.api.containers(all=True, filters=flt) == []

@@ -19,7 +19,7 @@ import pytest
 from bottle_mcp import labels as L
 from bottle_mcp.backends.docker import DockerBackend
 from bottle_mcp.backends.docker.bottle import DockerBottle
-from bottle_mcp.backends.docker.egress import EgressStack
+from bottle_mcp.backends.docker.egress import EGRESS_IMAGE, EgressStack
 from bottle_mcp.errors import BottleNotFoundError, EngineError, LaunchError
 from bottle_mcp.labels import Instance
 from bottle_mcp.models import CleanupPlan
@@ -278,3 +278,42 @@ async def test_cleanup_finds_the_proxy_and_network_of_a_server_that_is_gone(
     report = await sec_service.backend.cleanup(mine)
     assert not report.failed
     assert _objects_of(docker_client, label) == []
+
+
+# Runs inside the proxy image: a name on the allow-list that resolves to the host, loopback or
+# link-local (DNS rebinding, cloud metadata) is refused at connect time, by the real addon.
+REBIND_CHECK = """
+import json, os, socket, sys, types
+os.environ["EGRESS_POLICY"] = json.dumps({"allow": [{"pattern": "*.rebind.test", "ports": [443]}]})
+sys.path.insert(0, "/opt/egress")
+import egress_addon
+addon = egress_addon.addons[0]
+gateway = sorted(addon.gateways)[0]
+answers = {"gw.rebind.test": gateway, "lo.rebind.test": "127.0.0.1", "meta.rebind.test": "169.254.169.254",
+           "ok.rebind.test": "203.0.113.7"}
+socket.getaddrinfo = lambda host, port, **kw: [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (answers[host], port))]
+for name in answers:
+    server = types.SimpleNamespace(address=(name, 443), sni=None, error=None)
+    addon.server_connect(types.SimpleNamespace(server=server, client=None))
+    print(name, "refused" if server.error else "allowed " + server.address[0])
+"""
+
+
+async def test_allowed_names_resolving_to_the_host_loopback_or_link_local_are_refused(
+    docker_client: docker.DockerClient, world: World
+) -> None:
+    out = docker_client.containers.run(
+        EGRESS_IMAGE,
+        entrypoint=["python3", "-c", REBIND_CHECK],
+        network=world.network,  # a bridge network, so the sidecar has a gateway as in real use
+        labels=Instance.current().labels("sidecar", **{L.BOTTLE: "test-rebind"}),
+        remove=True,
+        user="10101:10101",
+    ).decode()
+    results = dict(line.split(" ", 1) for line in out.strip().splitlines() if not line.startswith("EGRESS-LOG"))
+    assert results == {
+        "gw.rebind.test": "refused",
+        "lo.rebind.test": "refused",
+        "meta.rebind.test": "refused",
+        "ok.rebind.test": "allowed 203.0.113.7",
+    }, out

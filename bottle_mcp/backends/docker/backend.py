@@ -220,7 +220,7 @@ class DockerBackend(Backend):
             if plan.network.effective == "egress-proxy":
                 await progress("starting the egress proxy")
                 stack = egress.EgressStack(self.engine, self.instance, name, extra)
-                ca_pem = await stack.start_proxy(spec.manifest, bdef, agent.credentials)
+                await stack.start_proxy(spec.manifest, bdef, agent.credentials)
                 env.update(egress.bottle_env(bdef.home))
             if gates.needed(bdef):
                 await progress("starting the git/ssh gate (mirroring the upstreams)")
@@ -233,6 +233,7 @@ class DockerBackend(Backend):
             await self.engine.call("start container", lambda c: c.api.start(container_id))
             if stack is not None:
                 await stack.start_forwarder(container_id)
+                ca_pem = await stack.wait_ready()  # the proxy boots while the bottle starts
             if gate is not None:
                 await gate.start_forwarder(container_id)
             info = BottleInfo(

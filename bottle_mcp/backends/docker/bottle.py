@@ -10,11 +10,17 @@ import anyio
 
 from ...errors import BottleError, BottleGoneError, EngineError, EngineNotFoundError
 from ...models import BottleInfo, EgressDecision, ExecResult, GateEvent
-from ...output import safe_text
+from ...output import safe_text, trim_partial_utf8
 from .egress import EgressStack
 from .engine import Engine
 from .execstream import ExecStream
 from .gates import GateStack
+
+
+def _capped(kept: bytearray, total: int) -> bytes:
+    """What was kept of a stream; a character the cap cut in half is dropped, not shown as invalid."""
+    return trim_partial_utf8(bytes(kept)) if total > len(kept) else bytes(kept)
+
 
 UNPACK = 'mkdir -p -- "$1" && exec tar -x --no-same-owner -C "$1" -f -'
 
@@ -81,8 +87,8 @@ class DockerBottle:
             await anyio.to_thread.run_sync(stream.kill)
         if out.exit_code is None and not out.timed_out:
             await self._raise_if_gone()
-        stdout, n1 = safe_text(bytes(out.stdout))
-        stderr, n2 = safe_text(bytes(out.stderr))
+        stdout, n1 = safe_text(_capped(out.stdout, out.stdout_bytes))
+        stderr, n2 = safe_text(_capped(out.stderr, out.stderr_bytes))
         truncated = out.stdout_bytes > len(out.stdout) or out.stderr_bytes > len(out.stderr)
         notes = sorted(set(n1 + n2))
         if truncated:

@@ -202,8 +202,8 @@ class EgressStack:
             **kw,
         )
 
-    async def start_proxy(self, lm: LoadedManifest, bottle: BottleDef, credentials: list[str]) -> str:
-        """Create network, socket volume and sidecar; wait until the proxy answers. Returns its CA (PEM)."""
+    async def start_proxy(self, lm: LoadedManifest, bottle: BottleDef, credentials: list[str]) -> None:
+        """Create network, socket volume and sidecar, and start it (`wait_ready` waits until it answers)."""
         assert bottle.egress is not None
         self.allow = list(bottle.egress.allow)
         try:
@@ -246,9 +246,9 @@ class EgressStack:
             c.api.start(self.sidecar_id)
 
         await self._engine.call("create the egress proxy", create)
-        return await self._wait_ready()
 
-    async def _wait_ready(self) -> str:
+    async def wait_ready(self) -> str:
+        """Wait until the proxy listens; return its CA certificate (PEM)."""
         sidecar = self.sidecar_id
         assert sidecar is not None
         with anyio.move_on_after(READY_TIMEOUT_S):
