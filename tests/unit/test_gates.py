@@ -17,17 +17,47 @@ from bottle_mcp.manifest import LoadedManifest, parse_manifest
 GATE_IMAGE_DIR = Path(gates.__file__).resolve().parents[2] / "data" / "images" / "git-gate"
 
 
-def _load_scan() -> ModuleType:
-    """scan.py runs inside the gate image; its parsing needs only the standard library."""
-    spec = importlib.util.spec_from_file_location("gate_scan", GATE_IMAGE_DIR / "scan.py")
+def _load(name: str) -> ModuleType:
+    """The gate image's own modules: what is tested here needs only the standard library."""
+    spec = importlib.util.spec_from_file_location(f"gate_{name}", GATE_IMAGE_DIR / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules["gate_scan"] = module
+    sys.modules[f"gate_{name}"] = module
     spec.loader.exec_module(module)
     return module
 
 
-scan = _load_scan()
+scan = _load("scan")
+gate = _load("gate")
+
+
+@pytest.mark.parametrize("ref", ["refs/heads/main", "refs/heads/feature/x-1.2_b", "refs/tags/v1.0.0"])
+def test_plain_branch_and_tag_names_pass_the_gate(ref: str) -> None:
+    assert gate.valid_ref(ref)
+
+
+@pytest.mark.parametrize(
+    "ref",
+    [
+        "refs/heads/-x",
+        "refs/heads/--upload-pack=touch",
+        "refs/heads/$(id)",
+        "refs/heads/a;id",
+        "refs/heads/a b",
+        "refs/heads/.hidden",
+        "refs/heads/a..b",
+        "refs/heads/x.lock",
+        "refs/heads/x/",
+        "refs/heads/",
+        "refs/notes/commits",
+        "refs/heads/caf\u00e9",
+        "refs/heads/x\n",
+        "HEAD",
+    ],
+)
+def test_ref_names_that_could_be_read_as_anything_else_are_refused(ref: str) -> None:
+    assert not gate.valid_ref(ref)
+
 
 PATCH = """\
 diff --git a/plain.txt b/plain.txt

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -76,7 +77,7 @@ def _host_key(value: str | None, where: str) -> str | None:
     parts = value.split(" ")
     key = " ".join(parts[:2])
     # At most a comment after the key, and never a second line.
-    if len(parts) > 3 or any(c in value for c in "\r\n\t") or not HOST_KEY_RE.match(key):
+    if len(parts) > 3 or any(c in value for c in "\r\n\t") or not HOST_KEY_RE.fullmatch(key):
         raise PlanError(
             f"{where}.known_host_key: {value[:60]!r} is not a host key line; write it like 'ssh-ed25519 AAAA...' "
             "(the output of `ssh-keyscan HOST`, without the host name)"
@@ -160,8 +161,6 @@ def gate_config(lm: LoadedManifest, bottle: BottleDef, credentials: list[str]) -
         value = os.environ.get(name)
         if value is None or len(value) < 12:
             continue
-        import hashlib
-
         creds.append(
             {
                 "name": name,

@@ -49,6 +49,11 @@ OID_RE = re.compile(r"^[0-9a-f]{40}$")
 READY_WAIT_S = 20.0
 
 
+def valid_ref(ref: str) -> bool:
+    """A branch or tag name that no git or ssh command line can take for anything but a name."""
+    return bool(REF_RE.fullmatch(ref)) and ".." not in ref and not ref.endswith(".lock")
+
+
 def now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -157,7 +162,6 @@ def mirror(entry: dict[str, Any]) -> None:
         "receive.denyNonFastForwards": "true",
         "receive.advertisePushOptions": "false",
         "receive.fsckObjects": "true",
-        "receive.certNonceSeed": "",
         "gc.auto": "0",
         "uploadpack.allowAnySHA1InWant": "false",
     }
@@ -178,7 +182,7 @@ def mirror(entry: dict[str, Any]) -> None:
     )
     for line in heads.splitlines():
         m = re.match(r"^ref: (refs/heads/\S+)\tHEAD$", line)
-        if m and REF_RE.match(m.group(1)):
+        if m and valid_ref(m.group(1)):
             subprocess.run(["git", "-C", str(repo), "symbolic-ref", "HEAD", m.group(1)], check=True)
     count = subprocess.run(
         ["git", "-C", str(repo), "for-each-ref", "--format=%(refname)"], capture_output=True, text=True, check=True
@@ -311,7 +315,7 @@ def cmd_hook() -> int:
         if len(parts) == 3:
             updates.append((parts[0], parts[1], parts[2]))
     refs = [ref for _o, _n, ref in updates]
-    bad = [ref for _o, _n, ref in updates if not REF_RE.match(ref)]
+    bad = [ref for _o, _n, ref in updates if not valid_ref(ref)]
     if bad:
         shown = [repr(r[:120]) for r in bad]
         return refuse(
@@ -322,7 +326,7 @@ def cmd_hook() -> int:
             shown,
         )
     for old, new, ref in updates:
-        if not (OID_RE.match(old) and OID_RE.match(new)):
+        if not (OID_RE.fullmatch(old) and OID_RE.fullmatch(new)):
             return refuse(remote, refs, "malformed update", [ref])
         if new == ZERO:
             return refuse(remote, refs, "deleting refs is not allowed through the gate", [ref])
@@ -378,7 +382,7 @@ def cmd_forward(mappings: list[str]) -> int:
     for m in mappings:
         port_text, _, sock = m.partition(":")
         port = int(port_text)
-        if not (1024 <= port <= 65535 and SOCK_RE.match(sock)):
+        if not (1024 <= port <= 65535 and SOCK_RE.fullmatch(sock)):
             say(f"bad mapping {m!r}")
             return 2
         ports.append(port)
