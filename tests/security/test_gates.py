@@ -168,6 +168,14 @@ def world(
         net.remove()
 
 
+def labelled(client: docker.DockerClient, label: str) -> list[str]:
+    """Names of the containers, volumes and networks carrying a label (key=value)."""
+    flt = {"label": [label]}
+    names = [c["Names"][0] for c in client.api.containers(all=True, filters=flt)]
+    names += [v["Name"] for v in client.api.volumes(filters=flt).get("Volumes") or []]
+    return names + [n["Name"] for n in client.api.networks(filters=flt)]
+
+
 def gate_manifest(world: World, *, git_pin: str | None, runtime: str = "auto", egress: bool = False) -> str:
     pin = f'known_host_key = "{git_pin}"' if git_pin else ""
     network = 'network = "egress"\n        egress.allow = ["updates.example.test"]' if egress else ""
@@ -445,12 +453,11 @@ async def test_a_wrong_pinned_host_key_stops_the_launch(
                 await svc.launch(plan.plan_id)
     finally:
         await svc.aclose()
-    left = docker_client.containers.list(all=True, filters={"label": [f"{L.INSTANCE}={backend.instance.id}"]})
-    assert left == []
+    assert labelled(docker_client, f"{L.INSTANCE}={backend.instance.id}") == []
 
 
 async def test_an_unpinned_upstream_is_trusted_on_first_use_beside_an_egress_proxy(
-    world: World, ssh_worker_image: str, tmp_path_factory: pytest.TempPathFactory
+    world: World, ssh_worker_image: str, tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient
 ) -> None:
     home = tmp_path_factory.mktemp("tofu")
     manifest = home / "manifest.toml"
@@ -466,11 +473,14 @@ async def test_an_unpinned_upstream_is_trusted_on_first_use_beside_an_egress_pro
             assert any("no known_host_key" in w and "'origin'" in w for w in plan.warnings)
             bid = (await svc.launch(plan.plan_id)).bottle_id
             log = await svc.gate_log(bid)
+            gate_objects = labelled(docker_client, f"{L.BOTTLE}={bid}")
+            assert {"gate", "gate-fwd", "gate-sock", "gate-repos"} <= {n.rsplit(bid + "-", 1)[-1] for n in gate_objects}
             res = await svc.exec(bid, "git ls-remote origin refs/heads/main && echo $HTTPS_PROXY")
             assert res.exit_code == 0, res.stderr
             assert res.stdout.split()[1:] == ["refs/heads/main", "http://127.0.0.1:3128"]
     finally:
         await svc.aclose()
+    assert labelled(docker_client, f"{L.BOTTLE}={bid}") == []  # the gate went with the bottle
     listed = await anyio.run_process(["ssh-keygen", "-lf", "-"], input=f"x {world.upstream_key}".encode())
     fingerprint = listed.stdout.decode().split()[1]
     hostkey = [e for e in log.events if e.kind == "hostkey"]
