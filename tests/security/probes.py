@@ -64,9 +64,9 @@ def tunnel_with_ca(host: str, ca_pem: str) -> None:
         print(f"TLS ERROR {e}")
 
 
-def raw_tunnel(host: str) -> None:
+def raw_tunnel(host: str, port: str) -> None:
     s = socket.create_connection(PROXY, timeout=20)
-    s.sendall(f"CONNECT {host}:443 HTTP/1.1\r\n\r\n".encode())
+    s.sendall(f"CONNECT {host}:{port} HTTP/1.1\r\n\r\n".encode())
     print(s.recv(4096).split(b"\r\n")[0])
     s.sendall(b"\x00\x01raw-tunnel-payload\n" * 4)
     s.settimeout(10)

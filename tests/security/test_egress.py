@@ -124,10 +124,13 @@ async def test_passthrough_host_keeps_its_own_certificate_and_others_are_interce
 
 
 async def test_raw_bytes_in_an_intercepted_tunnel_do_not_reach_the_host(
-    net_bottle: DockerBottle, world: World, docker_client: docker.DockerClient
+    sec_service: BottleService, net_bottle: DockerBottle, world: World, docker_client: docker.DockerClient
 ) -> None:
-    await probe(net_bottle, "raw_tunnel", "allowed.test")
+    # Port 80 of the allowed host records any bytes it receives, HTTP or not.
+    await probe(net_bottle, "raw_tunnel", "allowed.test", "80")
     assert not any("raw-tunnel-payload" in h for h in world.allowed.hits(docker_client))
+    log = await sec_service.egress_log(net_bottle.id)
+    assert any(d.action == "deny" and d.kind == "tunnel" for d in log.decisions)
 
 
 class HostListener:
@@ -276,7 +279,7 @@ async def test_cleanup_finds_the_proxy_and_network_of_a_server_that_is_gone(
     mine = CleanupPlan(remove=[i for i in found.remove if i.bottle_id == bottle.id], keep=[])
     assert sorted(i.kind for i in mine.remove) == ["container"] * 3 + ["network"] + ["volume"] * 2
     report = await sec_service.backend.cleanup(mine)
-    assert not report.failed
+    assert not report.failed, report.failed
     assert _objects_of(docker_client, label) == []
 
 

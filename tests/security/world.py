@@ -77,6 +77,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     do_GET = do_POST = do_PUT = _answer
 
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        # Bytes that are not HTTP still count as a hit: they reached this host.
+        hit("http-error", self.server.server_address[1], self.client_address[0], self.raw_requestline or b"")
+        super().send_error(code, message, explain)
+
     def log_message(self, *args: object) -> None:
         return
 

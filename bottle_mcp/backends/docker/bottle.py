@@ -164,11 +164,20 @@ class DockerBottle:
             return []
         removed: list[str] = []
         with anyio.CancelScope(shield=True):
+            egress_error: EngineError | None = None
             if self.egress is not None:
-                # The forwarder lives in the bottle's network namespace: it goes first.
-                removed += await self.egress.remove()
+                # The forwarder lives in the bottle's network namespace: it goes first. If the engine
+                # refuses part of it, the bottle still goes; the error is raised at the end.
+                try:
+                    removed += await self.egress.remove()
+                except EngineError as e:
+                    egress_error = e
+            gate_error: EngineError | None = None
             if self.gate is not None:
-                removed += await self.gate.remove()
+                try:
+                    removed += await self.gate.remove()
+                except EngineError as e:
+                    gate_error = e
             try:
                 await self._engine.call(
                     "remove container", lambda c: c.api.remove_container(self.container_id, force=True)
@@ -186,5 +195,9 @@ class DockerBottle:
                 await anyio.sleep(0.2)
                 await self._engine.call("remove volume", lambda c: c.api.remove_volume(self.volume, force=True))
                 removed.append(f"volume {self.volume}")
+            if egress_error is not None:
+                raise egress_error
+            if gate_error is not None:
+                raise gate_error
         self._closed = True
         return removed

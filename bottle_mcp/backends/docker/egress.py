@@ -46,6 +46,7 @@ CA_PREFIX = "EGRESS-CA "
 READY_TIMEOUT_S = 30.0
 MIN_SCANNED_SECRET = 12
 LOG_TAIL_LINES = 20000
+LOG_MAX_SIZE = "16m"
 DEFAULT_PORTS = (443, 80)
 
 
@@ -236,6 +237,11 @@ class EgressStack:
                 host_config=self._hardened(
                     c,
                     network_mode=self.network_name,
+                    # The decision log is the container's output: json-file (so the engine can return it),
+                    # rotated so that a bottle hammering the proxy cannot fill the host's disk.
+                    log_config=docker.types.LogConfig(
+                        type="json-file", config={"max-size": LOG_MAX_SIZE, "max-file": "2"}
+                    ),
                     tmpfs={CONF_DIR: "rw,nosuid,nodev,size=64m,uid=10101,gid=10101,mode=0700"},
                     pids_limit=256,
                     mem_limit=512 * 1024**2,
@@ -279,9 +285,10 @@ class EgressStack:
                 host_config=self._hardened(
                     c,
                     network_mode=f"container:{bottle_container_id}",
-                    pids_limit=64,
-                    mem_limit=64 * 1024**2,
-                    memswap_limit=64 * 1024**2,
+                    # socat forks per connection: this bounds the bottle's concurrent proxy connections.
+                    pids_limit=128,
+                    mem_limit=128 * 1024**2,
+                    memswap_limit=128 * 1024**2,
                 ),
             )
             self.forwarder_id = str(created["Id"])

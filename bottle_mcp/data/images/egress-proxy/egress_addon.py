@@ -244,6 +244,15 @@ class EgressPolicy:
         self.log("deny", "tunnel", host, address[1] if address else "?", "raw bytes in a tunnel are refused")
         flow.kill()
 
+    def tcp_message(self, flow) -> None:  # type: ignore[no-untyped-def]
+        # Killing the flow in tcp_start does not stop its first message: empty every message
+        # of a refused tunnel before mitmproxy forwards it.
+        host = self.tunnels.get(flow.client_conn.id, "")
+        if host and self.passthrough_host(host):
+            return
+        flow.messages[-1].content = b""
+        flow.kill()
+
     def client_disconnected(self, client) -> None:  # type: ignore[no-untyped-def]
         self.tunnels.pop(client.id, None)
 
