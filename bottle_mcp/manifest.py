@@ -248,7 +248,11 @@ class AgentDef(_Strict):
     bottle: str = Field(pattern=NAME_PATTERN, description="Name of a [bottles.NAME] table.")
     description: str = ""
     command: list[str] = Field(
-        min_length=1, description="argv that runs the agent non-interactively (no shell involved)."
+        min_length=1,
+        description="argv that runs the agent non-interactively (no shell involved). Placeholders: "
+        "{prompt_file} (a file holding the task prompt), {prompt} (the task prompt as an argument), "
+        "{system_prompt_file} (the provisioned prompt). Without {prompt} or {prompt_file} the task "
+        "prompt comes on stdin; a `claude` command gets --append-system-prompt-file automatically.",
     )
     prompt: str | None = Field(None, description="System prompt, inline.")
     prompt_file: str | None = Field(None, description="System prompt from a file, relative to the manifest.")
@@ -259,10 +263,25 @@ class AgentDef(_Strict):
         default_factory=list, description="Host environment variables passed into the bottle (names only)."
     )
 
+    @field_validator("command")
+    @classmethod
+    def _known_placeholders(cls, v: list[str]) -> list[str]:
+        from .agents import PLACEHOLDERS, unknown_placeholders
+
+        for element in v:
+            unknown = unknown_placeholders(element)
+            if unknown:
+                raise ValueError(
+                    f"unknown placeholder {unknown[0]} in {element!r}; the known ones are {', '.join(PLACEHOLDERS)}"
+                )
+        return v
+
     @model_validator(mode="after")
     def _one_prompt(self) -> AgentDef:
         if self.prompt is not None and self.prompt_file is not None:
             raise ValueError("set prompt or prompt_file, not both")
+        if self.prompt is None and self.prompt_file is None and any("{system_prompt_file}" in c for c in self.command):
+            raise ValueError("the command uses {system_prompt_file} but the agent has no prompt or prompt_file")
         return self
 
 

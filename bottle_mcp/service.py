@@ -17,6 +17,7 @@ from pathlib import Path
 import anyio
 
 from .backends.base import Backend, Bottle, Progress, _no_progress
+from .delegate import Delegation
 from .errors import (
     BottleGoneError,
     BottleNotFoundError,
@@ -39,6 +40,7 @@ from .models import (
     StopResult,
 )
 from .paths import TarEntry, check_bottle_path, confine_host_path, pack_tar
+from .redact import Redactor
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,8 @@ class BottleService:
         self._plans: OrderedDict[str, tuple[BottlePlan, BottleSpec]] = OrderedDict()
         self._bottles: dict[str, Bottle] = {}
         self._launching = 0
+        self.delegate = Delegation(self)
+        self.redactor = Redactor(self._credential_names)
 
     # -- helpers ---------------------------------------------------------------------
 
@@ -96,6 +100,21 @@ class BottleService:
                     "the bottles it launched. Launch your own with prepare_bottle and launch_bottle",
                 )
         raise BottleNotFoundError(bottle_id)
+
+    async def bottle(self, bottle_id: str) -> Bottle:
+        """A live bottle of this server, or BottleNotFoundError saying whose it is."""
+        return await self._bottle(bottle_id)
+
+    async def discard(self, bottle: Bottle) -> None:
+        """Forget a bottle that vanished (or cannot be used) and remove what is left of it."""
+        self._bottles.pop(bottle.id, None)
+        self.delegate.on_stop(bottle.id)
+        await bottle.close()
+
+    def _credential_names(self) -> set[str]:
+        """Every credential the manifest (as now, or as at any live bottle's launch) forwards."""
+        names = {c for agent in self.manifest.manifest.agents.values() for c in agent.credentials}
+        return names | self.delegate.credential_names()
 
     def _forget_if_gone(self, bottle_id: str, exc: BaseException) -> None:
         if isinstance(exc, BottleGoneError):
@@ -156,6 +175,12 @@ class BottleService:
         finally:
             self._launching -= 1
         self._bottles[bottle.id] = bottle
+        try:
+            await self.delegate.on_launch(bottle, plan)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self.discard(bottle)
+            raise
         provisioned = []
         if plan.prompt:
             provisioned.append(f"prompt -> {plan.prompt.bottle_path}")
@@ -178,11 +203,20 @@ class BottleService:
         )
 
     async def exec(
-        self, bottle_id: str, command: str, *, timeout_s: float = 60, workdir: str | None = None
+        self,
+        bottle_id: str,
+        command: str,
+        *,
+        timeout_s: float = 60,
+        workdir: str | None = None,
+        background: bool = False,
     ) -> ExecResult:
         bottle = await self._bottle(bottle_id)
         if workdir is not None:
             workdir = str(check_bottle_path(workdir, what="workdir"))
+        if background:
+            job = await self.delegate.exec_background(bottle, command, timeout_s=timeout_s, workdir=workdir)
+            return ExecResult.started_in_background(job)
         try:
             return await bottle.exec(command, timeout_s=timeout_s, workdir=workdir, output_cap=self.output_cap)
         except BottleGoneError as e:
@@ -217,6 +251,7 @@ class BottleService:
         bottle = await self._bottle(bottle_id)
         removed = await bottle.close()
         self._bottles.pop(bottle_id, None)
+        self.delegate.on_stop(bottle_id)
         return StopResult(bottle_id=bottle_id, removed=removed)
 
     async def egress_log(self, bottle_id: str, *, limit: int = 200) -> EgressLog:

@@ -164,6 +164,8 @@ if [ "$build_images" = 1 ]; then
   if [ -n "$extra_ca" ]; then ca_args=(--extra-ca-certs "$extra_ca"); fi
   # Builds the example's images and the server's own (the egress proxy and the git gate).
   .venv/bin/bottle-mcp images --manifest manifests/example.toml "${ca_args[@]}"
+  # The test bottle with a stand-in agent CLI (one small layer over the worker image).
+  .venv/bin/bottle-mcp images --manifest tests/images/standin.toml
 fi
 # --- 6. third-party MCP clients for tests/clients (Node 22, Inspector, conformance suite) ---
 scripts/third-party-clients.sh install

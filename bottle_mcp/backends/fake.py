@@ -3,7 +3,7 @@
 It honours the same contract as the Docker backend (plans, labels, liveness,
 cleanup, timeouts, output caps) but runs nothing: `exec` understands a handful
 of shell words (`echo`, `printf`, `cat FILE`, `sleep N`, `exit N`, `yes`) and
-copies land in a dict. It never stands in for the engine tests.
+copies land in (and come out of) a dict. It never stands in for the engine tests.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import IO
 import anyio
 
 from .. import labels as L
-from ..errors import BottleGoneError, ImageMissingError, PlanError
+from ..errors import BottleGoneError, ImageMissingError, PathError, PlanError
 from ..manifest import AgentDef, BottleDef, format_size, parse_size
 from ..models import (
     BottleInfo,
@@ -152,6 +152,22 @@ class FakeBottle:
                     f = tf.extractfile(member)
                     assert f is not None
                     self.files[str(dest_dir / member.name)] = f.read()
+
+    async def get_tar(self, path: PurePosixPath, *, max_bytes: int) -> bytes:
+        self._alive()
+        prefix = str(path)
+        chosen = {k: v for k, v in self.files.items() if k == prefix or k.startswith(prefix + "/")}
+        if not chosen:
+            raise PathError(f"{prefix!r} does not exist in bottle {self.id!r}")
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tf:
+            for name, data in sorted(chosen.items()):
+                info = tarfile.TarInfo(str(PurePosixPath(path.name) / PurePosixPath(name).relative_to(path)))
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+        if buf.tell() > max_bytes:
+            raise PathError(f"{prefix!r} is larger than the copy limit of {max_bytes} bytes")
+        return buf.getvalue()
 
     async def close(self) -> list[str]:
         removed = []

@@ -520,3 +520,16 @@ async def test_concurrent_launches_never_exceed_the_bottle_limit(manifest_path: 
         assert len(refused) == 2
     finally:
         await service.aclose()
+
+
+async def test_egress_log_of_an_offline_bottle_is_empty_and_of_others_is_refused(
+    client: Client, manifest_path: Path, world: FakeWorld
+) -> None:
+    bottle_id = await launch(client)
+    log = await ok(client, "egress_log", bottle_id=bottle_id)
+    assert log == {"bottle_id": bottle_id, "allow": [], "decisions": [], "total": 0}
+    other = make_service(manifest_path, world)
+    theirs = (await other.launch((await other.prepare("worker")).plan_id)).bottle_id
+    assert "belongs to another server instance" in await fails(client, "egress_log", bottle_id=theirs)
+    assert "limit" in await fails(client, "egress_log", bottle_id=bottle_id, limit=0)
+    await other.aclose()

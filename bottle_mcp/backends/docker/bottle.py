@@ -8,7 +8,7 @@ from typing import IO
 
 import anyio
 
-from ...errors import BottleError, BottleGoneError, EngineError, EngineNotFoundError
+from ...errors import BottleError, BottleGoneError, EngineError, EngineNotFoundError, PathError
 from ...models import BottleInfo, EgressDecision, ExecResult, GateEvent
 from ...output import safe_text, trim_partial_utf8
 from .egress import EgressStack
@@ -23,6 +23,15 @@ def _capped(kept: bytearray, total: int) -> bytes:
 
 
 UNPACK = 'mkdir -p -- "$1" && exec tar -x --no-same-owner -C "$1" -f -'
+# Tar one path to stdout. Exit 3: it does not exist; 4: it, or a folder on the way, is a symlink.
+PACK = (
+    'p=$1; parent=$(dirname -- "$p"); name=$(basename -- "$p"); '
+    '[ -e "$p" ] || [ -L "$p" ] || { echo "$p does not exist" >&2; exit 3; }; '
+    'real=$(cd -P -- "$parent" && pwd -P) || exit 3; '
+    '[ "$real" = "$parent" ] || { echo "$parent resolves to $real" >&2; exit 4; }; '
+    '[ -L "$p" ] && { echo "$p is a symlink to $(readlink -- "$p")" >&2; exit 4; }; '
+    'exec tar -c -f - -C "$parent" -- "$name"'
+)
 
 
 class DockerBottle:
@@ -145,6 +154,39 @@ class DockerBottle:
         if self.gate is None:
             return {}, {}, []
         return self.gate.git_remotes, self.gate.ssh_hosts, await self.gate.events()
+
+    async def get_tar(self, path: PurePosixPath, *, max_bytes: int) -> bytes:
+        stream = ExecStream(
+            self._engine,
+            self.container_id,
+            self.id,
+            ["/bin/sh", "-c", PACK, "bottle-get", str(path)],
+            user=self.user,
+            workdir=None,
+            timeout_s=600,
+            output_cap=max_bytes + 1,
+        )
+        out = await anyio.to_thread.run_sync(stream.run)
+        detail, _ = safe_text(bytes(out.stderr))
+        detail = detail.strip()[:500]
+        if out.exit_code == 3:
+            raise PathError(f"{str(path)!r} does not exist in bottle {self.id!r}: {detail}")
+        if out.exit_code == 4:
+            raise PathError(
+                f"refusing to copy {str(path)!r} out of bottle {self.id!r}: {detail}; "
+                "name the real path instead of a symlink"
+            )
+        if out.stdout_bytes > max_bytes:
+            raise PathError(
+                f"{str(path)!r} in bottle {self.id!r} is larger than the copy limit of {max_bytes} bytes; "
+                "copy a smaller file or folder"
+            )
+        if out.exit_code != 0:
+            await self._raise_if_gone()
+            raise BottleError(
+                f"packing {str(path)!r} failed inside bottle {self.id!r} (exit {out.exit_code}): {detail}"
+            )
+        return bytes(out.stdout)
 
     async def _raise_if_gone(self) -> None:
         try:
