@@ -150,7 +150,10 @@ def _build(
 
 
 # Images the server itself runs (not named by any manifest): tag -> folder under data/images.
-BUILTIN_IMAGES = {"bottle-mcp/egress-proxy:latest": "egress-proxy"}
+BUILTIN_IMAGES = {
+    "bottle-mcp/egress-proxy:latest": "egress-proxy",
+    "bottle-mcp/git-gate:latest": "git-gate",
+}
 _DATA_IMAGES = Path(__file__).parent / "data" / "images"
 
 

@@ -146,8 +146,13 @@ class SshEntry(_Strict):
     hostname: str = Field(pattern=HOSTNAME_PATTERN, description="Real host name or address.")
     port: int = Field(22, ge=1, le=65535)
     user: str = Field("git", pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}$")
-    identity_file: str = Field(description="Private key on the host, relative to the manifest or ~-based.")
-    known_host_key: str | None = Field(None, description="Pinned host key line, e.g. 'ssh-ed25519 AAAA...'.")
+    identity_file: str = Field(
+        description="Private key on the host, relative to the manifest or ~-based, without a passphrase; an "
+        "ssh-agent in the gate holds it, the bottle never does."
+    )
+    known_host_key: str | None = Field(
+        None, description="Pinned host key line, e.g. 'ssh-ed25519 AAAA...'; without it the bottle trusts on first use."
+    )
 
 
 class GitEntry(_Strict):
@@ -156,7 +161,11 @@ class GitEntry(_Strict):
     name: str = Field(pattern=GIT_NAME_PATTERN, description="Remote name inside the bottle.")
     upstream: str = Field(description="ssh:// URL of the upstream repository.")
     identity_file: str = Field(description="Private key the gate uses to push; never enters the bottle.")
-    known_host_key: str | None = Field(None, description="Pinned host key line for the upstream.")
+    known_host_key: str | None = Field(
+        None,
+        description="Pinned host key line for the upstream, e.g. 'ssh-ed25519 AAAA...'; without it the gate trusts "
+        "the key it sees at launch.",
+    )
 
     @field_validator("upstream")
     @classmethod

@@ -80,6 +80,35 @@ class EgressLog(_Frozen):
     total: int = Field(description="Decisions recorded in all (the list may hold only the latest).")
 
 
+class GatePlan(_Frozen):
+    """How the bottle reaches its git and ssh entries: only through its gate sidecar."""
+
+    image: str
+    git_remotes: dict[str, str] = Field(description="Remote name -> the URL the bottle's git uses (the gate).")
+    ssh_hosts: dict[str, str] = Field(description="ssh alias -> the loopback port that relays to that host:port only.")
+    keys: str = Field(description="Where the keys live (never in the bottle).")
+    scanner: str = Field(description="What scans pushed commits before they may leave.")
+
+
+class GateEvent(_Frozen):
+    time: str
+    kind: Literal["fetch", "hostkey", "pushed", "refused", "upstream-failed", "error"]
+    remote: str
+    refs: list[str] = Field(default_factory=list)
+    upstream: str | None = None
+    commits: int | None = Field(None, description="New commits scanned and pushed.")
+    detail: str = ""
+    findings: list[str] = Field(default_factory=list, description="Why a push was refused (secrets redacted).")
+
+
+class GateLog(_Frozen):
+    bottle_id: str
+    git_remotes: dict[str, str] = Field(description="Remote name -> upstream URL.")
+    ssh_hosts: dict[str, str] = Field(description="ssh alias -> host:port it reaches.")
+    events: list[GateEvent] = Field(description="Oldest first; at most `limit` of the latest.")
+    total: int
+
+
 class ResourcePlan(_Frozen):
     cpus: float
     memory: str
@@ -166,6 +195,7 @@ class BottlePlan(_Frozen):
     ssh: list[SshPlan]
     git: list[GitPlan]
     copy_cwd: CopyCwdPlan | None
+    gates: GatePlan | None = Field(None, description="The gate sidecar of git and ssh entries, if any.")
     warnings: list[str]
 
     @staticmethod

@@ -35,6 +35,7 @@ from .models import (
     CopyResult,
     EgressLog,
     ExecResult,
+    GateLog,
     LaunchResult,
     StopResult,
 )
@@ -187,6 +188,9 @@ class BottleService:
         if plan.copy_cwd:
             provisioned.append(f"repository {plan.copy_cwd.host_repo} -> {plan.workdir}")
         provisioned += [f"credential {c.name}" for c in plan.credentials if c.present]
+        if plan.gates is not None:
+            provisioned += [f"git remote {n} -> {url} (the git gate)" for n, url in plan.gates.git_remotes.items()]
+            provisioned += [f"ssh host {alias} -> {how}" for alias, how in plan.gates.ssh_hosts.items()]
         return LaunchResult(
             bottle_id=bottle.id,
             status=bottle.info.status,
@@ -254,6 +258,13 @@ class BottleService:
         bottle = await self._bottle(bottle_id)
         allow, decisions = await bottle.egress_log()
         return EgressLog(bottle_id=bottle_id, allow=allow, decisions=decisions[-limit:], total=len(decisions))
+
+    async def gate_log(self, bottle_id: str, *, limit: int = 200) -> GateLog:
+        bottle = await self._bottle(bottle_id)
+        remotes, ssh_hosts, events = await bottle.gate_log()
+        return GateLog(
+            bottle_id=bottle_id, git_remotes=remotes, ssh_hosts=ssh_hosts, events=events[-limit:], total=len(events)
+        )
 
     async def list_active(self) -> list[BottleInfo]:
         return await self.backend.list_active()

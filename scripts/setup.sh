@@ -41,6 +41,8 @@ need_pkgs=()
 command -v dockerd >/dev/null 2>&1 || need_pkgs+=(docker.io cgroupfs-mount iptables)
 command -v mmdebstrap >/dev/null 2>&1 || need_pkgs+=(mmdebstrap)
 command -v npm >/dev/null 2>&1 || need_pkgs+=(npm)   # fetches the third-party MCP clients the tests run
+# ssh-keygen: the git/ssh gate tests make throw-away keys with it.
+command -v ssh-keygen >/dev/null 2>&1 || need_pkgs+=(openssh-client)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   log "installing ${need_pkgs[*]}"
   # Keep the packages' init scripts from starting a daemon: we start our own.
@@ -160,7 +162,7 @@ fi
 if [ "$build_images" = 1 ]; then
   ca_args=()
   if [ -n "$extra_ca" ]; then ca_args=(--extra-ca-certs "$extra_ca"); fi
-  # Builds the example's images and the server's own (the egress proxy).
+  # Builds the example's images and the server's own (the egress proxy and the git gate).
   .venv/bin/bottle-mcp images --manifest manifests/example.toml "${ca_args[@]}"
   # The test bottle with a stand-in agent CLI (one small layer over the worker image).
   .venv/bin/bottle-mcp images --manifest tests/images/standin.toml

@@ -30,6 +30,7 @@ from ..models import (
     CredentialPlan,
     EgressDecision,
     ExecResult,
+    GateEvent,
     GitPlan,
     PromptPlan,
     SkillPlan,
@@ -84,6 +85,10 @@ class Bottle(Protocol):
 
     async def egress_log(self) -> tuple[list[str], list[EgressDecision]]:
         """The egress allow-list and every allow/deny decision so far (both empty without egress)."""
+        ...
+
+    async def gate_log(self) -> tuple[dict[str, str], dict[str, str], list[GateEvent]]:
+        """Git remotes -> upstreams, ssh aliases -> host:port, and the gate's events (empty without a gate)."""
         ...
 
 

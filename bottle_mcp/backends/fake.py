@@ -32,6 +32,7 @@ from ..models import (
     CleanupReport,
     EgressDecision,
     ExecResult,
+    GateEvent,
     MountPlan,
     NetworkPlan,
     ResourceKind,
@@ -78,6 +79,9 @@ class FakeBottle:
 
     async def egress_log(self) -> tuple[list[str], list[EgressDecision]]:
         return [], []  # the fake runs nothing, so nothing leaves it
+
+    async def gate_log(self) -> tuple[dict[str, str], dict[str, str], list[GateEvent]]:
+        return {}, {}, []  # the fake has no gate: nothing is pushed anywhere
 
     def _alive(self) -> None:
         obj = self.world.objects.get(self.container_id)

@@ -20,6 +20,7 @@ TOOLS = {
     "cleanup",
     "doctor",
     "egress_log",
+    "gate_log",
 }
 EXIT_TOOL_ERROR = 5
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
 import time
 from datetime import UTC, datetime
@@ -40,7 +41,7 @@ from ...models import (
 )
 from ...paths import TarEntry, pack_tar
 from ..base import Backend, Bottle, Progress, _no_progress, find_repo, prompt_text
-from . import egress
+from . import egress, gates
 from .bottle import DockerBottle
 from .engine import Engine
 
@@ -54,9 +55,11 @@ def _now() -> str:
 class DockerBackend(Backend):
     name = "docker"
 
-    def __init__(self, instance: L.Instance, engine: Engine | None = None) -> None:
+    def __init__(self, instance: L.Instance, engine: Engine | None = None, *, gate_network: str | None = None) -> None:
         super().__init__(instance)
         self.engine = engine or Engine()
+        # Where git and ssh gates reach their upstreams: a bridge of their own unless the server was told otherwise.
+        self.gate_network = gate_network or os.environ.get(gates.GATE_NETWORK_ENV) or None
 
     # -- prepare -------------------------------------------------------------------
 
@@ -91,9 +94,20 @@ class DockerBackend(Backend):
                     f"the egress proxy image {egress.EGRESS_IMAGE!r} is missing: build it with `bottle-mcp images` "
                     "(or run scripts/setup.sh); launch fails until then"
                 )
+        gates.validate(spec.manifest, bottle, agent.bottle)
+        warnings += gates.plan_warnings(bottle)
+        if gates.needed(bottle):
+            try:
+                await self.engine.call("inspect gate image", lambda c: c.images.get(gates.GATE_IMAGE).id)
+            except EngineNotFoundError:
+                warnings.append(
+                    f"the git gate image {gates.GATE_IMAGE!r} is missing: build it with `bottle-mcp images` "
+                    "(or run scripts/setup.sh); launch fails until then"
+                )
         if not bottle.read_only_root:
             warnings.append("read_only_root = false in the manifest: the agent can modify the image's files")
         return {
+            "gates": gates.gate_plan(bottle),
             **common,
             "warnings": warnings,
             "image": image,
@@ -177,6 +191,7 @@ class DockerBackend(Backend):
         container_id: str | None = None
         volume_made = False
         stack: egress.EgressStack | None = None
+        gate: gates.GateStack | None = None
         try:
             await progress("checking the image")
             try:
@@ -207,6 +222,10 @@ class DockerBackend(Backend):
                 stack = egress.EgressStack(self.engine, self.instance, name, extra)
                 await stack.start_proxy(spec.manifest, bdef, agent.credentials)
                 env.update(egress.bottle_env(bdef.home))
+            if gates.needed(bdef):
+                await progress("starting the git/ssh gate (mirroring the upstreams)")
+                gate = gates.GateStack(self.engine, self.instance, name, extra, bottle_id, self.gate_network)
+                await gate.start(spec.manifest, bdef, agent.credentials)
             container_id = await self.engine.call(
                 "create container", lambda c: self._create(c, plan, bdef, name, volume, env, extra)
             )
@@ -215,6 +234,8 @@ class DockerBackend(Backend):
             if stack is not None:
                 await stack.start_forwarder(container_id)
                 ca_pem = await stack.wait_ready()  # the proxy boots while the bottle starts
+            if gate is not None:
+                await gate.start_forwarder(container_id)
             info = BottleInfo(
                 bottle_id=bottle_id,
                 agent=plan.agent,
@@ -228,7 +249,13 @@ class DockerBackend(Backend):
                 instance=self.instance.id,
             )
             handle = DockerBottle(
-                self.engine, container_id=container_id, volume=volume, info=info, user=bdef.user, egress=stack
+                self.engine,
+                container_id=container_id,
+                volume=volume,
+                info=info,
+                user=bdef.user,
+                egress=stack,
+                gate=gate,
             )
             await progress("provisioning prompt, skills and files")
             await self._provision(handle, plan, spec)
@@ -237,6 +264,8 @@ class DockerBackend(Backend):
                     egress.INSTALL_CA, timeout_s=30, workdir=None, output_cap=4096, stdin=ca_pem.encode()
                 )
                 _check_ca_installed(res.exit_code, res.stderr)
+            if gate is not None:
+                await self._provision_gates(handle, bdef, plan)
             await progress(f"ready in {int((time.monotonic() - started) * 1000)} ms")
             return handle
         except BaseException as exc:
@@ -244,6 +273,9 @@ class DockerBackend(Backend):
                 if stack is not None:
                     with contextlib.suppress(EngineError):
                         await stack.remove()
+                if gate is not None:
+                    with contextlib.suppress(EngineError):
+                        await gate.remove()
                 await self._undo(container_id, volume if volume_made else None)
             if isinstance(exc, BottleError | anyio.get_cancelled_exc_class()):
                 if isinstance(exc, EngineError | BottleGoneError) and not isinstance(exc, LaunchError):
@@ -326,6 +358,28 @@ class DockerBackend(Backend):
             )
             if res.exit_code != 0:
                 raise LaunchError(f"checking out the copied repository failed in the bottle: {res.stderr[:500]}")
+
+    async def _provision_gates(self, handle: DockerBottle, bdef: BottleDef, plan: BottlePlan) -> None:
+        """The bottle's git remotes and ssh hosts lead to the gate; start the ssh agent relay."""
+        home = bdef.home.lstrip("/")
+        files = gates.bottle_files(bdef)
+        entries = [TarEntry(arcname=f"{home}/{rel}", data=text.encode()) for rel, text in files.items()]
+        with pack_tar(entries) as (tar, _stats):
+            await handle.put_tar(tar, PurePosixPath("/"))
+        if plan.copy_cwd is not None and bdef.git:
+            # A copied repository's own remote of the same name would add a second URL to the gate's.
+            names = " ".join(g.name for g in bdef.git)
+            await handle.exec(
+                f"for r in {names}; do git config --remove-section remote.$r 2>/dev/null; done; true",
+                timeout_s=30,
+                workdir=plan.workdir,
+                output_cap=4096,
+            )
+        command = gates.relay_command(bdef)
+        if command is not None:
+            res = await handle.exec(command, timeout_s=30, workdir=None, output_cap=4096)
+            if res.exit_code != 0:
+                raise LaunchError(f"starting the ssh agent relay in the bottle failed: {res.stderr.strip()[:300]}")
 
     async def _undo(self, container_id: str | None, volume: str | None) -> None:
         if container_id is not None:

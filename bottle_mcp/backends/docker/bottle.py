@@ -9,11 +9,12 @@ from typing import IO
 import anyio
 
 from ...errors import BottleError, BottleGoneError, EngineError, EngineNotFoundError, PathError
-from ...models import BottleInfo, EgressDecision, ExecResult
+from ...models import BottleInfo, EgressDecision, ExecResult, GateEvent
 from ...output import safe_text, trim_partial_utf8
 from .egress import EgressStack
 from .engine import Engine
 from .execstream import ExecStream
+from .gates import GateStack
 
 
 def _capped(kept: bytearray, total: int) -> bytes:
@@ -43,8 +44,10 @@ class DockerBottle:
         info: BottleInfo,
         user: str,
         egress: EgressStack | None = None,
+        gate: GateStack | None = None,
     ) -> None:
         self.egress = egress
+        self.gate = gate
         self._engine = engine
         self.container_id = container_id
         self.volume = volume
@@ -146,6 +149,12 @@ class DockerBottle:
             return [], []
         return self.egress.allow, await self.egress.decisions()
 
+    async def gate_log(self) -> tuple[dict[str, str], dict[str, str], list[GateEvent]]:
+        """Git remotes -> upstreams, ssh aliases -> host:port, and the gate's events (empty without a gate)."""
+        if self.gate is None:
+            return {}, {}, []
+        return self.gate.git_remotes, self.gate.ssh_hosts, await self.gate.events()
+
     async def get_tar(self, path: PurePosixPath, *, max_bytes: int) -> bytes:
         stream = ExecStream(
             self._engine,
@@ -205,6 +214,12 @@ class DockerBottle:
                     removed += await self.egress.remove()
                 except EngineError as e:
                     egress_error = e
+            gate_error: EngineError | None = None
+            if self.gate is not None:
+                try:
+                    removed += await self.gate.remove()
+                except EngineError as e:
+                    gate_error = e
             try:
                 await self._engine.call(
                     "remove container", lambda c: c.api.remove_container(self.container_id, force=True)
@@ -224,5 +239,7 @@ class DockerBottle:
                 removed.append(f"volume {self.volume}")
             if egress_error is not None:
                 raise egress_error
+            if gate_error is not None:
+                raise gate_error
         self._closed = True
         return removed
