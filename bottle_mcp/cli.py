@@ -62,6 +62,13 @@ def _parser() -> argparse.ArgumentParser:
         help="folder cp_in may read from (repeatable; overrides the manifest's [host] roots)",
     )
     s.add_argument("--output-cap", default=None, help="most bytes per output stream of one exec, e.g. 1m")
+    s.add_argument(
+        "--warm-pool",
+        type=int,
+        default=None,
+        metavar="N",
+        help="keep N started spare bottles per bottle definition (overrides each bottle's warm_pool)",
+    )
 
     p = sub.add_parser("plan", help="print the launch plan for an agent as JSON (the preflight)")
     _add_manifest(p)
@@ -118,7 +125,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         manifest_path=args.manifest or default_manifest(),
         host_roots=args.host_root,
         output_cap=parse_size(args.output_cap) if args.output_cap else None,
+        warm_pool=args.warm_pool,
     )
+    if args.warm_pool is not None and not 0 <= args.warm_pool <= 64:
+        raise BottleError(f"--warm-pool {args.warm_pool}: give a number of spares from 0 to 64")
     service = BottleService(config, _instance_backend(args))
     log = logging.getLogger("bottle_mcp")
     log.info(

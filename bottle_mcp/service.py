@@ -50,6 +50,7 @@ class ServiceConfig:
     cwd: Path = field(default_factory=Path.cwd)
     host_roots: list[Path] | None = None  # None: from the manifest, else the cwd
     output_cap: int | None = None  # None: from the manifest
+    warm_pool: int | None = None  # spares per bottle definition; None: each bottle's warm_pool in the manifest
 
 
 class BottleService:
@@ -201,6 +202,16 @@ class BottleService:
         if dry_run:
             return CleanupReport(dry_run=True, removed=plan.remove, kept=plan.keep, failed=[])
         return await self.backend.cleanup(plan)
+
+    def pool_sizes(self) -> dict[str, int]:
+        bottles = self.manifest.manifest.bottles
+        if self.config.warm_pool is not None:
+            return dict.fromkeys(bottles, self.config.warm_pool)
+        return {name: b.warm_pool for name, b in bottles.items()}
+
+    async def keep_warm(self) -> None:
+        """Keep the warm pools filled until cancelled (then the backend removes the spares)."""
+        await self.backend.keep_warm(self.manifest, self.pool_sizes())
 
     @property
     def live_bottles(self) -> list[Bottle]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import secrets
 import time
 from datetime import UTC, datetime
@@ -24,7 +25,7 @@ from ...errors import (
     PlanError,
 )
 from ...images import image_fix_hint, image_status
-from ...manifest import AgentDef, BottleDef, format_size, parse_size
+from ...manifest import AgentDef, BottleDef, LoadedManifest, format_size, parse_size
 from ...models import (
     BottleInfo,
     BottlePlan,
@@ -42,7 +43,11 @@ from ...models import (
 from ...paths import TarEntry, pack_tar
 from ..base import Backend, Bottle, Progress, _no_progress, find_repo, prompt_text
 from .bottle import DockerBottle
+from .channel import Channel
 from .engine import Engine
+from .pool import SPARE_PREFIX, PoolTarget, Spare, Started, WarmPool, pool_key
+
+log = logging.getLogger(__name__)
 
 REMOVE_CONCURRENCY = 16
 
@@ -57,6 +62,27 @@ class DockerBackend(Backend):
     def __init__(self, instance: L.Instance, engine: Engine | None = None) -> None:
         super().__init__(instance)
         self.engine = engine or Engine()
+        self.pool = WarmPool(lambda cid, bid, user: Channel.open(self.engine, cid, bid, user))
+
+    async def keep_warm(self, manifest: LoadedManifest, sizes: dict[str, int]) -> None:
+        targets: list[PoolTarget] = []
+        runtimes: set[str] | None = None
+        for name, size in sizes.items():
+            if size <= 0:
+                continue
+            bdef = manifest.manifest.bottles[name]
+            image = manifest.image_for(name)
+            try:
+                await self.engine.call("inspect image", lambda c, image=image: c.images.get(image).id)  # type: ignore[misc]
+                runtimes = runtimes if runtimes is not None else await self._runtimes()
+                runtime = self._pick_runtime(bdef, runtimes).effective
+            except BottleError as e:
+                log.warning("no warm pool for bottle %r: %s", name, e)
+                continue
+            targets.append(PoolTarget(bottle=name, bdef=bdef, image=image, runtime=runtime, size=size))
+        if targets:
+            log.info("keeping warm: %s", ", ".join(f"{t.bottle} x{t.size}" for t in targets))
+            await self.pool.keep_filled(targets, self.start_container, self._undo)
 
     # -- prepare -------------------------------------------------------------------
 
@@ -166,80 +192,154 @@ class DockerBackend(Backend):
     async def launch(self, plan: BottlePlan, spec: BottleSpec, progress: Progress = _no_progress) -> Bottle:
         agent = spec.manifest.manifest.agents[plan.agent]
         bdef = spec.manifest.manifest.bottles[plan.bottle]
+        started = time.monotonic()
+        env = {"BOTTLE_AGENT": plan.agent}
+        import os
+
+        env.update({c: os.environ[c] for c in agent.credentials if c in os.environ})
+        spare = self.pool.claim(pool_key(plan.bottle, bdef, plan.image, plan.runtime.effective))
+        if spare is not None:
+            await progress("claiming a warm bottle")
+            handle = await self._adopt(spare, plan, bdef, env)
+            if handle is not None:
+                return await self._finish_launch(handle, plan, spec, progress, started)
         bottle_id = f"b-{secrets.token_hex(4)}"
         name = f"bottle-mcp-{plan.agent}-{bottle_id}"
-        volume = f"{name}-work"
-        created = _now()
-        extra = {
-            L.BOTTLE: bottle_id,
-            L.AGENT: plan.agent,
-            L.BOTTLE_DEF: plan.bottle,
-            L.RUNTIME: plan.runtime.effective,
-            L.PLAN: plan.plan_id,
-            L.CREATED: created,
-        }
-        started = time.monotonic()
-        container_id: str | None = None
-        volume_made = False
+        extra = {L.AGENT: plan.agent, L.PLAN: plan.plan_id}
         try:
             await progress("checking the image")
             try:
                 await self.engine.call("inspect image", lambda c: c.images.get(plan.image).id)
             except EngineNotFoundError:
                 raise ImageMissingError(plan.image, image_fix_hint(spec.manifest)) from None
-            await progress("creating the workspace volume")
-            await self.engine.call(
-                "create volume",
-                lambda c: c.api.create_volume(name=volume, labels=self.instance.labels("workspace", **extra)),
+            await progress("creating the workspace volume and the container")
+            made = await self.start_container(
+                bottle_id, name, plan.bottle, bdef, plan.image, plan.runtime.effective, {**env}, extra
             )
-            volume_made = True
-            await progress("creating the container")
-            env = {
-                **bdef.env,
-                "HOME": bdef.home,
-                "USER": "bottle",
-                "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                "BOTTLE_ID": bottle_id,
-                "BOTTLE_AGENT": plan.agent,
-            }
-            import os
+        except BaseException as exc:
+            raise self._launch_failure(plan, exc) from exc
+        info = self._info(bottle_id, plan.agent, plan.bottle, plan.runtime.effective, plan.image, made.created)
+        handle = DockerBottle(
+            self.engine, container_id=made.container_id, volume=made.volume, info=info, user=bdef.user, env=env
+        )
+        try:
+            await progress("starting the exec channel")
+            await handle.start_channel()
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                await handle.close()
+            raise self._launch_failure(plan, exc) from exc
+        return await self._finish_launch(handle, plan, spec, progress, started)
 
-            env.update({c: os.environ[c] for c in agent.credentials if c in os.environ})
-            container_id = await self.engine.call(
-                "create container", lambda c: self._create(c, plan, bdef, name, volume, env, extra)
-            )
-            await progress("starting the container")
-            await self.engine.call("start container", lambda c: c.api.start(container_id))
-            info = BottleInfo(
-                bottle_id=bottle_id,
-                agent=plan.agent,
-                bottle=plan.bottle,
-                backend=self.name,
-                status="running",
-                runtime=plan.runtime.effective,
-                image=plan.image,
-                created_at=created,
-                owner="this-server",
-                instance=self.instance.id,
-            )
-            handle = DockerBottle(self.engine, container_id=container_id, volume=volume, info=info, user=bdef.user)
+    async def _adopt(self, spare: Spare, plan: BottlePlan, bdef: BottleDef, env: dict[str, str]) -> DockerBottle | None:
+        """Make a claimed spare this plan's bottle (renamed for its agent); None when the spare is unusable."""
+        name = f"bottle-mcp-{plan.agent}-{spare.bottle_id}"
+        info = self._info(spare.bottle_id, plan.agent, plan.bottle, plan.runtime.effective, plan.image, spare.created)
+        handle = DockerBottle(
+            self.engine, container_id=spare.container_id, volume=spare.volume, info=info, user=bdef.user, env=env
+        )
+        handle.adopt_channel(spare.channel)
+        try:
+            await self.engine.call("claim a warm bottle", lambda c: c.api.rename(spare.container_id, name))
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                await handle.close()
+            if not isinstance(exc, EngineError):
+                raise
+            log.warning("a warm bottle could not be claimed (%s); launching cold", exc)
+            return None
+        return handle
+
+    async def _finish_launch(
+        self, handle: DockerBottle, plan: BottlePlan, spec: BottleSpec, progress: Progress, started: float
+    ) -> Bottle:
+        try:
             await progress("provisioning prompt, skills and files")
             await self._provision(handle, plan, spec)
             await progress(f"ready in {int((time.monotonic() - started) * 1000)} ms")
             return handle
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
+                await handle.close()
+            raise self._launch_failure(plan, exc) from exc
+
+    @staticmethod
+    def _launch_failure(plan: BottlePlan, exc: BaseException) -> BaseException:
+        if isinstance(exc, BottleError | anyio.get_cancelled_exc_class()):
+            if isinstance(exc, EngineError | BottleGoneError) and not isinstance(exc, LaunchError):
+                return LaunchError(f"launch of {plan.agent!r} failed and was rolled back: {exc}")
+            return exc
+        if not isinstance(exc, Exception):
+            return exc
+        return LaunchError(f"launch of {plan.agent!r} failed and was rolled back: {exc!r}")
+
+    def _info(self, bottle_id: str, agent: str, bottle: str, runtime: str, image: str, created: str) -> BottleInfo:
+        return BottleInfo(
+            bottle_id=bottle_id,
+            agent=agent,
+            bottle=bottle,
+            backend=self.name,
+            status="running",
+            runtime=runtime,
+            image=image,
+            created_at=created,
+            owner="this-server",
+            instance=self.instance.id,
+        )
+
+    async def start_container(
+        self,
+        bottle_id: str,
+        name: str,
+        bottle: str,
+        bdef: BottleDef,
+        image: str,
+        runtime: str,
+        env: dict[str, str],
+        extra_labels: dict[str, str],
+    ) -> Started:
+        """Create the workspace volume and the hardened container, and start it; undo both on any failure."""
+        created = _now()
+        volume = f"{name}-work"
+        labels = {
+            L.BOTTLE: bottle_id,
+            L.BOTTLE_DEF: bottle,
+            L.RUNTIME: runtime,
+            L.CREATED: created,
+            **extra_labels,
+        }
+        container_id: str | None = None
+        volume_made = False
+        full_env = {
+            **bdef.env,
+            "HOME": bdef.home,
+            "USER": "bottle",
+            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "BOTTLE_ID": bottle_id,
+            **env,
+        }
+        try:
+            await self.engine.call(
+                "create volume",
+                lambda c: c.api.create_volume(name=volume, labels=self.instance.labels("workspace", **labels)),
+            )
+            volume_made = True
+            container_id = await self.engine.call(
+                "create container",
+                lambda c: self._create(c, image, runtime, bdef, name, volume, full_env, labels),
+            )
+            await self.engine.call("start container", lambda c: c.api.start(container_id))
+        except BaseException:
+            with anyio.CancelScope(shield=True):
                 await self._undo(container_id, volume if volume_made else None)
-            if isinstance(exc, BottleError | anyio.get_cancelled_exc_class()):
-                if isinstance(exc, EngineError | BottleGoneError) and not isinstance(exc, LaunchError):
-                    raise LaunchError(f"launch of {plan.agent!r} failed and was rolled back: {exc}") from exc
-                raise
-            raise LaunchError(f"launch of {plan.agent!r} failed and was rolled back: {exc!r}") from exc
+            raise
+        return Started(container_id=container_id, volume=volume, created=created)
 
     def _create(
         self,
         c: docker.DockerClient,
-        plan: BottlePlan,
+        image: str,
+        runtime: str,
         bdef: BottleDef,
         name: str,
         volume: str,
@@ -265,10 +365,10 @@ class DockerBackend(Backend):
             memswap_limit=res.memory_bytes,
             nano_cpus=int(res.cpus * 1e9),
             ipc_mode="private",
-            runtime=plan.runtime.effective,
+            runtime=runtime,
         )
         created = c.api.create_container(
-            image=plan.image,
+            image=image,
             command=["sleep", "infinity"],
             name=name,
             hostname=name[-24:],
@@ -330,13 +430,17 @@ class DockerBackend(Backend):
             "list bottles",
             lambda c: c.api.containers(all=True, filters={"label": [f"{L.MANAGED}=true", f"{L.ROLE}=bottle"]}),
         )
-        return [self._info_from_row(r) for r in rows]
+        return [self._info_from_row(r) for r in rows if not _name(r).startswith(SPARE_PREFIX)]
 
     def _info_from_row(self, row: dict[str, Any]) -> BottleInfo:
         lab: dict[str, str] = row.get("Labels") or {}
+        agent = lab.get(L.AGENT, "?")
+        if L.POOL in lab and L.AGENT not in lab:
+            # Born in a warm pool: the agent's name went into the container's name when it was claimed.
+            agent = _name(row).removeprefix("bottle-mcp-").removesuffix(f"-{lab.get(L.BOTTLE, '')}") or "?"
         return BottleInfo(
             bottle_id=lab.get(L.BOTTLE, "?"),
-            agent=lab.get(L.AGENT, "?"),
+            agent=agent,
             bottle=lab.get(L.BOTTLE_DEF, "?"),
             backend=self.name,
             status=str(row.get("State", "unknown")),
@@ -400,7 +504,14 @@ class DockerBackend(Backend):
         return CleanupReport(dry_run=False, removed=removed, kept=plan.keep, failed=failed)
 
     async def aclose(self) -> None:
+        with anyio.CancelScope(shield=True):
+            await self.pool.drain(self._undo)
         self.engine.close()
+
+
+def _name(row: dict[str, Any]) -> str:
+    names = row.get("Names") or ["/?"]
+    return str(names[0]).lstrip("/")
 
 
 def _remove(c: docker.DockerClient, item: CleanupItem) -> None:
