@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import selectors
@@ -35,7 +36,9 @@ HEADER = struct.Struct(">BII")
 T_OPEN, T_STDIN, T_KILL = 1, 2, 3
 T_HELLO, T_STARTED, T_STDOUT, T_STDERR, T_EXIT, T_CREDIT = 10, 11, 12, 13, 14, 15
 MAX_IN_FRAME = 8 << 20
+F_SETPIPE_SZ = 1031
 CHUNK = 1 << 16
+IN_CHUNK = 1 << 20
 # After a command exits, its output pipes may still be held by something it left
 # running in the background; wait this long for them to close, then report.
 DRAIN_S = 0.1
@@ -80,7 +83,7 @@ class Supervisor:
     # -- requests from the server -------------------------------------------------
 
     def on_input(self) -> None:
-        data = os.read(0, CHUNK)
+        data = os.read(0, IN_CHUNK)
         if not data:
             self.running = False
             return
@@ -141,6 +144,8 @@ class Supervisor:
             cmd.open_pipes += 1
         if proc.stdin is not None:
             os.set_blocking(proc.stdin.fileno(), False)
+            with contextlib.suppress(OSError):  # a larger pipe means fewer wake-ups for big inputs
+                fcntl.fcntl(proc.stdin.fileno(), F_SETPIPE_SZ, 1 << 20)
 
     def pump_stdin(self, cmd: Command) -> None:
         pipe = cmd.proc.stdin
@@ -153,7 +158,7 @@ class Supervisor:
         written = 0
         while cmd.stdin_buf:
             try:
-                n = os.write(fd, cmd.stdin_buf[:CHUNK])
+                n = os.write(fd, cmd.stdin_buf[:IN_CHUNK])
             except BlockingIOError:
                 break
             except OSError:  # the command closed its input: drop the rest

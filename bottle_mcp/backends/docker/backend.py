@@ -7,6 +7,7 @@ import logging
 import secrets
 import time
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -223,13 +224,16 @@ class DockerBackend(Backend):
             self.engine, container_id=made.container_id, volume=made.volume, info=info, user=bdef.user, env=env
         )
         try:
-            await progress("starting the exec channel")
-            await handle.start_channel()
+            await progress("starting the exec channel and provisioning")
+            # The supervisor starts while the files go in through an engine exec of their own.
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(partial(handle.start_channel, wait=False))
+                tg.start_soon(partial(self._provision, handle, plan, spec, via_engine=True))
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
                 await handle.close()
-            raise self._launch_failure(plan, exc) from exc
-        return await self._finish_launch(handle, plan, spec, progress, started)
+            raise self._launch_failure(plan, exc.exceptions[0] if isinstance(exc, BaseExceptionGroup) else exc) from exc
+        return await self._finish_launch(handle, plan, spec, progress, started, provisioned=True)
 
     async def _adopt(self, spare: Spare, plan: BottlePlan, bdef: BottleDef, env: dict[str, str]) -> DockerBottle | None:
         """Make a claimed spare this plan's bottle (renamed for its agent); None when the spare is unusable."""
@@ -251,11 +255,19 @@ class DockerBackend(Backend):
         return handle
 
     async def _finish_launch(
-        self, handle: DockerBottle, plan: BottlePlan, spec: BottleSpec, progress: Progress, started: float
+        self,
+        handle: DockerBottle,
+        plan: BottlePlan,
+        spec: BottleSpec,
+        progress: Progress,
+        started: float,
+        *,
+        provisioned: bool = False,
     ) -> Bottle:
         try:
-            await progress("provisioning prompt, skills and files")
-            await self._provision(handle, plan, spec)
+            if not provisioned:
+                await progress("provisioning prompt, skills and files")
+                await self._provision(handle, plan, spec)
             await progress(f"ready in {int((time.monotonic() - started) * 1000)} ms")
             return handle
         except BaseException as exc:
@@ -381,7 +393,9 @@ class DockerBackend(Backend):
         )
         return str(created["Id"])
 
-    async def _provision(self, handle: DockerBottle, plan: BottlePlan, spec: BottleSpec) -> None:
+    async def _provision(
+        self, handle: DockerBottle, plan: BottlePlan, spec: BottleSpec, *, via_engine: bool = False
+    ) -> None:
         entries: list[TarEntry] = []
         home = plan.home.lstrip("/")
         text = prompt_text(spec)
@@ -400,7 +414,7 @@ class DockerBackend(Backend):
         if not entries:
             return
         with pack_tar(entries) as (tar, _stats):
-            await handle.put_tar(tar, PurePosixPath("/"))
+            await handle.put_tar(tar, PurePosixPath("/"), via_engine=via_engine)
         if plan.copy_cwd is not None:
             res = await handle.exec(
                 "git -c safe.directory='*' reset -q --hard",

@@ -55,8 +55,8 @@ MAX_PID = 1 << 22  # the kernel's pid_max ceiling
 MAX_COUNT = 1 << 62
 HELLO_TIMEOUT_S = 10.0
 KILL_CONFIRM_S = 2.0
-STDIN_WINDOW = 1 << 20  # stdin bytes in flight before the bottle must acknowledge
-STDIN_CHUNK = 1 << 16
+STDIN_WINDOW = 4 << 20  # stdin bytes in flight before the bottle must acknowledge
+STDIN_CHUNK = 1 << 20
 READ_CHUNK = 1 << 16
 INFLIGHT_CHUNKS = 8
 DIAG_KEEP = 4096
@@ -97,6 +97,7 @@ class Channel:
         self._next_id = 1
         self._send_lock = anyio.Lock()
         self._hello = asyncio.Event()
+        self._settled = asyncio.Event()  # hello received, or the channel ended first
         self._slots = threading.Semaphore(INFLIGHT_CHUNKS)
         # Demultiplexing state: the engine's 8-byte stream frames, then ours inside stream 1.
         self._dbuf = bytearray()
@@ -112,19 +113,30 @@ class Channel:
     # -- opening and closing ---------------------------------------------------------
 
     @classmethod
-    async def open(cls, engine: Engine, container_id: str, bottle_id: str, user: str) -> Channel:
-        """Start the supervisor and wait for its hello. Raises ChannelError, BottleGoneError or EngineError."""
+    async def open(cls, engine: Engine, container_id: str, bottle_id: str, user: str, *, wait: bool = True) -> Channel:
+        """Start the supervisor and (unless `wait` is false) wait for its hello.
+
+        Without waiting, the first `run()` waits instead, so that the supervisor's start-up
+        overlaps with other work. Raises ChannelError, BottleGoneError or EngineError.
+        """
         ch = cls(engine, container_id, bottle_id, user)
         ch._loop = asyncio.get_running_loop()
         ch._sock = await engine.run(ch._start_exec)
         threading.Thread(target=ch._reader, name=f"channel-{bottle_id}", daemon=True).start()
-        with anyio.move_on_after(HELLO_TIMEOUT_S):
-            await ch._hello.wait()
-        if not ch._hello.is_set() or ch.dead:
-            reason = ch.dead or f"no hello within {HELLO_TIMEOUT_S:g} s"
-            ch.close(reason)
-            raise ChannelError(f"the exec channel did not start: {reason}")
+        if wait:
+            await ch.ready()
         return ch
+
+    async def ready(self) -> None:
+        """Wait for the supervisor's hello; raise ChannelError (and close) if it does not come."""
+        if self._hello.is_set() and not self.dead:
+            return
+        with anyio.move_on_after(HELLO_TIMEOUT_S):
+            await self._settled.wait()
+        if not self._hello.is_set() or self.dead:
+            reason = self.dead or f"no hello within {HELLO_TIMEOUT_S:g} s"
+            self.close(reason)
+            raise ChannelError(f"the exec channel did not start: {reason}")
 
     def _start_exec(self) -> socket.socket:
         argv = ["python3", "-I", "-S", "-c", supervisor_source()]
@@ -159,6 +171,7 @@ class Channel:
             req.done.set()
             req.credit.set()
         self._pending.clear()
+        self._settled.set()
 
     # -- the reader thread ---------------------------------------------------------------
 
@@ -229,6 +242,7 @@ class Channel:
             if hello.get("v") != VERSION:
                 raise ChannelError(f"the supervisor speaks protocol {hello.get('v')!r}, not {VERSION}")
             self._hello.set()
+            self._settled.set()
             return
         if not self._hello.is_set():
             raise ChannelError("a frame arrived before the hello")
@@ -317,8 +331,7 @@ class Channel:
         A timeout or a cancellation kills the command's session; if the channel does not confirm
         that in time, the kill is repeated through the engine and the channel is closed.
         """
-        if self.dead:
-            raise ChannelError(self.dead)
+        await self.ready()
         rid = self._next_id
         self._next_id += 1
         req = _Request(rid=rid, cap=output_cap)

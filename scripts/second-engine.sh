@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# A second Docker engine beside the main one, reached over TCP on loopback:
+# for the "remote engine" run of the test suite and for the engine-fault tests.
+#
+#   scripts/second-engine.sh start   # prints DOCKER_HOST=tcp://127.0.0.1:PORT when it answers
+#   scripts/second-engine.sh stop    # stops it (the image and data stay for a fast restart)
+#   scripts/second-engine.sh purge   # stops it and deletes its data
+#   scripts/second-engine.sh test [pytest args]   # the integration suite against it
+#
+# It has its own data root, exec root, pid file and containerd, no bridge and no
+# iptables rules (bottles have no network anyway), and listens on 127.0.0.1 only.
+# `start` loads the worker image from the main engine the first time.
+# Settings: BOTTLE_MCP_ENGINE2_PORT (23750), BOTTLE_MCP_ENGINE2_DIR (/var/tmp/bottle-mcp-engine2).
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+port=${BOTTLE_MCP_ENGINE2_PORT:-23750}
+dir=${BOTTLE_MCP_ENGINE2_DIR:-/var/tmp/bottle-mcp-engine2}
+host="tcp://127.0.0.1:$port"
+image=bottle-mcp/worker:latest
+log() { printf '[engine2] %s\n' "$*" >&2; }
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+answers() { DOCKER_HOST=$host timeout 5 docker info >/dev/null 2>&1; }
+
+start() {
+  if ! answers; then
+    as_root mkdir -p "$dir/data" "$dir/exec"
+    log "starting a second dockerd on $host"
+    as_root setsid nohup dockerd \
+      --data-root "$dir/data" --exec-root "$dir/exec" --pidfile "$dir/dockerd.pid" \
+      -H "$host" --bridge=none --iptables=false --ip6tables=false \
+      >"$dir/dockerd.log" 2>&1 </dev/null &
+    for _ in $(seq 1 150); do answers && break; sleep 0.2; done
+    answers || { log "it did not answer; see $dir/dockerd.log"; exit 1; }
+  fi
+  want=$(docker image inspect "$image" --format '{{.Id}}')
+  have=$(DOCKER_HOST=$host docker image inspect "$image" --format '{{.Id}}' 2>/dev/null || true)
+  if [ "$want" != "$have" ]; then
+    log "loading $image into it"
+    docker save "$image" | DOCKER_HOST=$host docker load -q >/dev/null
+  fi
+  echo "DOCKER_HOST=$host"
+}
+
+stop() {
+  if [ -f "$dir/dockerd.pid" ]; then
+    pid=$(cat "$dir/dockerd.pid")
+    if kill -0 "$pid" 2>/dev/null; then
+      log "stopping dockerd $pid"
+      as_root kill "$pid"
+      for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    fi
+  fi
+  # Unmount whatever it left mounted under its own folder, deepest first.
+  grep " $dir/" /proc/mounts | awk '{print $2}' | sort -r | while read -r m; do as_root umount -l "$m" || true; done
+}
+
+case "${1:-}" in
+  start) start ;;
+  stop) stop ;;
+  purge) stop; as_root rm -rf "$dir" ;;
+  test)
+    shift
+    start >/dev/null
+    cd "$here"
+    DOCKER_HOST=$host .venv/bin/python -m pytest tests/integration "$@"
+    ;;
+  *) sed -n '2,13p' "$0"; exit 2 ;;
+esac
