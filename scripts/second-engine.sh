@@ -52,7 +52,7 @@ stop() {
     fi
   fi
   # Unmount whatever it left mounted under its own folder, deepest first.
-  grep " $dir/" /proc/mounts | awk '{print $2}' | sort -r | while read -r m; do as_root umount -l "$m" || true; done
+  { grep " $dir/" /proc/mounts || true; } | awk '{print $2}' | sort -r | while read -r m; do as_root umount -l "$m" || true; done
 }
 
 case "${1:-}" in

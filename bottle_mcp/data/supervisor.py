@@ -29,7 +29,7 @@ import struct
 import subprocess
 import sys
 import time
-from typing import Any
+from typing import IO, Any
 
 VERSION = 1
 HEADER = struct.Struct(">BII")
@@ -140,7 +140,7 @@ class Supervisor:
         for pipe, kind in ((proc.stdout, T_STDOUT), (proc.stderr, T_STDERR)):
             assert pipe is not None
             os.set_blocking(pipe.fileno(), False)
-            self.sel.register(pipe.fileno(), selectors.EVENT_READ, ("out", (cmd, kind)))
+            self.sel.register(pipe.fileno(), selectors.EVENT_READ, ("out", (cmd, kind, pipe)))
             cmd.open_pipes += 1
         if proc.stdin is not None:
             os.set_blocking(proc.stdin.fileno(), False)
@@ -180,15 +180,15 @@ class Supervisor:
 
     # -- the commands' side -----------------------------------------------------
 
-    def on_output(self, fd: int, cmd: Command, kind: int) -> None:
+    def on_output(self, pipe: IO[bytes], cmd: Command, kind: int) -> None:
         try:
-            data = os.read(fd, CHUNK)
+            data = os.read(pipe.fileno(), CHUNK)
         except BlockingIOError:
             return
         except OSError:
             data = b""
         if not data:
-            self.close_pipe(fd, cmd)
+            self.close_pipe(pipe, cmd)
             return
         cmd.total[kind] += len(data)
         room = cmd.cap - cmd.sent[kind]
@@ -197,10 +197,12 @@ class Supervisor:
             cmd.sent[kind] += len(part)
             self.send(kind, cmd.rid, part)
 
-    def close_pipe(self, fd: int, cmd: Command) -> None:
+    def close_pipe(self, pipe: IO[bytes], cmd: Command) -> None:
+        # Close through the file object only: closing the bare fd would let a later
+        # close of the object hit whatever reused that number (another command's pipe).
         with contextlib.suppress(KeyError, ValueError):
-            self.sel.unregister(fd)
-        os.close(fd)
+            self.sel.unregister(pipe.fileno())
+        pipe.close()
         cmd.open_pipes -= 1
 
     def reap(self) -> None:
@@ -242,8 +244,8 @@ class Supervisor:
                     with contextlib.suppress(BlockingIOError):
                         os.read(self.wake_r, 512)
                 elif role == "out":
-                    cmd, kind = extra
-                    self.on_output(key.fd, cmd, kind)
+                    cmd, kind, pipe = extra
+                    self.on_output(pipe, cmd, kind)
                 elif role == "stdin":
                     self.pump_stdin(extra[0])
             self.reap()
