@@ -19,7 +19,6 @@ Standard library only: the bottle's image needs nothing but python3.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import json
 import os
@@ -254,11 +253,40 @@ class Supervisor:
 
 
 def kill_session(pid: int) -> None:
-    """SIGKILL the process group and the session that `pid` leads."""
+    """SIGKILL everything the command started: its process group, its session and its descendants.
+
+    Members are stopped first, in rounds, so that nothing forks away between the scan and the kill.
+    """
     if pid <= 1:
         return
-    with contextlib.suppress(OSError):
-        os.killpg(pid, signal.SIGKILL)
+    me = os.getpid()
+    doomed: set[int] = set()
+    for _ in range(3):
+        table = _processes()
+        found = {p for p, (_, pgrp, sid) in table.items() if pid in (p, pgrp, sid)}
+        grew = True
+        while grew:  # descendants, whatever session they moved to
+            grew = False
+            for p, (ppid, _, _) in table.items():
+                if p not in found and (ppid in found or ppid in doomed):
+                    found.add(p)
+                    grew = True
+        found -= {me, 1}
+        new = found - doomed
+        if not new:
+            break
+        for p in new:
+            with contextlib.suppress(OSError):
+                os.kill(p, signal.SIGSTOP)
+        doomed |= new
+    for p in doomed:
+        with contextlib.suppress(OSError):
+            os.kill(p, signal.SIGKILL)
+
+
+def _processes() -> dict[int, tuple[int, int, int]]:
+    """pid -> (ppid, process group, session) of every process this user can see."""
+    table = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -268,12 +296,9 @@ def kill_session(pid: int) -> None:
         except OSError:
             continue
         fields = stat[stat.rfind(b")") + 2 :].split()
-        if len(fields) > 3 and (int(fields[2]) == pid or int(fields[3]) == pid):
-            try:
-                os.kill(int(entry), signal.SIGKILL)
-            except OSError as e:
-                if e.errno not in (errno.ESRCH, errno.EPERM):
-                    raise
+        if len(fields) > 3:
+            table[int(entry)] = (int(fields[1]), int(fields[2]), int(fields[3]))
+    return table
 
 
 if __name__ == "__main__":
