@@ -26,10 +26,13 @@ start() {
   if ! answers; then
     as_root mkdir -p "$dir/data" "$dir/exec"
     log "starting a second dockerd on $host"
-    as_root setsid nohup dockerd \
+    # A plain command (not a shell function) in the background: the daemon is exec'd directly,
+    # so no waiting subshell keeps the caller's output pipes open.
+    sudo=; [ "$(id -u)" = 0 ] || sudo=sudo
+    $sudo setsid nohup dockerd \
       --data-root "$dir/data" --exec-root "$dir/exec" --pidfile "$dir/dockerd.pid" \
       -H "$host" --bridge=none --iptables=false --ip6tables=false \
-      >"$dir/dockerd.log" 2>&1 </dev/null &
+      >"$dir/dockerd.log" 2>&1 </dev/null 3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&- &
     for _ in $(seq 1 150); do answers && break; sleep 0.2; done
     answers || { log "it did not answer; see $dir/dockerd.log"; exit 1; }
   fi

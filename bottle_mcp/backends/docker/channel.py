@@ -345,7 +345,11 @@ class Channel:
         try:
             with anyio.move_on_after(timeout_s) as scope:
                 if stdin is not None:
-                    await self._feed_stdin(req, stdin)
+                    try:
+                        await self._feed_stdin(req, stdin)
+                    except ChannelError as e:  # the command started: report it broken, never run it again
+                        req.broken = req.broken or self.dead or str(e)
+                        req.done.set()
                 await req.done.wait()
             if scope.cancelled_caught and not req.done.is_set():
                 req.outcome.timed_out = True
