@@ -72,6 +72,10 @@ class DockerBackend(Backend):
             if size <= 0:
                 continue
             bdef = manifest.manifest.bottles[name]
+            if bdef.network != "none":
+                # A spare would need its network set up per agent at claim time: launch those cold.
+                log.warning("no warm pool for bottle %r: pools serve network = 'none' bottles only", name)
+                continue
             image = manifest.image_for(name)
             try:
                 await self.engine.call("inspect image", lambda c, image=image: c.images.get(image).id)  # type: ignore[misc]
