@@ -211,13 +211,12 @@ class DockerBackend(Backend):
         bottle_id = f"b-{secrets.token_hex(4)}"
         name = f"bottle-mcp-{plan.agent}-{bottle_id}"
         extra = {L.AGENT: plan.agent, L.PLAN: plan.plan_id}
+        # The plan was re-made just before launch (the service checks it is still current),
+        # so its word on the image is fresh.
+        if not plan.image_present:
+            raise ImageMissingError(plan.image, image_fix_hint(spec.manifest))
         try:
-            await progress("checking the image")
-            try:
-                await self.engine.call("inspect image", lambda c: c.images.get(plan.image).id)
-            except EngineNotFoundError:
-                raise ImageMissingError(plan.image, image_fix_hint(spec.manifest)) from None
-            await progress("creating the workspace volume and the container")
+            await progress("creating and starting the container")
             made = await self.start_container(
                 bottle_id, name, plan.bottle, bdef, plan.image, plan.runtime.effective, {**env}, extra
             )
@@ -325,7 +324,6 @@ class DockerBackend(Backend):
             **extra_labels,
         }
         container_id: str | None = None
-        volume_made = False
         full_env = {
             **bdef.env,
             "HOME": bdef.home,
@@ -335,11 +333,7 @@ class DockerBackend(Backend):
             **env,
         }
         try:
-            await self.engine.call(
-                "create volume",
-                lambda c: c.api.create_volume(name=volume, labels=self.instance.labels("workspace", **labels)),
-            )
-            volume_made = True
+            # The engine creates the workspace volume with the container, labelled through the mount.
             container_id = await self.engine.call(
                 "create container",
                 lambda c: self._create(c, image, runtime, bdef, name, volume, full_env, labels),
@@ -347,7 +341,7 @@ class DockerBackend(Backend):
             await self.engine.call("start container", lambda c: c.api.start(container_id))
         except BaseException:
             with anyio.CancelScope(shield=True):
-                await self._undo(container_id, volume if volume_made else None)
+                await self._undo(container_id, volume)
             raise
         return Started(container_id=container_id, volume=volume, created=created)
 
@@ -360,7 +354,7 @@ class DockerBackend(Backend):
         name: str,
         volume: str,
         env: dict[str, str],
-        extra: dict[str, str],
+        labels: dict[str, str],
     ) -> str:
         res = bdef.resources
         uid, _, gid = bdef.user.partition(":")
@@ -374,7 +368,14 @@ class DockerBackend(Backend):
                 "/tmp": f"rw,nosuid,nodev,size={parse_size(res.tmp_size)}",
                 bdef.home: f"rw,nosuid,nodev,size={parse_size(res.home_size)},uid={uid},gid={gid},mode=0700",
             },
-            mounts=[Mount(target=bdef.workdir, source=volume, type="volume")],
+            mounts=[
+                Mount(
+                    target=bdef.workdir,
+                    source=volume,
+                    type="volume",
+                    labels=self.instance.labels("workspace", **labels),
+                )
+            ],
             network_mode="none",
             pids_limit=res.pids,
             mem_limit=res.memory_bytes,
@@ -391,7 +392,7 @@ class DockerBackend(Backend):
             user=bdef.user,
             working_dir=bdef.workdir,
             environment=env,
-            labels=self.instance.labels("bottle", **extra),
+            labels=self.instance.labels("bottle", **labels),
             host_config=host_config,
             network_disabled=False,
         )
