@@ -78,7 +78,7 @@ class DockerBackend(Backend):
                 continue
             image = manifest.image_for(name)
             try:
-                await self.engine.call("inspect image", lambda c, image=image: c.images.get(image).id)  # type: ignore[misc]
+                await self.engine.call("inspect image", partial(_image_id, image))
                 runtimes = runtimes if runtimes is not None else await self._runtimes()
                 runtime = self._pick_runtime(bdef, runtimes).effective
             except BottleError as e:
@@ -526,6 +526,10 @@ class DockerBackend(Backend):
         with anyio.CancelScope(shield=True):
             await self.pool.drain(self._undo)
         self.engine.close()
+
+
+def _image_id(image: str, c: docker.DockerClient) -> str:
+    return str(c.images.get(image).id)
 
 
 def _name(row: dict[str, Any]) -> str:

@@ -103,8 +103,8 @@ class DockerBottle:
         output_cap: int,
         stdin: IO[bytes] | bytes | None,
         via_engine: bool = False,
-    ) -> tuple[ExecOutcome, list[str], ExecStream | None]:
-        """Run over the channel if possible, else one engine exec. Returns the outcome, notes and the stream used."""
+    ) -> tuple[ExecOutcome, list[str]]:
+        """Run over the channel if possible, else one engine exec. Returns the outcome and notes about it."""
         channel = None if via_engine else await self._live_channel()
         if channel is not None:
             try:
@@ -123,7 +123,7 @@ class DockerBottle:
                         "the bottle's exec channel broke during the command (something in the bottle ended it); "
                         "the command's processes were killed and its outcome is unknown"
                     )
-                return out, notes, None
+                return out, notes
         stream = ExecStream(
             self._engine,
             self.container_id,
@@ -146,7 +146,7 @@ class DockerBottle:
             raise
         if out.timed_out:
             await anyio.to_thread.run_sync(stream.kill)
-        return out, [], stream
+        return out, []
 
     @property
     def id(self) -> str:
@@ -166,7 +166,7 @@ class DockerBottle:
         stdin: bytes | None = None,
     ) -> ExecResult:
         started = time.monotonic()
-        out, extra_notes, _ = await self._run(
+        out, extra_notes = await self._run(
             command, timeout_s=timeout_s, workdir=workdir, output_cap=output_cap, stdin=stdin
         )
         if out.exit_code is None and not out.timed_out:
@@ -201,7 +201,7 @@ class DockerBottle:
         script = f"set -- {shlex.quote(str(dest_dir))}; {UNPACK}"
         if _size(tar) > BIG_TAR:
             via_engine = True  # measured: a big stream goes faster over an exec of its own than as frames
-        out, _, _ = await self._run(
+        out, _ = await self._run(
             script, timeout_s=600, workdir=None, output_cap=64 * 1024, stdin=tar, via_engine=via_engine
         )
         if out.exit_code != 0:

@@ -70,8 +70,9 @@ RemoveFn = Callable[[str, str], Coroutine[Any, Any, None]]
 
 
 class WarmPool:
-    def __init__(self, engine_user_channel: Callable[[str, str, str], Awaitable[Channel]]) -> None:
-        self._open_channel = engine_user_channel
+    def __init__(self, open_channel: Callable[[str, str, str], Awaitable[Channel]]) -> None:
+        """`open_channel(container_id, bottle_id, user)` starts a spare's exec channel."""
+        self._open_channel = open_channel
         self._spares: dict[str, list[Spare]] = {}
         self._targets: dict[str, PoolTarget] = {}
         self._wake = anyio.Event()
