@@ -51,6 +51,7 @@ from .pool import SPARE_PREFIX, PoolTarget, Spare, Started, WarmPool, pool_key
 log = logging.getLogger(__name__)
 
 REMOVE_CONCURRENCY = 16
+RUNTIMES_TTL_S = 30.0
 
 
 def _now() -> str:
@@ -63,6 +64,7 @@ class DockerBackend(Backend):
     def __init__(self, instance: L.Instance, engine: Engine | None = None) -> None:
         super().__init__(instance)
         self.engine = engine or Engine()
+        self._runtimes_seen: tuple[float, set[str]] | None = None
         self.pool = WarmPool(lambda cid, bid, user: Channel.open(self.engine, cid, bid, user))
 
     async def keep_warm(self, manifest: LoadedManifest, sizes: dict[str, int]) -> None:
@@ -92,8 +94,13 @@ class DockerBackend(Backend):
     # -- prepare -------------------------------------------------------------------
 
     async def _runtimes(self) -> set[str]:
-        info = await self.engine.call("engine info", lambda c: c.info())
-        return set((info.get("Runtimes") or {}).keys())
+        # Asked at every prepare and again at every launch (the plan re-check); runtimes are
+        # registered by an administrator and change rarely, so a short memory saves a call.
+        now = time.monotonic()
+        if self._runtimes_seen is None or now - self._runtimes_seen[0] > RUNTIMES_TTL_S:
+            info = await self.engine.call("engine info", lambda c: c.info())
+            self._runtimes_seen = (now, set((info.get("Runtimes") or {}).keys()))
+        return set(self._runtimes_seen[1])
 
     async def _resolve_plan(
         self, spec: BottleSpec, agent: AgentDef, bottle: BottleDef, common: dict[str, object]
