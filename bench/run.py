@@ -3,9 +3,11 @@
     .venv/bin/python -m bench.run [--quick] [--json FILE] [--runtime auto|runc|runsc]
 
 Measures launch (cold and from a warm pool) against docker-py create+start of the same image
-and runtime; exec round trips against docker-py exec_run and the `docker exec` CLI; cp_in of
-1 MiB and 50 MiB against put_archive; exec p50/p95 with 1 and with 50 live bottles; 20 and 50
-launches in parallel; the server's resident memory. Prints medians, p95s and ratios.
+and runtime, and the exec round trip against docker-py exec_run, sample by sample in
+alternation, so that a shared machine's load drift hits both sides; the exec round trip
+against the `docker exec` CLI; cp_in of 1 MiB and 50 MiB against put_archive; exec p50/p95
+with 1 and with 50 live bottles; 20 and 50 launches in parallel; the server's resident memory.
+Prints medians, p95s and ratios.
 Everything it creates is labelled and removed.
 """
 
@@ -191,21 +193,42 @@ async def exec_lat(client: Client, bid: str, n: int) -> list[float]:
     return await atimed(lambda: client.call_tool("exec", {"bottle_id": bid, "command": "true"}), n)
 
 
-async def mcp_cold(manifest: Path, cwd: Path, n: int, quick: bool) -> dict[str, Any]:
+async def raw_create_start_ms(raw: Raw) -> float:
+    t = time.perf_counter()
+    cid = await anyio.to_thread.run_sync(raw.create_start)
+    ms = (time.perf_counter() - t) * 1000
+    await anyio.to_thread.run_sync(raw.remove, cid)
+    return ms
+
+
+async def mcp_cold(manifest: Path, cwd: Path, n: int, quick: bool, raw: Raw) -> dict[str, Any]:
+    """Headline series alternate with their baseline, sample by sample, so that load drift hits both."""
     res: dict[str, Any] = {}
     ids: list[str] = []
     async with Client(server_params(manifest, cwd, 0), mode="legacy") as client:
         res["rss_idle_mb"] = server_rss_mb()
-        lat = []
+        lat, base = [], []
         for _ in range(n):
+            base.append(await raw_create_start_ms(raw))
             bid, ms = await launch(client)
             lat.append(ms)
             await client.call_tool("stop_bottle", {"bottle_id": bid})
         res["launch_cold"] = summary(lat)
+        res["paired_create_start_cold"] = summary(base)
         bid, _ = await launch(client)
         ids.append(bid)
         await exec_lat(client, bid, 5)  # warm-up
-        res["exec_1_bottle"] = summary(await exec_lat(client, bid, n * 5))
+        cid = await anyio.to_thread.run_sync(raw.create_start)
+        try:
+            c = raw.client.containers.get(cid)
+            lat, base = [], []
+            for _ in range(n * 2):
+                base += await anyio.to_thread.run_sync(timed, lambda: c.exec_run(["true"]), 1)
+                lat += await exec_lat(client, bid, 1)
+        finally:
+            await anyio.to_thread.run_sync(raw.remove, cid)
+        res["exec_1_bottle"] = summary(lat)
+        res["paired_exec_run"] = summary(base)
         for label, size in (("1MiB", 1 << 20), ("50MiB", 50 << 20)):
             (cwd / label).write_bytes(os.urandom(size))
             args = {"bottle_id": bid, "host_path": label, "bottle_path": f"/workspace/{label}"}
@@ -244,13 +267,14 @@ async def mcp_warm(manifest: Path, cwd: Path, n: int, raw: Raw) -> dict[str, Any
         with anyio.fail_after(300):
             while len(raw.client.api.containers(filters=flt)) < n:  # noqa: ASYNC110 - polling the engine
                 await anyio.sleep(0.2)
-        lat = []
+        lat, base = [], []
         for _ in range(n):
+            base.append(await raw_create_start_ms(raw))
             bid, ms = await launch(client)
             lat.append(ms)
             ids.append(bid)
         await stop_all(client, ids)
-    return {"launch_warm": summary(lat)}
+    return {"launch_warm": summary(lat), "paired_create_start_warm": summary(base)}
 
 
 def machine() -> dict[str, Any]:
@@ -306,17 +330,21 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         print("[bench] baselines (docker-py, docker CLI)", file=sys.stderr)
         result["raw"] = await anyio.to_thread.run_sync(baselines, raw, n)
         print("[bench] through MCP, cold", file=sys.stderr)
-        result["mcp"] = await mcp_cold(manifest, cwd, n, args.quick)
+        result["mcp"] = await mcp_cold(manifest, cwd, n, args.quick, raw)
         print("[bench] through MCP, warm pool", file=sys.stderr)
         result["mcp"].update(await mcp_warm(manifest, cwd, 5 if args.quick else 10, raw))
     r, m = result["raw"], result["mcp"]
     live = m["live_bottles"]
     result["ratios"] = {
-        "exec_p50_vs_exec_run": round(m["exec_1_bottle"]["p50_ms"] / r["exec_run"]["p50_ms"], 3),
+        "exec_p50_vs_exec_run": round(m["exec_1_bottle"]["p50_ms"] / m["paired_exec_run"]["p50_ms"], 3),
         "exec_p50_vs_docker_exec_cli": round(m["exec_1_bottle"]["p50_ms"] / r["docker_exec_cli"]["p50_ms"], 3),
         f"exec_p95_{live}_vs_1": round(m[f"exec_{live}_bottles"]["p95_ms"] / m["exec_1_bottle"]["p95_ms"], 3),
-        "launch_warm_p50_vs_create_start": round(m["launch_warm"]["p50_ms"] / r["create_start"]["p50_ms"], 3),
-        "launch_cold_p50_vs_create_start": round(m["launch_cold"]["p50_ms"] / r["create_start"]["p50_ms"], 3),
+        "launch_warm_p50_vs_create_start": round(
+            m["launch_warm"]["p50_ms"] / m["paired_create_start_warm"]["p50_ms"], 3
+        ),
+        "launch_cold_p50_vs_create_start": round(
+            m["launch_cold"]["p50_ms"] / m["paired_create_start_cold"]["p50_ms"], 3
+        ),
         "cp_in_1MiB_vs_put_archive": round(m["cp_in_1MiB"]["p50_ms"] / r["put_archive_1MiB"]["p50_ms"], 3),
         "cp_in_50MiB_vs_put_archive": round(m["cp_in_50MiB"]["p50_ms"] / r["put_archive_50MiB"]["p50_ms"], 3),
         "parallel_20_vs_raw": round(m["parallel_launch_20_s"] / r["parallel_create_start_20_s"], 3),

@@ -210,8 +210,14 @@ class BottleService:
         return {name: b.warm_pool for name, b in bottles.items()}
 
     async def keep_warm(self) -> None:
-        """Keep the warm pools filled until cancelled (then the backend removes the spares)."""
-        await self.backend.keep_warm(self.manifest, self.pool_sizes())
+        """Keep the warm pools filled until cancelled (then the backend removes the spares).
+
+        A failing pool must not take the server down: launches are then cold.
+        """
+        try:
+            await self.backend.keep_warm(self.manifest, self.pool_sizes())
+        except Exception:
+            log.exception("the warm pools stopped; launches are cold from now on")
 
     @property
     def live_bottles(self) -> list[Bottle]:
