@@ -189,6 +189,8 @@ class Channel:
                 loop.call_soon_threadsafe(self._feed, data)
         except OSError as e:
             reason = f"the channel's connection failed: {e}"
+        except RuntimeError:  # the event loop is closed: the server is gone
+            return
         with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is waiting
             loop.call_soon_threadsafe(self.close, reason)
 
