@@ -6,12 +6,13 @@ import argparse
 import json
 import logging
 import os
+import re
 import signal
 import sys
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 from pydantic import BaseModel
@@ -19,6 +20,9 @@ from pydantic import BaseModel
 from . import __version__
 from .errors import BottleError
 from .labels import Instance
+
+if TYPE_CHECKING:
+    from .backends.base import Backend
 
 T = TypeVar("T")
 
@@ -63,6 +67,27 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--output-cap", default=None, help="most bytes per output stream of one exec, e.g. 1m")
     s.add_argument(
+        "--approve",
+        choices=["never", "always", "elevated"],
+        default=None,
+        help="when a person must approve a launch through the MCP client (overrides the manifest's [host] "
+        "approve; 'elevated': only bottles that grant more than the offline default)",
+    )
+    s.add_argument(
+        "--approvals-log",
+        type=Path,
+        default=None,
+        help="JSON-lines file recording approval decisions (default: $BOTTLE_MCP_APPROVALS_LOG, else "
+        "$XDG_STATE_HOME/bottle-mcp/approvals.jsonl, else ~/.local/state/bottle-mcp/approvals.jsonl)",
+    )
+    s.add_argument(
+        "--http",
+        metavar="127.0.0.1:PORT",
+        default=None,
+        help="serve the same tools over Streamable HTTP at http://ADDR:PORT/mcp instead of stdio "
+        "(loopback addresses only: there is no authentication)",
+    )
+    s.add_argument(
         "--warm-pool",
         type=int,
         default=None,
@@ -86,12 +111,28 @@ def _parser() -> argparse.ArgumentParser:
     _add_manifest(i)
     i.add_argument("--extra-ca-certs", type=Path, default=None, help="CA certificate file or folder for builds")
     i.add_argument("--rebuild", action="store_true", help="build even when the image is current")
+    i.add_argument("--json", action="store_true", help="print a JSON summary on stdout; no build log")
 
     sc = sub.add_parser("schema", help="print the manifest's JSON Schema")
     sc.add_argument("--output", "-o", type=Path, default=None)
 
     d = sub.add_parser("demo", help="drive a real bottle through the MCP server, step by step")
     _add_manifest(d)
+
+    it = sub.add_parser("init", help="write a commented starter manifest and print how to register the server")
+    it.add_argument("path", nargs="?", type=Path, default=Path("bottle-mcp.toml"), help="default: ./bottle-mcp.toml")
+    it.add_argument("--force", action="store_true", help="overwrite an existing file")
+    it.add_argument("--print-only", action="store_true", help="write nothing; print the registration for PATH")
+    it.add_argument("--json", action="store_true", help="print the registration as JSON")
+
+    g = sub.add_parser("gen-docs", help="regenerate docs/tools.md, docs/manifest.md and docs/manifest.schema.json")
+    g.add_argument("--output-dir", type=Path, default=Path("docs"))
+    g.add_argument("--check", action="store_true", help="write nothing; exit 1 if a file is out of date")
+
+    dr = sub.add_parser("doctor", help="check that the server can work here; say what to fix if not")
+    _add_manifest(dr)
+    dr.add_argument("--host-root", action="append", type=Path, default=None, help="as for serve")
+    dr.add_argument("--json", action="store_true", help="print the report as JSON")
     return ap
 
 
@@ -103,7 +144,7 @@ def _print_json(obj: Any) -> None:
     print(text)
 
 
-def _instance_backend(args: argparse.Namespace) -> Any:
+def _instance_backend(args: argparse.Namespace) -> Backend:
     from .backends import get_backend
 
     return get_backend(Instance.current(), args.backend)
@@ -116,16 +157,41 @@ def _run(fn: Callable[[], Awaitable[T]]) -> T:
 # -- commands -----------------------------------------------------------------------
 
 
+def parse_http_address(value: str) -> tuple[str, int]:
+    """'127.0.0.1:8000' -> ('127.0.0.1', 8000); only loopback addresses are accepted."""
+    import ipaddress
+
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise BottleError(f"--http {value!r}: write it as ADDRESS:PORT, e.g. 127.0.0.1:8765")
+    if host == "localhost":
+        host = "127.0.0.1"
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise BottleError(
+            f"--http {value!r}: the HTTP transport has no authentication, so it binds only to loopback "
+            "addresses (127.0.0.1 or ::1); use stdio for everything else"
+        )
+    return host, int(port)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from .manifest import parse_size
     from .server import build_server
     from .service import BottleService, ServiceConfig
 
+    http = parse_http_address(args.http) if args.http else None
     config = ServiceConfig(
         manifest_path=args.manifest or default_manifest(),
         host_roots=args.host_root,
         output_cap=parse_size(args.output_cap) if args.output_cap else None,
         warm_pool=args.warm_pool,
+        approve=args.approve,
+        approvals_log=args.approvals_log,
     )
     if args.warm_pool is not None and not 0 <= args.warm_pool <= 64:
         raise BottleError(f"--warm-pool {args.warm_pool}: give a number of spares from 0 to 64")
@@ -137,6 +203,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         service.instance.id,
         service.backend.name,
     )
+    from .approval import approval_log, effective_policy
+
+    policy, source = effective_policy(config.approve, service.manifest)
+    log.info("launch approval: %s (%s); decisions go to %s", policy, source, approval_log(service).path)
+
+    if http is not None:
+        host, port = http
+        log.info("serving over Streamable HTTP at http://%s:%d/mcp", host, port)
+        # uvicorn handles SIGINT/SIGTERM; the server's lifespan removes its bottles on the way out.
+        _run(lambda: build_server(service).run_streamable_http_async(host=host, port=port))
+        return 0
 
     async def main() -> None:
         mcp = build_server(service)
@@ -202,16 +279,36 @@ def cmd_ls(args: argparse.Namespace) -> int:
     return 0
 
 
+CLEANUP_BATCH = 16
+
+
 def cmd_cleanup(args: argparse.Namespace) -> int:
+    from .models import CleanupPlan, CleanupReport
+    from .progress import Bar, wants_bar
+
     backend = _instance_backend(args)
 
-    async def main() -> Any:
-        plan = await backend.prepare_cleanup()
-        if args.dry_run:
-            from .models import CleanupReport
-
-            return CleanupReport(dry_run=True, removed=plan.remove, kept=plan.keep, failed=[])
-        return await backend.cleanup(plan)
+    async def main() -> CleanupReport:
+        try:
+            plan = await backend.prepare_cleanup()
+            if args.dry_run:
+                return CleanupReport(dry_run=True, removed=plan.remove, kept=plan.keep, failed=[])
+            if args.json or not wants_bar(sys.stderr) or len(plan.remove) <= CLEANUP_BATCH:
+                return await backend.cleanup(plan)
+            # On a terminal, remove in batches (containers first, as the backend does) to show progress.
+            order = {"container": 0, "volume": 1, "network": 2}
+            items = sorted(plan.remove, key=lambda i: order[i.kind])
+            report = CleanupReport(dry_run=False, removed=[], kept=plan.keep, failed=[])
+            with Bar(len(items), "cleanup") as bar:
+                for start in range(0, len(items), CLEANUP_BATCH):
+                    batch = items[start : start + CLEANUP_BATCH]
+                    part = await backend.cleanup(CleanupPlan(remove=batch, keep=[]))
+                    report.removed.extend(part.removed)
+                    report.failed.extend(part.failed)
+                    bar.advance(len(batch), f"{batch[-1].kind}s")
+            return report
+        finally:
+            await backend.aclose()
 
     report = _run(main)
     if args.json:
@@ -228,31 +325,49 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 
+_STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)")
+
+
 def cmd_images(args: argparse.Namespace) -> int:
     from .backends.docker import Engine
     from .images import build_image, image_status
     from .manifest import load_manifest
+    from .progress import Bar, wants_bar
 
     lm = load_manifest(args.manifest or default_manifest())
     engine = Engine()
-    built = 0
+    bar_wanted = not args.json and wants_bar(sys.stderr)
+    summary: list[dict[str, str]] = []
+
+    def say(text: str) -> None:
+        if not args.json:
+            print(f"[images] {text}", file=sys.stderr)
+
     for name, bottle in lm.manifest.bottles.items():
         if bottle.build is None:
+            summary.append({"bottle": name, "image": lm.image_for(name), "action": "not built here (no [build])"})
             continue
         status = image_status(engine, lm, name)
         if status.present and not status.stale and not args.rebuild:
-            print(f"[images] {status.image} is current", file=sys.stderr)
+            say(f"{status.image} is current")
+            summary.append({"bottle": name, "image": status.image, "action": "current"})
             continue
-        print(f"[images] building {status.image} for bottle {name!r}", file=sys.stderr)
-        image_id = build_image(
-            engine,
-            lm,
-            name,
-            extra_ca=args.extra_ca_certs,
-            on_line=lambda line: print(f"  {line}", file=sys.stderr),
-        )
-        print(f"[images] built {status.image} ({image_id[:19]})", file=sys.stderr)
-        built += 1
+        say(f"building {status.image} for bottle {name!r}")
+        with Bar(0, f"building {status.image}", enabled=bar_wanted) as bar:
+
+            def on_line(line: str, bar: Bar = bar) -> None:
+                if bar.enabled:
+                    if m := _STEP.match(line):
+                        bar.update(int(m.group(1)) - 1, m.group(3)[:40], total=int(m.group(2)))
+                elif not args.json:
+                    print(f"  {line}", file=sys.stderr)
+
+            image_id = build_image(engine, lm, name, extra_ca=args.extra_ca_certs, on_line=on_line)
+        say(f"built {status.image} ({image_id[:19]})")
+        summary.append({"bottle": name, "image": status.image, "action": "built", "image_id": image_id})
+    engine.close()
+    if args.json:
+        _print_json(summary)
     return 0
 
 
@@ -273,6 +388,72 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return _run(lambda: run_demo((args.manifest or default_manifest()).resolve(), backend=args.backend))
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    from .manifest import load_manifest
+    from .starter import registration, registration_text, starter_text
+
+    path: Path = args.path.expanduser().absolute()
+    written = False
+    if not args.print_only:
+        if path.exists() and not args.force:
+            raise BottleError(
+                f"{str(path)!r} already exists; pass --force to overwrite it, or --print-only to print the "
+                "registration for it"
+            )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(starter_text())
+        written = True
+        print(f"wrote {path}; edit it, then run `bottle-mcp doctor --manifest {path}`", file=sys.stderr)
+    manifest = load_manifest(path).manifest
+    reg = registration(path, manifest)
+    if args.json:
+        _print_json({"manifest": str(path), "written": written, **reg})
+    else:
+        print(registration_text(reg))
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import DoctorReport, format_report, run_doctor
+
+    backend = _instance_backend(args)
+    manifest = (args.manifest or default_manifest()).expanduser().absolute()
+
+    async def main() -> DoctorReport:
+        try:
+            return await run_doctor(manifest, backend, host_roots=args.host_root)
+        finally:
+            await backend.aclose()
+
+    report = _run(main)
+    if args.json:
+        _print_json(report)
+    else:
+        print(format_report(report, color=sys.stdout.isatty() and "NO_COLOR" not in os.environ))
+    return report.exit_code
+
+
+def cmd_gen_docs(args: argparse.Namespace) -> int:
+    from .docgen import generate
+
+    files = _run(generate)
+    stale = []
+    for name, text in files.items():
+        path: Path = args.output_dir / name
+        if path.is_file() and path.read_text() == text:
+            continue
+        stale.append(str(path))
+        if not args.check:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+    if args.check and stale:
+        print(f"out of date: {', '.join(stale)}; run `bottle-mcp gen-docs`", file=sys.stderr)
+        return 1
+    for path_name in stale:
+        print(f"wrote {path_name}", file=sys.stderr)
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "serve": cmd_serve,
     "plan": cmd_plan,
@@ -281,6 +462,9 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "images": cmd_images,
     "schema": cmd_schema,
     "demo": cmd_demo,
+    "doctor": cmd_doctor,
+    "init": cmd_init,
+    "gen-docs": cmd_gen_docs,
 }
 
 
@@ -297,6 +481,9 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.cmd](args)
     except BottleError as e:
         print(f"bottle-mcp: {e}", file=sys.stderr)
+        if args.cmd == "serve":
+            # Agent hosts show only "failed to connect"; this line in their log says where to look.
+            print("bottle-mcp: the server did not start; `bottle-mcp doctor` checks the whole set-up", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

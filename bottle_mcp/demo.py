@@ -102,7 +102,7 @@ async def _demo(manifest: Path, backend: str | None) -> None:
                 for command in (
                     "id && uname -sr && pwd",
                     "cat /proc/self/status | grep -E '^(CapEff|NoNewPrivs)'",
-                    "touch /etc/evil 2>&1; echo exit=$?",
+                    'touch /etc/evil; awk \'$2 == "/" {print "root file system:", substr($4, 1, 2)}\' /proc/mounts',
                     "ip -o addr 2>/dev/null || cat /proc/net/dev | tail -n +3 | cut -d: -f1",
                 ):
                     _say(f"\n== exec({command!r})")

@@ -84,9 +84,9 @@ class Instance:
         if len(parts) != 4:
             return "unknown"
         host, boot_id, pid, ticks = parts
-        if host != self.host:
+        if host != self.host or not pid.isdigit():
             return "unknown"
-        if boot_id != self.boot_id or not pid.isdigit():
+        if boot_id != self.boot_id:
             return "orphaned"
         return "other-server" if _start_ticks(int(pid)) == ticks else "orphaned"
 

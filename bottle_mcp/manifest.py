@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ManifestError
 
@@ -30,6 +30,11 @@ HOSTNAME_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$"
 EGRESS_PATTERN = r"^(\*\.)?[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+(:[0-9]{1,5})?$"
 USER_PATTERN = r"^[0-9]{1,10}(:[0-9]{1,10})?$"
 ABS_PATH_PATTERN = r"^/[A-Za-z0-9._/-]*$"
+
+# When a person must approve a launch (see bottle_mcp/approval.py and docs/approval.md).
+ApprovePolicy = Literal["never", "always", "elevated"]
+
+MIN_MEMORY = 6 * 1024**2  # Docker refuses less
 
 # Variables the server sets itself inside every bottle.
 RESERVED_ENV = frozenset({"HOME", "USER", "PATH", "BOTTLE_ID", "BOTTLE_AGENT"})
@@ -47,7 +52,10 @@ def parse_size(value: str | int) -> int:
     m = _SIZE_RE.match(value)
     if not m:
         raise ValueError(f"{value!r} is not a size; write it like '512m', '2g' or a number of bytes")
-    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+    size = int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+    if size < 1:
+        raise ValueError(f"size {value!r} is zero, which engines read as 'no limit'; give a positive size")
+    return size
 
 
 def format_size(n: int) -> str:
@@ -79,6 +87,13 @@ class Resources(_Strict):
         parse_size(v)
         return v
 
+    @field_validator("memory")
+    @classmethod
+    def _memory_floor(cls, v: str | int) -> str | int:
+        if parse_size(v) < MIN_MEMORY:
+            raise ValueError(f"memory {v!r} is below the engine's minimum of 6m; give at least '64m'")
+        return v
+
     @property
     def memory_bytes(self) -> int:
         return parse_size(self.memory)
@@ -92,10 +107,17 @@ class Build(_Strict):
     args: dict[str, str] = Field(default_factory=dict, description="Build arguments.")
 
 
+def _egress_port(entry: str) -> str:
+    _, _, port = entry.partition(":")
+    if port and not 1 <= int(port) <= 65535:
+        raise ValueError(f"{entry!r} has port {port}; ports run from 1 to 65535")
+    return entry
+
+
 class Egress(_Strict):
     """Hosts the bottle may reach through the egress proxy."""
 
-    allow: list[Annotated[str, Field(pattern=EGRESS_PATTERN)]] = Field(
+    allow: list[Annotated[str, Field(pattern=EGRESS_PATTERN), AfterValidator(_egress_port)]] = Field(
         default_factory=list,
         description="Lower-case host names, optionally '*.' wildcards and ':port' (default ports 443 and 80).",
     )
@@ -124,6 +146,12 @@ class GitEntry(_Strict):
     @classmethod
     def _ssh_url(cls, v: str) -> str:
         parts = urlsplit(v)
+        try:
+            port = parts.port
+        except ValueError:
+            port = 0
+        if port == 0:
+            raise ValueError(f"{v!r} has an invalid port; use a number from 1 to 65535, or leave it out for 22")
         if parts.scheme != "ssh" or not parts.hostname or not parts.path.strip("/"):
             raise ValueError(f"{v!r} is not an ssh:// URL; write it like 'ssh://git@host:22/owner/repo.git'")
         if v.startswith("-") or any(c in v for c in " \t\n'\"`$;"):
@@ -201,7 +229,11 @@ class AgentDef(_Strict):
     bottle: str = Field(pattern=NAME_PATTERN, description="Name of a [bottles.NAME] table.")
     description: str = ""
     command: list[str] = Field(
-        min_length=1, description="argv that runs the agent non-interactively (no shell involved)."
+        min_length=1,
+        description="argv that runs the agent non-interactively (no shell involved). Placeholders: "
+        "{prompt_file} (a file holding the task prompt), {prompt} (the task prompt as an argument), "
+        "{system_prompt_file} (the provisioned prompt). Without {prompt} or {prompt_file} the task "
+        "prompt comes on stdin; a `claude` command gets --append-system-prompt-file automatically.",
     )
     prompt: str | None = Field(None, description="System prompt, inline.")
     prompt_file: str | None = Field(None, description="System prompt from a file, relative to the manifest.")
@@ -212,10 +244,25 @@ class AgentDef(_Strict):
         default_factory=list, description="Host environment variables passed into the bottle (names only)."
     )
 
+    @field_validator("command")
+    @classmethod
+    def _known_placeholders(cls, v: list[str]) -> list[str]:
+        from .agents import PLACEHOLDERS, unknown_placeholders
+
+        for element in v:
+            unknown = unknown_placeholders(element)
+            if unknown:
+                raise ValueError(
+                    f"unknown placeholder {unknown[0]} in {element!r}; the known ones are {', '.join(PLACEHOLDERS)}"
+                )
+        return v
+
     @model_validator(mode="after")
     def _one_prompt(self) -> AgentDef:
         if self.prompt is not None and self.prompt_file is not None:
             raise ValueError("set prompt or prompt_file, not both")
+        if self.prompt is None and self.prompt_file is None and any("{system_prompt_file}" in c for c in self.command):
+            raise ValueError("the command uses {system_prompt_file} but the agent has no prompt or prompt_file")
         return self
 
 
@@ -229,6 +276,11 @@ class HostSettings(_Strict):
     skills_dir: str = Field("~/.claude/skills", description="Where skills live on the host.")
     output_cap: Size = Field("1m", description="Most bytes of stdout (and of stderr) one exec returns.")
     max_bottles: int = Field(64, ge=1, le=1000, description="Most live bottles per server.")
+    approve: ApprovePolicy = Field(
+        "elevated",
+        description="When a person must approve a launch through the MCP client: 'never', 'always', or "
+        "'elevated' (only bottles that grant more than the offline default). `serve --approve` overrides it.",
+    )
 
     @field_validator("output_cap")
     @classmethod
@@ -290,21 +342,58 @@ def toml_path(loc: tuple[int | str, ...]) -> str:
     return out or "(top level)"
 
 
-_FIXES = {
-    "missing": "add this key",
-    "extra_forbidden": "remove this key or check its spelling (see docs/manifest.md)",
-    "string_pattern_mismatch": "change the value to match the pattern",
-    "literal_error": "use one of the allowed values",
+_PATTERN_HELP = {
+    NAME_PATTERN: "a lower-case name: a letter, then letters, digits or '-' (at most 31 characters)",
+    # skill folders, git remote names and ssh aliases share one pattern
+    SKILL_PATTERN: "a plain name: letters, digits, '.', '_' or '-' (no slashes, at most 64 characters)",
+    ENV_NAME_PATTERN: "an environment variable name such as ANTHROPIC_API_KEY",
+    HOSTNAME_PATTERN: "a host name or address",
+    EGRESS_PATTERN: "a lower-case host name, optionally with a '*.' prefix and a ':port' suffix",
+    USER_PATTERN: "a numeric 'uid' or 'uid:gid'",
+    ABS_PATH_PATTERN: "an absolute path of plain characters, e.g. /workspace",
 }
+
+
+def _field_homes(model: type[BaseModel], prefix: str = "") -> dict[str, list[str]]:
+    """Where each key name is valid: {'memory': ['bottles.NAME.resources'], ...}."""
+    homes: dict[str, list[str]] = {}
+    for name, info in model.model_fields.items():
+        homes.setdefault(name, []).append(prefix or "(top level)")
+        ann = info.annotation
+        for sub in (ann, *getattr(ann, "__args__", ())):
+            inner = getattr(sub, "__args__", ())
+            for cand in (sub, *inner):
+                if isinstance(cand, type) and issubclass(cand, BaseModel):
+                    step = f"{prefix}.{name}" if prefix else name
+                    if name in {"bottles", "agents"}:
+                        step += ".NAME"
+                    for k, v in _field_homes(cand, step).items():
+                        homes.setdefault(k, []).extend(v)
+    return homes
 
 
 def _describe(err: Any) -> tuple[str, str]:
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-after")))
-    # pydantic adds a '[key]' step for dict keys it validated; drop it
     loc = tuple(p for p in loc if p != "[key]")
     msg = str(err["msg"]).removeprefix("Value error, ")
-    fix = _FIXES.get(err["type"], "")
-    return toml_path(loc), f"{msg}" + (f" ({fix})" if fix and fix not in msg else "")
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        key = str(loc[-1]) if loc else "?"
+        homes = sorted(set(_field_homes(Manifest).get(key, [])))
+        if homes:
+            msg = f"{key!r} is not allowed here; it belongs in [{'] or ['.join(homes)}]"
+        else:
+            msg = f"unknown key {key!r}; check its spelling (docs/manifest.md lists every key)"
+    elif kind == "string_pattern_mismatch":
+        pattern = (err.get("ctx") or {}).get("pattern", "")
+        msg = f"{err['input']!r} is not {_PATTERN_HELP.get(pattern, 'valid: it must match ' + pattern)}"
+    elif kind == "missing":
+        msg = "this key is required; add it"
+    elif kind == "literal_error":
+        msg = f"{err['input']!r} is not allowed: {msg[0].lower()}{msg[1:]}"
+    elif kind != "value_error":
+        msg = f"{msg} (got {err.get('input')!r}; docs/manifest.md shows the expected form)"
+    return toml_path(loc), msg
 
 
 def _cross_check(lm: LoadedManifest) -> list[tuple[str, str]]:

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .labels import Liveness
 from .manifest import LoadedManifest
+from .results import JobInfo
 
 
 @dataclass(frozen=True)
@@ -180,6 +181,23 @@ class ExecResult(_Frozen):
     timed_out: bool
     duration_ms: int
     notes: list[str] = Field(default_factory=list, description="How the output was made safe, if it was.")
+    job: JobInfo | None = Field(None, description="With background=true: the job; follow it with wait_job.")
+
+    @classmethod
+    def started_in_background(cls, job: JobInfo) -> ExecResult:
+        return cls(
+            exit_code=None,
+            stdout="",
+            stderr="",
+            truncated=False,
+            stdout_bytes=0,
+            stderr_bytes=0,
+            output_cap_bytes=0,
+            timed_out=False,
+            duration_ms=0,
+            notes=[f"started in the background as job {job.job_id}; call wait_job to follow it"],
+            job=job,
+        )
 
 
 class CopyResult(_Frozen):

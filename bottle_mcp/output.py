@@ -15,10 +15,22 @@ def safe_text(data: bytes) -> tuple[str, list[str]]:
     reader's terminal. Returns the text and notes describing what was changed.
     """
     notes: list[str] = []
-    text = data.decode("utf-8", errors="replace")
-    if "\ufffd" in text and b"\xef\xbf\xbd" not in data:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = data.decode("utf-8", errors="replace")
         notes.append("invalid UTF-8 bytes were replaced with U+FFFD")
     text, n = _CONTROL.subn(lambda m: f"\\x{ord(m.group()):02x}", text)
     if n:
         notes.append(f"{n} control characters (NUL, escape, ...) are shown as \\xNN")
     return text, notes
+
+
+def trim_partial_utf8(data: bytes) -> bytes:
+    """Drop a multi-byte UTF-8 character that a byte cap cut in half at the end."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte & 0xC0 != 0x80:  # not a continuation byte: the start of the last character
+            need = 2 if byte >> 5 == 0b110 else 3 if byte >> 4 == 0b1110 else 4 if byte >> 3 == 0b11110 else 1
+            return data[:-back] if need > back else data
+    return data

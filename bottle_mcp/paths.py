@@ -116,11 +116,19 @@ class _Packer:
         self.stats.files += 1
 
     def add_tree(self, source: Path, root: Path, arcname: str) -> None:
-        parent_fd = os.open(source.parent, _OPEN_DIR)
         try:
-            self._add_entry(parent_fd, source.name, arcname, root)
-        finally:
-            os.close(parent_fd)
+            parent_fd = os.open(source.parent, _OPEN_DIR)
+            try:
+                self._add_entry(parent_fd, source.name, arcname, root)
+            finally:
+                os.close(parent_fd)
+        except PathError:
+            raise
+        except OSError as e:
+            where = f" ({e.filename!r})" if e.filename else ""
+            raise PathError(
+                f"{arcname!r} changed or vanished during the copy{where}: {e.strerror}; retry the copy"
+            ) from None
 
     def _check_fd(self, fd: int, root: Path, shown: str) -> None:
         real = Path(os.readlink(f"/proc/self/fd/{fd}"))

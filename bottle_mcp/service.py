@@ -17,6 +17,7 @@ from pathlib import Path
 import anyio
 
 from .backends.base import Backend, Bottle, Progress, _no_progress
+from .delegate import Delegation
 from .errors import (
     BottleGoneError,
     BottleNotFoundError,
@@ -25,7 +26,7 @@ from .errors import (
     UnknownPlanError,
 )
 from .labels import Instance
-from .manifest import LoadedManifest, load_manifest, parse_size
+from .manifest import ApprovePolicy, LoadedManifest, load_manifest, parse_size
 from .models import (
     BottleInfo,
     BottlePlan,
@@ -37,6 +38,7 @@ from .models import (
     StopResult,
 )
 from .paths import TarEntry, check_bottle_path, confine_host_path, pack_tar
+from .redact import Redactor
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,8 @@ class ServiceConfig:
     host_roots: list[Path] | None = None  # None: from the manifest, else the cwd
     output_cap: int | None = None  # None: from the manifest
     warm_pool: int | None = None  # spares per bottle definition; None: each bottle's warm_pool in the manifest
+    approve: ApprovePolicy | None = None  # None: from the manifest's [host] approve
+    approvals_log: Path | None = None  # None: the user's state folder (see approval.default_log_path)
 
 
 class BottleService:
@@ -61,6 +65,9 @@ class BottleService:
         self.manifest: LoadedManifest = load_manifest(config.manifest_path)
         self._plans: OrderedDict[str, tuple[BottlePlan, BottleSpec]] = OrderedDict()
         self._bottles: dict[str, Bottle] = {}
+        self._launching = 0
+        self.delegate = Delegation(self)
+        self.redactor = Redactor(self._credential_names)
 
     # -- helpers ---------------------------------------------------------------------
 
@@ -93,6 +100,21 @@ class BottleService:
                 )
         raise BottleNotFoundError(bottle_id)
 
+    async def bottle(self, bottle_id: str) -> Bottle:
+        """A live bottle of this server, or BottleNotFoundError saying whose it is."""
+        return await self._bottle(bottle_id)
+
+    async def discard(self, bottle: Bottle) -> None:
+        """Forget a bottle that vanished (or cannot be used) and remove what is left of it."""
+        self._bottles.pop(bottle.id, None)
+        self.delegate.on_stop(bottle.id)
+        await bottle.close()
+
+    def _credential_names(self) -> set[str]:
+        """Every credential the manifest (as now, or as at any live bottle's launch) forwards."""
+        names = {c for agent in self.manifest.manifest.agents.values() for c in agent.credentials}
+        return names | self.delegate.credential_names()
+
     def _forget_if_gone(self, bottle_id: str, exc: BaseException) -> None:
         if isinstance(exc, BottleGoneError):
             self._bottles.pop(bottle_id, None)
@@ -107,6 +129,12 @@ class BottleService:
         while len(self._plans) > MAX_PLANS:
             self._plans.popitem(last=False)
         return plan
+
+    def stored_plan(self, plan_id: str) -> tuple[BottlePlan, BottleSpec]:
+        """The plan as prepare_bottle returned it (not checked against the manifest on disk)."""
+        if plan_id not in self._plans:
+            raise UnknownPlanError(plan_id)
+        return self._plans[plan_id]
 
     async def check_plan(self, plan_id: str) -> tuple[BottlePlan, BottleSpec]:
         """The stored plan, provided the manifest and the files it names still give the same plan."""
@@ -123,17 +151,35 @@ class BottleService:
             )
         return plan, fresh_spec
 
-    async def launch(self, plan_id: str, progress: Progress = _no_progress) -> LaunchResult:
+    async def launch(
+        self, plan_id: str, progress: Progress = _no_progress, *, expect_digest: str | None = None
+    ) -> LaunchResult:
+        """Launch a stored plan; with `expect_digest`, only if it is still exactly that plan (an approved one)."""
         started = time.monotonic()
         plan, spec = await self.check_plan(plan_id)
-        limit = self.manifest.manifest.host.max_bottles
-        if len(self._bottles) >= limit:
-            raise LimitError(
-                f"this server already runs {len(self._bottles)} bottles, the limit set by [host] max_bottles; "
-                "stop one with stop_bottle first"
+        if expect_digest is not None and plan.digest != expect_digest:
+            raise StalePlanError(
+                f"plan {plan_id!r} is not the plan that was approved (digest {plan.digest}, approved "
+                f"{expect_digest}); call prepare_bottle again and launch the new plan_id"
             )
-        bottle = await self.backend.launch(plan, spec, progress)
+        limit = self.manifest.manifest.host.max_bottles
+        if len(self._bottles) + self._launching >= limit:
+            raise LimitError(
+                f"this server already runs {len(self._bottles)} bottles (and launches {self._launching}), the "
+                "limit set by [host] max_bottles; stop one with stop_bottle first"
+            )
+        self._launching += 1  # reserved before the first await, so concurrent launches see it
+        try:
+            bottle = await self.backend.launch(plan, spec, progress)
+        finally:
+            self._launching -= 1
         self._bottles[bottle.id] = bottle
+        try:
+            await self.delegate.on_launch(bottle, plan)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self.discard(bottle)
+            raise
         provisioned = []
         if plan.prompt:
             provisioned.append(f"prompt -> {plan.prompt.bottle_path}")
@@ -153,11 +199,20 @@ class BottleService:
         )
 
     async def exec(
-        self, bottle_id: str, command: str, *, timeout_s: float = 60, workdir: str | None = None
+        self,
+        bottle_id: str,
+        command: str,
+        *,
+        timeout_s: float = 60,
+        workdir: str | None = None,
+        background: bool = False,
     ) -> ExecResult:
         bottle = await self._bottle(bottle_id)
         if workdir is not None:
             workdir = str(check_bottle_path(workdir, what="workdir"))
+        if background:
+            job = await self.delegate.exec_background(bottle, command, timeout_s=timeout_s, workdir=workdir)
+            return ExecResult.started_in_background(job)
         try:
             return await bottle.exec(command, timeout_s=timeout_s, workdir=workdir, output_cap=self.output_cap)
         except BottleGoneError as e:
@@ -192,6 +247,7 @@ class BottleService:
         bottle = await self._bottle(bottle_id)
         removed = await bottle.close()
         self._bottles.pop(bottle_id, None)
+        self.delegate.on_stop(bottle_id)
         return StopResult(bottle_id=bottle_id, removed=removed)
 
     async def list_active(self) -> list[BottleInfo]:
@@ -230,10 +286,16 @@ class BottleService:
         with anyio.CancelScope(shield=True):
             if bottles:
                 log.info("removing %d bottle(s) on shutdown", len(bottles))
-                with anyio.move_on_after(SHUTDOWN_BUDGET_S * 3):
+                started = time.monotonic()
+                with anyio.move_on_after(SHUTDOWN_BUDGET_S * 3) as scope:
                     async with anyio.create_task_group() as tg:
                         for b in bottles:
                             tg.start_soon(_close_quietly, b)
+                took = time.monotonic() - started
+                if scope.cancelled_caught:
+                    log.warning("gave up removing bottles after %.1f s; `bottle-mcp cleanup` will find them", took)
+                else:
+                    log.info("removed %d bottle(s) in %.2f s", len(bottles), took)
             await self.backend.aclose()
 
 

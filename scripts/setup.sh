@@ -45,6 +45,7 @@ flock 9
 need_pkgs=()
 command -v dockerd >/dev/null 2>&1 || need_pkgs+=(docker.io cgroupfs-mount iptables)
 command -v mmdebstrap >/dev/null 2>&1 || need_pkgs+=(mmdebstrap)
+command -v npm >/dev/null 2>&1 || need_pkgs+=(npm)   # fetches the third-party MCP clients the tests run
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   log "installing ${need_pkgs[*]}"
   # Keep the packages' init scripts from starting a daemon: we start our own.
@@ -120,8 +121,13 @@ if [ "$build_images" = 1 ]; then
   ca_args=()
   if [ -n "$extra_ca" ]; then ca_args=(--extra-ca-certs "$extra_ca"); fi
   .venv/bin/bottle-mcp images --manifest manifests/example.toml "${ca_args[@]}"
+  # The test bottle with a stand-in agent CLI (one small layer over the worker image).
+  .venv/bin/bottle-mcp images --manifest tests/images/standin.toml
 fi
 if [ "$second_engine" = 1 ]; then
   scripts/second-engine.sh start 9>&- >/dev/null
 fi
+# --- 6. third-party MCP clients for tests/clients (Node 22, Inspector, conformance suite) ---
+scripts/third-party-clients.sh install
+
 log "ready"

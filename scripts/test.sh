@@ -6,10 +6,30 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+
+# Labelled engine objects whose server is gone, as `bottle-mcp cleanup` sees them.
+leftovers() {
+  .venv/bin/bottle-mcp cleanup --dry-run --json \
+    | .venv/bin/python -c 'import json, sys; [print(i["kind"], i["name"]) for i in json.load(sys.stdin)["removed"]]' \
+    | sort
+}
+
 echo "[test] ruff" >&2
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 echo "[test] mypy --strict" >&2
 .venv/bin/mypy
+
+before=$(leftovers)
 echo "[test] pytest" >&2
 .venv/bin/python -m pytest "$@"
+
+# Nothing the suite started may outlive it: once every test server has exited,
+# whatever it left would show up here as a new leftover.
+leaked=$(comm -13 <(printf '%s\n' "$before") <(leftovers) | sed '/^$/d')
+if [ -n "$leaked" ]; then
+  echo "[test] these labelled engine objects outlived the test suite:" >&2
+  echo "$leaked" >&2
+  exit 1
+fi
+echo "[test] no labelled container, volume or network left behind" >&2

@@ -107,3 +107,16 @@ async def service(example_manifest: Path, tmp_path: Path) -> AsyncIterator[Bottl
         yield svc
     finally:
         await svc.aclose()
+
+
+STANDIN_IMAGE = "bottle-mcp/standin:latest"
+
+
+@pytest.fixture(scope="session")
+def standin_image(docker_client: docker.DockerClient) -> str:
+    """The test image with a stand-in agent CLI (tests/images/standin)."""
+    try:
+        docker_client.images.get(STANDIN_IMAGE)
+    except docker.errors.ImageNotFound:
+        pytest.fail(f"{STANDIN_IMAGE} is missing; run scripts/setup.sh (it builds the test images)")
+    return STANDIN_IMAGE

@@ -68,6 +68,15 @@ class Bottle(Protocol):
         """Unpack a tar stream into `dest_dir` inside the bottle, as the bottle's user."""
         ...
 
+    async def get_tar(self, path: PurePosixPath, *, max_bytes: int) -> bytes:
+        """A tar of `path` (file or folder, symlinks stored as links) made inside the bottle.
+
+        Raises PathError when the path does not exist, when a component of it is a symlink,
+        or when the tar would be larger than `max_bytes`. The bytes come from the bottle:
+        callers must treat every member as hostile.
+        """
+        ...
+
     async def close(self) -> list[str]:
         """Remove the bottle and everything it owns; return what was removed. Idempotent."""
         ...

@@ -3,7 +3,7 @@
 It honours the same contract as the Docker backend (plans, labels, liveness,
 cleanup, timeouts, output caps) but runs nothing: `exec` understands a handful
 of shell words (`echo`, `printf`, `cat FILE`, `sleep N`, `exit N`, `yes`) and
-copies land in a dict. It never stands in for the engine tests.
+copies land in (and come out of) a dict. It never stands in for the engine tests.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import IO
 import anyio
 
 from .. import labels as L
-from ..errors import BottleGoneError, ImageMissingError, PlanError
+from ..errors import BottleGoneError, ImageMissingError, PathError, PlanError
 from ..manifest import AgentDef, BottleDef, format_size, parse_size
 from ..models import (
     BottleInfo,
@@ -37,7 +37,7 @@ from ..models import (
     ResourcePlan,
     RuntimePlan,
 )
-from ..output import safe_text
+from ..output import safe_text, trim_partial_utf8
 from .base import Backend, Bottle, Progress, _no_progress
 
 
@@ -120,8 +120,8 @@ class FakeBottle:
                 out = f"{workdir or '/workspace'}\n".encode()
             else:
                 err, code = f"sh: {head}: not found\n".encode(), 127
-        stdout, n1 = safe_text(out[:output_cap])
-        stderr, n2 = safe_text(err[:output_cap])
+        stdout, n1 = safe_text(trim_partial_utf8(out[:output_cap]) if len(out) > output_cap else out)
+        stderr, n2 = safe_text(trim_partial_utf8(err[:output_cap]) if len(err) > output_cap else err)
         truncated = len(out) > output_cap or len(err) > output_cap
         return ExecResult(
             exit_code=None if timed_out else code,
@@ -144,6 +144,22 @@ class FakeBottle:
                     f = tf.extractfile(member)
                     assert f is not None
                     self.files[str(dest_dir / member.name)] = f.read()
+
+    async def get_tar(self, path: PurePosixPath, *, max_bytes: int) -> bytes:
+        self._alive()
+        prefix = str(path)
+        chosen = {k: v for k, v in self.files.items() if k == prefix or k.startswith(prefix + "/")}
+        if not chosen:
+            raise PathError(f"{prefix!r} does not exist in bottle {self.id!r}")
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tf:
+            for name, data in sorted(chosen.items()):
+                info = tarfile.TarInfo(str(PurePosixPath(path.name) / PurePosixPath(name).relative_to(path)))
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+        if buf.tell() > max_bytes:
+            raise PathError(f"{prefix!r} is larger than the copy limit of {max_bytes} bytes")
+        return buf.getvalue()
 
     async def close(self) -> list[str]:
         removed = []
@@ -187,7 +203,11 @@ class FakeBackend(Backend):
             "init": True,
             "mounts": [MountPlan(target=bottle.workdir, kind="volume", read_only=False, purpose="workspace")],
             "host_mounts": [],
-            "network": NetworkPlan(mode=bottle.network, effective="none"),
+            "network": NetworkPlan(
+                mode=bottle.network,
+                egress_allow=list(bottle.egress.allow) if bottle.egress else [],
+                effective="none",
+            ),
             "resources": ResourcePlan(
                 cpus=res.cpus,
                 memory=format_size(res.memory_bytes),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import anyio
@@ -57,12 +58,12 @@ async def test_bottle_is_hardened_as_the_plan_says(service: BottleService, docke
     assert attrs["Config"]["User"] == "1000:1000"
     assert attrs["Config"]["Labels"][L.INSTANCE] == service.instance.id
 
-    res = await service.exec(launched.bottle_id, "grep -E '^(CapEff|NoNewPrivs)' /proc/self/status; id -u")
-    assert "CapEff:\t0000000000000000" in res.stdout
-    assert "NoNewPrivs:\t1" in res.stdout
-    assert res.stdout.strip().endswith("1000")
-    res = await service.exec(launched.bottle_id, "touch /usr/evil")
-    assert res.exit_code != 0 and "Read-only" in res.stderr
+    # prctl(PR_GET_NO_NEW_PRIVS) works under runc and gVisor alike (gVisor's /proc omits the field).
+    nnp = "import ctypes; print(ctypes.CDLL(None).prctl(39, 0, 0, 0, 0))"
+    res = await service.exec(launched.bottle_id, f"grep '^CapEff' /proc/self/status; python3 -c '{nnp}'; id -u")
+    assert res.stdout == "CapEff:\t0000000000000000\n1\n1000\n", res.stderr
+    res = await service.exec(launched.bottle_id, "awk '$2 == \"/\" {print $4}' /proc/mounts | cut -d, -f1")
+    assert res.stdout == "ro\n"
     res = await service.exec(launched.bottle_id, "cat /proc/net/dev | tail -n +3 | cut -d: -f1 | tr -d ' '")
     assert res.stdout.split() == ["lo"]
     res = await service.exec(launched.bottle_id, "cat ~/.bottle-mcp/prompt.md; ls ~/.claude/skills/review")
@@ -241,3 +242,65 @@ async def test_cleanup_removes_what_a_dead_server_left(
     assert not report.failed
     assert docker_client.api.containers(all=True, filters={"id": c["Id"]}) == []
     assert bid in {b.bottle_id for b in await service.list_active()}
+
+
+async def test_launch_failing_half_way_removes_what_it_created(
+    write_manifest: ManifestFactory, tmp_path: Path, worker_image: str, docker_client: docker.DockerClient
+) -> None:
+    # A fifo inside a skill passes prepare but makes provisioning fail, after the
+    # volume and the container were created and started.
+    skills = tmp_path / "skills"
+    (skills / "odd").mkdir(parents=True)
+    os.mkfifo(skills / "odd" / "pipe")
+    path = write_manifest(
+        f"""
+        [host]
+        skills_dir = "{skills}"
+        [bottles.b]
+        image = "{worker_image}"
+        [agents.a]
+        bottle = "b"
+        command = ["true"]
+        skills = ["odd"]
+        """
+    )
+    svc = BottleService(ServiceConfig(manifest_path=path, cwd=tmp_path), DockerBackend(Instance.current()))
+    try:
+        plan = await svc.prepare("a")
+        with pytest.raises(PathError, match="fifo"):
+            await svc.launch(plan.plan_id)
+        flt = {"label": [f"{L.PLAN}={plan.plan_id}"]}
+        assert docker_client.api.containers(all=True, filters=flt) == []
+        assert not (docker_client.api.volumes(filters=flt)["Volumes"] or [])
+        assert svc.live_bottles == []
+    finally:
+        await svc.aclose()
+
+
+@pytest.fixture
+def host_repo(tmp_path: Path) -> Path:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    (repo / "hello.txt").write_text("hello\n")
+    subprocess.run([*git, "add", "hello.txt"], check=True)
+    subprocess.run([*git, "commit", "-qm", "first"], check=True)
+    return repo
+
+
+async def test_copy_cwd_brings_the_repository_checked_out(example_manifest: Path, host_repo: Path) -> None:
+    repo = host_repo
+    svc = BottleService(
+        ServiceConfig(manifest_path=example_manifest, cwd=repo, host_roots=[repo]), DockerBackend(Instance.current())
+    )
+    try:
+        plan = await svc.prepare("worker", copy_cwd=True)
+        assert plan.copy_cwd is not None
+        assert plan.copy_cwd.host_repo == str(repo.resolve())
+        launched = await svc.launch(plan.plan_id)
+        assert any("repository" in p for p in launched.provisioned)
+        res = await svc.exec(launched.bottle_id, "git log --format=%s && cat hello.txt && git status --porcelain")
+        assert res.stdout == "first\nhello\n", res.stderr
+    finally:
+        await svc.aclose()

@@ -14,9 +14,9 @@ from typing import IO
 
 import anyio
 
-from ...errors import BottleError, BottleGoneError, EngineError, EngineNotFoundError, EngineUnreachableError
+from ...errors import BottleError, BottleGoneError, EngineError, EngineNotFoundError, EngineUnreachableError, PathError
 from ...models import BottleInfo, ExecResult
-from ...output import safe_text
+from ...output import safe_text, trim_partial_utf8
 from .channel import Channel, ChannelError
 from .engine import Engine
 from .execstream import ExecOutcome, ExecStream
@@ -29,7 +29,22 @@ CHANNEL_ATTEMPTS = 3
 
 BIG_TAR = 4 << 20
 
+
+def _capped(kept: bytearray, total: int) -> bytes:
+    """What was kept of a stream; a character the cap cut in half is dropped, not shown as invalid."""
+    return trim_partial_utf8(bytes(kept)) if total > len(kept) else bytes(kept)
+
+
 UNPACK = 'mkdir -p -- "$1" && exec tar -x --no-same-owner -C "$1" -f -'
+# Tar one path to stdout. Exit 3: it does not exist; 4: it, or a folder on the way, is a symlink.
+PACK = (
+    'p=$1; parent=$(dirname -- "$p"); name=$(basename -- "$p"); '
+    '[ -e "$p" ] || [ -L "$p" ] || { echo "$p does not exist" >&2; exit 3; }; '
+    'real=$(cd -P -- "$parent" && pwd -P) || exit 3; '
+    '[ "$real" = "$parent" ] || { echo "$parent resolves to $real" >&2; exit 4; }; '
+    '[ -L "$p" ] && { echo "$p is a symlink to $(readlink -- "$p")" >&2; exit 4; }; '
+    'exec tar -c -f - -C "$parent" -- "$name"'
+)
 
 
 class DockerBottle:
@@ -171,8 +186,8 @@ class DockerBottle:
         )
         if out.exit_code is None and not out.timed_out:
             await self._raise_if_gone()
-        stdout, n1 = safe_text(bytes(out.stdout))
-        stderr, n2 = safe_text(bytes(out.stderr))
+        stdout, n1 = safe_text(_capped(out.stdout, out.stdout_bytes))
+        stderr, n2 = safe_text(_capped(out.stderr, out.stderr_bytes))
         truncated = out.stdout_bytes > len(out.stdout) or out.stderr_bytes > len(out.stderr)
         notes = extra_notes + sorted(set(n1 + n2))
         if truncated:
@@ -212,6 +227,39 @@ class DockerBottle:
                 f"(exit {out.exit_code}): {detail.strip()[:500]}. Pick a folder the bottle's user can write, "
                 "such as the workspace."
             )
+
+    async def get_tar(self, path: PurePosixPath, *, max_bytes: int) -> bytes:
+        stream = ExecStream(
+            self._engine,
+            self.container_id,
+            self.id,
+            ["/bin/sh", "-c", PACK, "bottle-get", str(path)],
+            user=self.user,
+            workdir=None,
+            timeout_s=600,
+            output_cap=max_bytes + 1,
+        )
+        out = await anyio.to_thread.run_sync(stream.run)
+        detail, _ = safe_text(bytes(out.stderr))
+        detail = detail.strip()[:500]
+        if out.exit_code == 3:
+            raise PathError(f"{str(path)!r} does not exist in bottle {self.id!r}: {detail}")
+        if out.exit_code == 4:
+            raise PathError(
+                f"refusing to copy {str(path)!r} out of bottle {self.id!r}: {detail}; "
+                "name the real path instead of a symlink"
+            )
+        if out.stdout_bytes > max_bytes:
+            raise PathError(
+                f"{str(path)!r} in bottle {self.id!r} is larger than the copy limit of {max_bytes} bytes; "
+                "copy a smaller file or folder"
+            )
+        if out.exit_code != 0:
+            await self._raise_if_gone()
+            raise BottleError(
+                f"packing {str(path)!r} failed inside bottle {self.id!r} (exit {out.exit_code}): {detail}"
+            )
+        return bytes(out.stdout)
 
     async def _raise_if_gone(self) -> None:
         try:

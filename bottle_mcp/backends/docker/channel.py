@@ -44,6 +44,7 @@ from .execstream import ExecOutcome, ExecStream, create_exec
 log = logging.getLogger(__name__)
 
 VERSION = 1
+PROCESS_MARK = "bottle-mcp-exec-channel"
 HEADER = struct.Struct(">BII")
 DOCKER_HEADER = struct.Struct(">BxxxL")
 T_OPEN, T_STDIN, T_KILL = 1, 2, 3
@@ -139,7 +140,8 @@ class Channel:
             raise ChannelError(f"the exec channel did not start: {reason}")
 
     def _start_exec(self) -> socket.socket:
-        argv = ["python3", "-I", "-S", "-c", supervisor_source()]
+        # The first line (a comment) names the process in `ps` output.
+        argv = ["python3", "-I", "-S", "-c", f"# {PROCESS_MARK}\n" + supervisor_source()]
         exec_id = self.engine.call_sync(
             "start the exec channel",
             lambda c: create_exec(c, self.container_id, self.bottle_id, argv, user=self.user, workdir=None, stdin=True),

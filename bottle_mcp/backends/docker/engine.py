@@ -8,6 +8,7 @@ in exactly one place.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from functools import partial
 from typing import Any, TypeVar
@@ -31,13 +32,15 @@ class Engine:
 
     def __init__(self) -> None:
         self._client: docker.DockerClient | None = None
+        self._lock = threading.Lock()
         self._limiter = anyio.CapacityLimiter(POOL_SIZE)
         self.where = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
 
     def _connect(self) -> docker.DockerClient:
-        if self._client is None:
-            self._client = docker.DockerClient.from_env(max_pool_size=POOL_SIZE, timeout=HTTP_TIMEOUT_S)
-        return self._client
+        with self._lock:
+            if self._client is None:
+                self._client = docker.DockerClient.from_env(max_pool_size=POOL_SIZE, timeout=HTTP_TIMEOUT_S)
+            return self._client
 
     @property
     def client(self) -> docker.DockerClient:

@@ -1,0 +1,357 @@
+"""A person approves what a bottle may do before it launches.
+
+The human who runs the server sets the policy: `[host] approve` in the manifest, or
+`bottle-mcp serve --approve`, which wins. Never a tool argument: the supervising agent
+cannot lower it.
+
+    never     launch without asking
+    always    ask before every launch
+    elevated  ask only when the plan grants more than the offline default (see `elevations`)
+
+When the policy asks, `launch_bottle` puts the plan to the person through the MCP client
+(elicitation) before its body runs. The SDK's resolvers carry the question in both protocol
+eras: a standalone `elicitation/create` request in the handshake era, an `InputRequiredResult`
+the client answers and retries with from 2026-07-28 on. Two resolvers split the work:
+`decide_launch` works out whether to ask (it never talks to the client), and `ask_person`
+asks only when the decision says so, so a bottle that needs no approval launches on clients
+without elicitation support, in both eras.
+
+An approval binds to one plan: its id, its content digest and the manifest's sha256 are in
+the question, and the launch goes ahead only when the plan is still exactly that one (the
+service re-derives it from the manifest and the files it names). Every decision is appended
+to a JSON-lines log the human can read; it never holds secret values, only names.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import anyio
+from mcp.server.mcpserver import (
+    AcceptedElicitation,
+    CancelledElicitation,
+    Context,
+    DeclinedElicitation,
+    Elicit,
+    ElicitationResult,
+    Resolve,
+)
+from mcp.server.mcpserver.exceptions import ToolError
+from pydantic import BaseModel, Field
+
+from .errors import BottleError
+from .manifest import ApprovePolicy, LoadedManifest
+from .models import BottlePlan, LaunchResult
+from .service import BottleService
+
+log = logging.getLogger(__name__)
+
+LOG_NAME = "approvals.jsonl"
+ENV_LOG = "BOTTLE_MCP_APPROVALS_LOG"
+
+
+def default_log_path() -> Path:
+    """$BOTTLE_MCP_APPROVALS_LOG, else $XDG_STATE_HOME/bottle-mcp/approvals.jsonl, else ~/.local/state/..."""
+    env = os.environ.get(ENV_LOG)
+    if env:
+        return Path(env).expanduser()
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "bottle-mcp" / LOG_NAME
+
+
+# -- what counts as "more than the offline default" ---------------------------------------
+
+
+def elevations(plan: BottlePlan) -> list[str]:
+    """What this plan grants beyond the offline default, one readable line each; empty when nothing.
+
+    The offline default: no network, no SSH or git upstreams, no credentials, no host paths mounted
+    or copied besides the manifest's prompt and skills, a read-only root file system, every
+    capability dropped with no-new-privileges, and the runtime `auto` picks. Runtime: pinning
+    `runtime = "runc"` counts (it opts out of gVisor on every engine, including ones that have
+    it), as does a plan whose effective runtime is not the runsc it requested. `auto` resolving to
+    runc on an engine without gVisor does not count: that is the default on such an engine, and
+    the plan says so in its warnings.
+    """
+    out: list[str] = []
+    if plan.network.mode != "none":
+        hosts = ", ".join(plan.network.egress_allow) or "(no hosts listed)"
+        out.append(f"network egress to {hosts}")
+    out += [f"SSH to {s.user}@{s.hostname}:{s.port} (as '{s.host}')" for s in plan.ssh]
+    out += [f"git push to {g.upstream} (as remote '{g.name}')" for g in plan.git]
+    if plan.credentials:
+        out.append("forwards credentials " + ", ".join(c.name for c in plan.credentials))
+    if plan.copy_cwd is not None:
+        out.append(f"copies the host repository {plan.copy_cwd.host_repo} (its .git) into the bottle")
+    out += [f"mounts host path {p}" for p in plan.host_mounts]
+    rt = plan.runtime
+    if rt.requested == "runc":
+        out.append("runtime pinned to runc: no gVisor, the bottle shares the host kernel")
+    elif rt.requested == "runsc" and rt.effective != "runsc":
+        out.append(f"runtime {rt.effective} although runsc was requested")
+    if not plan.read_only_root:
+        out.append("writable root file system (read_only_root = false)")
+    if plan.capabilities_added:
+        out.append("adds capabilities " + ", ".join(plan.capabilities_added))
+    if not plan.no_new_privileges:
+        out.append("allows gaining privileges (no-new-privileges off)")
+    return out
+
+
+# -- the decision, made before anything is asked ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class LaunchDecision:
+    """Whether launching a plan needs a person's approval, and the question they would see."""
+
+    plan_id: str
+    digest: str
+    manifest_sha256: str
+    policy: ApprovePolicy
+    policy_source: str
+    reasons: tuple[str, ...]
+    required: bool
+    question: str
+    plan: BottlePlan
+
+
+def effective_policy(override: ApprovePolicy | None, manifest: LoadedManifest) -> tuple[ApprovePolicy, str]:
+    """The policy in force and where it comes from; the command line wins over the manifest."""
+    if override is not None:
+        return override, "the server's command line (--approve)"
+    host = manifest.manifest.host
+    where = "set in" if "approve" in host.model_fields_set else "the default of"
+    return host.approve, f"{where} [host] approve in {manifest.path}"
+
+
+def decide(plan: BottlePlan, manifest: LoadedManifest, override: ApprovePolicy | None) -> LaunchDecision:
+    policy, source = effective_policy(override, manifest)
+    reasons = tuple(elevations(plan))
+    required = policy == "always" or (policy == "elevated" and bool(reasons))
+    return LaunchDecision(
+        plan_id=plan.plan_id,
+        digest=plan.digest,
+        manifest_sha256=plan.manifest_sha256,
+        policy=policy,
+        policy_source=source,
+        reasons=reasons,
+        required=required,
+        question=render_question(plan, policy, reasons),
+        plan=plan,
+    )
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def render_question(plan: BottlePlan, policy: ApprovePolicy, reasons: tuple[str, ...]) -> str:
+    """The plan in a short form a person can read before saying yes. Names only, never secret values."""
+    net = plan.network
+    if net.mode == "none":
+        network = "none"
+    else:
+        network = f"{net.mode} to {', '.join(net.egress_allow) or '(no hosts)'} (enforced now: {net.effective})"
+    upstreams = [f"ssh '{s.host}' -> {s.user}@{s.hostname}:{s.port}" for s in plan.ssh]
+    upstreams += [f"git '{g.name}' -> {g.upstream}" for g in plan.git]
+    creds = [f"{c.name} ({'set' if c.present else 'not set'})" for c in plan.credentials]
+    copies = []
+    if plan.prompt is not None:
+        copies.append(f"prompt ({_size(plan.prompt.bytes)})")
+    copies += [f"skill {s.name} ({s.files} files, {_size(s.bytes)})" for s in plan.skills]
+    if plan.copy_cwd is not None:
+        cc = plan.copy_cwd
+        copies.append(f"repository {cc.host_repo} (.git: {cc.files} files, {_size(cc.bytes)})")
+    copies += [f"host mount {p}" for p in plan.host_mounts]
+    res = plan.resources
+    rt = plan.runtime
+    lines = [
+        f"Approve launching bottle '{plan.bottle}' for agent '{plan.agent}'?",
+        f"  image:       {plan.image}",
+        f"  runtime:     {rt.effective} (requested {rt.requested}: {rt.reason})",
+        f"  network:     {network}",
+        f"  upstreams:   {'; '.join(upstreams) or 'none'}",
+        f"  credentials: {', '.join(creds) or 'none'}",
+        f"  host copies: {'; '.join(copies) or 'none'}",
+        f"  resources:   {res.cpus:g} CPU, {res.memory} memory, {res.pids} processes",
+        f"  root fs:     {'read-only' if plan.read_only_root else 'WRITABLE'}",
+    ]
+    if reasons:
+        lines.append("More than the offline default:")
+        lines += [f"  - {r}" for r in reasons]
+    elif policy == "always":
+        lines.append("Nothing beyond the offline default; asked because approve = 'always'.")
+    lines.append(
+        f"Plan {plan.plan_id}, digest {plan.digest}, manifest {plan.manifest} (sha256 {plan.manifest_sha256[:16]})."
+    )
+    lines.append("Tick 'approve' and accept to launch exactly this plan; decline to refuse it.")
+    return "\n".join(lines)
+
+
+class ApprovalForm(BaseModel):
+    """What the person fills in: one box, ticked on purpose."""
+
+    approve: bool = Field(
+        default=False,
+        title="Approve this launch",
+        description="Tick to launch exactly the plan shown; leave it unticked to refuse.",
+    )
+
+
+# -- the record ------------------------------------------------------------------------------
+
+Event = Literal["approved", "declined", "cancelled", "no-client-support", "launched", "launch-failed"]
+
+
+class ApprovalLog:
+    """Append-only JSON lines, one event per line, readable by the human (mode 0600)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def _append(self, line: str) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
+
+    async def record(
+        self, event: Event, decision: LaunchDecision, instance: str, *, required: bool = True, **extra: Any
+    ) -> None:
+        """Append one event. When `required`, a failure to write refuses the launch (it has not started yet)."""
+        plan = decision.plan
+        entry: dict[str, Any] = {
+            "time": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+            "event": event,
+            "server_instance": instance,
+            "plan_id": plan.plan_id,
+            "plan_digest": plan.digest,
+            "manifest": plan.manifest,
+            "manifest_sha256": plan.manifest_sha256,
+            "policy": decision.policy,
+            "policy_source": decision.policy_source,
+            "agent": plan.agent,
+            "bottle": plan.bottle,
+            "image": plan.image,
+            "runtime": plan.runtime.effective,
+            "network": plan.network.mode,
+            "egress_allow": list(plan.network.egress_allow),
+            "upstreams": [f"{s.user}@{s.hostname}:{s.port}" for s in plan.ssh] + [g.upstream for g in plan.git],
+            "credentials": [c.name for c in plan.credentials],
+            "copy_cwd": plan.copy_cwd.host_repo if plan.copy_cwd else None,
+            "reasons": list(decision.reasons),
+            **extra,
+        }
+        line = json.dumps(entry, sort_keys=False) + "\n"
+        try:
+            await anyio.to_thread.run_sync(self._append, line)
+        except OSError as e:
+            if not required:
+                log.warning("could not record %s for plan %s in %s: %s", event, plan.plan_id, self.path, e)
+                return
+            raise ToolError(
+                f"the approval decision could not be recorded in {self.path} ({e.strerror}); nothing was "
+                "launched. Fix the folder's permissions, or start the server with --approvals-log PATH"
+            ) from None
+
+
+# -- the resolvers launch_bottle declares -------------------------------------------------------
+
+
+def _service(ctx: Context) -> BottleService:
+    """The BottleService the server's lifespan yields."""
+    service = ctx.request_context.lifespan_context
+    assert isinstance(service, BottleService)
+    return service
+
+
+def approval_log(service: BottleService) -> ApprovalLog:
+    return ApprovalLog(service.config.approvals_log or default_log_path())
+
+
+async def decide_launch(plan_id: str, ctx: Context) -> LaunchDecision:
+    """Resolver: whether this launch needs a person's approval. Talks to nobody; re-runs each round."""
+    service = _service(ctx)
+    try:
+        plan, spec = service.stored_plan(plan_id)
+    except BottleError as e:
+        raise ToolError(str(e)) from e
+    return decide(plan, spec.manifest, service.config.approve)
+
+
+def client_can_ask(ctx: Context) -> bool:
+    """Whether the client declared form elicitation (a bare `elicitation: {}` counts as form)."""
+    caps = ctx.client_capabilities
+    elicitation = caps.elicitation if caps is not None else None
+    return elicitation is not None and (elicitation.form is not None or elicitation.url is None)
+
+
+async def ask_person(
+    decision: Annotated[LaunchDecision, Resolve(decide_launch)], ctx: Context
+) -> Elicit[ApprovalForm] | None:
+    """Resolver: put the plan to the person, only when the decision says so."""
+    if not decision.required:
+        return None
+    if not client_can_ask(ctx):
+        service = _service(ctx)
+        await approval_log(service).record("no-client-support", decision, service.instance.id)
+        why = "; ".join(decision.reasons) or "every launch is asked"
+        raise ToolError(
+            f"launching plan {decision.plan_id!r} needs a person's approval (approve = '{decision.policy}', "
+            f"{decision.policy_source}; this plan: {why}), but this MCP client cannot ask its user: it did not "
+            "declare the elicitation capability. Nothing was launched. Use a client that supports elicitation, "
+            "or have the person who runs the server change the setting: [host] approve in the manifest, or "
+            "`bottle-mcp serve --approve never|elevated|always` (the command line wins)."
+        )
+    return Elicit(decision.question, ApprovalForm)
+
+
+async def launch_approved(
+    ctx: Context,
+    decision: LaunchDecision,
+    answer: ElicitationResult[ApprovalForm],
+    launch: Callable[[str], Awaitable[LaunchResult]],
+) -> LaunchResult:
+    """Run `launch(approved_digest)` if no approval is needed or the person approved; record what happened."""
+    service = _service(ctx)
+    if not decision.required:
+        return await launch(decision.digest)
+    record = approval_log(service)
+    instance = service.instance.id
+    if isinstance(answer, AcceptedElicitation) and answer.data.approve:
+        await record.record("approved", decision, instance)
+    else:
+        if isinstance(answer, CancelledElicitation):
+            event: Event = "cancelled"
+            how = "dismissed the approval request without answering"
+        elif isinstance(answer, DeclinedElicitation):
+            event, how = "declined", "declined"
+        else:
+            event, how = "declined", "declined (accepted the form without ticking 'approve')"
+        await record.record(event, decision, instance)
+        raise ToolError(
+            f"the person {how} launching plan {decision.plan_id!r} (agent '{decision.plan.agent}'); nothing was "
+            "launched. Do not retry it unless they ask you to."
+        )
+    try:
+        result = await launch(decision.digest)
+    except BottleError as e:
+        await record.record("launch-failed", decision, instance, required=False, error=type(e).__name__)
+        raise
+    await record.record("launched", decision, instance, required=False, bottle_id=result.bottle_id)
+    return result
