@@ -9,15 +9,16 @@
 #
 # It has its own data root, exec root, pid file and containerd, no bridge and no
 # iptables rules (bottles have no network anyway), and listens on 127.0.0.1 only.
-# `start` loads the worker image from the main engine the first time.
-# Settings: BOTTLE_MCP_ENGINE2_PORT (23750), BOTTLE_MCP_ENGINE2_DIR (/var/tmp/bottle-mcp-engine2).
+# `start` copies the test images over from the main engine when they are missing or older there.
+# Settings: BOTTLE_MCP_ENGINE2_PORT (23750), BOTTLE_MCP_ENGINE2_DIR (/var/tmp/bottle-mcp-engine2),
+# BOTTLE_MCP_ENGINE2_IMAGES (default: bottle-mcp/worker:latest bottle-mcp/standin:latest).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 port=${BOTTLE_MCP_ENGINE2_PORT:-23750}
 dir=${BOTTLE_MCP_ENGINE2_DIR:-/var/tmp/bottle-mcp-engine2}
 host="tcp://127.0.0.1:$port"
-image=bottle-mcp/worker:latest
+images=${BOTTLE_MCP_ENGINE2_IMAGES:-bottle-mcp/worker:latest bottle-mcp/standin:latest}
 log() { printf '[engine2] %s\n' "$*" >&2; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 answers() { DOCKER_HOST=$host timeout 5 docker info >/dev/null 2>&1; }
@@ -36,11 +37,18 @@ start() {
     for _ in $(seq 1 150); do answers && break; sleep 0.2; done
     answers || { log "it did not answer; see $dir/dockerd.log"; exit 1; }
   fi
-  want=$(docker image inspect "$image" --format '{{.Id}}')
-  have=$(DOCKER_HOST=$host docker image inspect "$image" --format '{{.Id}}' 2>/dev/null || true)
-  if [ "$want" != "$have" ]; then
-    log "loading $image into it"
-    docker save "$image" | DOCKER_HOST=$host docker load -q >/dev/null
+  # The images the integration suite uses that the main engine has and this one lacks (or has older),
+  # saved together so that their shared layers travel once.
+  missing=()
+  for image in $images; do
+    want=$(docker image inspect "$image" --format '{{.Id}}' 2>/dev/null || true)
+    [ -n "$want" ] || continue
+    have=$(DOCKER_HOST=$host docker image inspect "$image" --format '{{.Id}}' 2>/dev/null || true)
+    [ "$want" = "$have" ] || missing+=("$image")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "loading ${missing[*]} into it"
+    docker save "${missing[@]}" | DOCKER_HOST=$host docker load -q >/dev/null
   fi
   echo "DOCKER_HOST=$host"
 }
@@ -68,5 +76,5 @@ case "${1:-}" in
     cd "$here"
     DOCKER_HOST=$host .venv/bin/python -m pytest tests/integration "$@"
     ;;
-  *) sed -n '2,13p' "$0"; exit 2 ;;
+  *) sed -n '2,14p' "$0"; exit 2 ;;
 esac
