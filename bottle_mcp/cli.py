@@ -87,6 +87,13 @@ def _parser() -> argparse.ArgumentParser:
         help="serve the same tools over Streamable HTTP at http://ADDR:PORT/mcp instead of stdio "
         "(loopback addresses only: there is no authentication)",
     )
+    s.add_argument(
+        "--warm-pool",
+        type=int,
+        default=None,
+        metavar="N",
+        help="keep N started spare bottles per bottle definition (overrides each bottle's warm_pool)",
+    )
 
     p = sub.add_parser("plan", help="print the launch plan for an agent as JSON (the preflight)")
     _add_manifest(p)
@@ -184,9 +191,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         manifest_path=args.manifest or default_manifest(),
         host_roots=args.host_root,
         output_cap=parse_size(args.output_cap) if args.output_cap else None,
+        warm_pool=args.warm_pool,
         approve=args.approve,
         approvals_log=args.approvals_log,
     )
+    if args.warm_pool is not None and not 0 <= args.warm_pool <= 64:
+        raise BottleError(f"--warm-pool {args.warm_pool}: give a number of spares from 0 to 64")
     service = BottleService(config, _instance_backend(args))
     log = logging.getLogger("bottle_mcp")
     log.info(

@@ -27,6 +27,7 @@ RUNTIME = f"{PREFIX}.runtime"
 PLAN = f"{PREFIX}.plan"
 CREATED = f"{PREFIX}.created"
 RECIPE = f"{PREFIX}.recipe"
+POOL = f"{PREFIX}.pool"  # a bottle born as a warm-pool spare; its agent is in its name once claimed
 
 Role = Literal["bottle", "workspace", "network", "sidecar"]
 Liveness = Literal["this-server", "other-server", "orphaned", "unknown"]

@@ -211,6 +211,12 @@ class BottleDef(_Strict):
         description="Writable workspace (a volume owned by the bottle).",
     )
     read_only_root: bool = Field(True, description="Opt-out of the read-only root file system.")
+    warm_pool: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="Started spare containers kept ready for this bottle, so launches skip create and start.",
+    )
     ssh: list[SshEntry] = Field(default_factory=list)
     git: list[GitEntry] = Field(default_factory=list)
 

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, ParamSpec, TypeVar
 
+import anyio
 from mcp.server.mcpserver import Context, ElicitationResult, MCPServer, Resolve
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
@@ -81,10 +82,13 @@ def _tool_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
 def build_server(service: BottleService) -> MCPServer[BottleService]:
     @asynccontextmanager
     async def lifespan(_server: MCPServer[BottleService]) -> AsyncIterator[BottleService]:
-        try:
-            yield service
-        finally:
-            await service.aclose()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(service.keep_warm)
+            try:
+                yield service
+            finally:
+                tg.cancel_scope.cancel()  # the pools remove their spares while the bottles are removed
+                await service.aclose()
 
     mcp: MCPServer[BottleService] = RedactingServer(
         redactor=service.redactor,

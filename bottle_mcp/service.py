@@ -54,6 +54,7 @@ class ServiceConfig:
     cwd: Path = field(default_factory=Path.cwd)
     host_roots: list[Path] | None = None  # None: from the manifest, else the cwd
     output_cap: int | None = None  # None: from the manifest
+    warm_pool: int | None = None  # spares per bottle definition; None: each bottle's warm_pool in the manifest
     approve: ApprovePolicy | None = None  # None: from the manifest's [host] approve
     approvals_log: Path | None = None  # None: the user's state folder (see approval.default_log_path)
 
@@ -274,6 +275,22 @@ class BottleService:
         if dry_run:
             return CleanupReport(dry_run=True, removed=plan.remove, kept=plan.keep, failed=[])
         return await self.backend.cleanup(plan)
+
+    def pool_sizes(self) -> dict[str, int]:
+        bottles = self.manifest.manifest.bottles
+        if self.config.warm_pool is not None:
+            return dict.fromkeys(bottles, self.config.warm_pool)
+        return {name: b.warm_pool for name, b in bottles.items()}
+
+    async def keep_warm(self) -> None:
+        """Keep the warm pools filled until cancelled (then the backend removes the spares).
+
+        A failing pool must not take the server down: launches are then cold.
+        """
+        try:
+            await self.backend.keep_warm(self.manifest, self.pool_sizes())
+        except Exception:
+            log.exception("the warm pools stopped; launches are cold from now on")
 
     @property
     def live_bottles(self) -> list[Bottle]:

@@ -2,7 +2,10 @@
 # Idempotent set-up for a Debian machine: a Docker engine, the project's
 # Python environment, and the images the example manifests use.
 #
-#   scripts/setup.sh [--extra-ca-certs DIR|FILE] [--no-host-ca] [--skip-images]
+#   scripts/setup.sh [--extra-ca-certs DIR|FILE] [--no-host-ca] [--skip-images] [--second-engine]
+#
+# --second-engine also starts a second engine on loopback TCP (scripts/second-engine.sh)
+# for the remote-engine run of the tests; the fault tests start it themselves.
 #
 # Each step checks first and does nothing when its result is already there,
 # so the script is cheap to run before every demo and test run. Concurrent
@@ -19,12 +22,14 @@ cd "$here"
 
 extra_ca=${BOTTLE_MCP_EXTRA_CA_CERTS:-/usr/local/share/ca-certificates}
 build_images=1
+second_engine=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --extra-ca-certs) extra_ca=$2; shift 2 ;;
     --no-host-ca) extra_ca=""; shift ;;
     --skip-images) build_images=0; shift ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    --second-engine) second_engine=1; shift ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -166,6 +171,9 @@ if [ "$build_images" = 1 ]; then
   .venv/bin/bottle-mcp images --manifest manifests/example.toml "${ca_args[@]}"
   # The test bottle with a stand-in agent CLI (one small layer over the worker image).
   .venv/bin/bottle-mcp images --manifest tests/images/standin.toml
+fi
+if [ "$second_engine" = 1 ]; then
+  scripts/second-engine.sh start 9>&- >/dev/null
 fi
 # --- 6. third-party MCP clients for tests/clients (Node 22, Inspector, conformance suite) ---
 scripts/third-party-clients.sh install

@@ -2,7 +2,7 @@
 # The full test suite: set-up (idempotent), lint, types, then every test,
 # the ones against the real Docker engine included.
 #
-#   scripts/test.sh [extra pytest arguments]
+#   scripts/test.sh [extra pytest arguments for the main run]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -33,3 +33,11 @@ if [ -n "$leaked" ]; then
   exit 1
 fi
 echo "[test] no labelled container, volume or network left behind" >&2
+
+# The integration suite again, against a second engine reached over TCP (DOCKER_HOST),
+# as users do who drive a remote engine. BOTTLE_MCP_SKIP_REMOTE=1 skips it.
+if [ "${BOTTLE_MCP_SKIP_REMOTE:-0}" != 1 ]; then
+  echo "[test] the integration suite against a second engine over TCP" >&2
+  trap 'scripts/second-engine.sh stop' EXIT
+  scripts/second-engine.sh test -q
+fi

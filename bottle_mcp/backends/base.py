@@ -19,7 +19,7 @@ from typing import IO, Protocol
 
 from ..errors import PlanError
 from ..labels import Instance
-from ..manifest import AgentDef, BottleDef
+from ..manifest import AgentDef, BottleDef, LoadedManifest
 from ..models import (
     BottleInfo,
     BottlePlan,
@@ -247,6 +247,13 @@ class Backend(ABC):
     @abstractmethod
     async def check_alive(self, bottle: Bottle) -> None:
         """Raise BottleGoneError if the bottle no longer runs."""
+
+    async def keep_warm(self, manifest: LoadedManifest, sizes: dict[str, int]) -> None:  # noqa: B027 - optional
+        """Keep `sizes[bottle]` started spares of each bottle definition until cancelled, then remove them.
+
+        Launches claim spares when they fit their plan. A backend without pools returns at once and
+        every launch is cold.
+        """
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release engine connections."""

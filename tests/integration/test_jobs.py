@@ -58,7 +58,10 @@ async def _until_done(svc: BottleService, job_id: str, cursor: str | None = None
 
 
 async def _job_processes(svc: BottleService, bid: str) -> str:
-    res = await svc.exec(bid, "ps -eo sid,args | grep -v -e 'ps -eo' -e grep -e 'sleep infinity' -e docker-init")
+    res = await svc.exec(
+        bid,
+        "ps -eo sid,args | grep -v -e 'ps -eo' -e grep -e 'sleep infinity' -e docker-init -e bottle-mcp-exec-channel",
+    )
     return "\n".join(res.stdout.splitlines()[1:])
 
 

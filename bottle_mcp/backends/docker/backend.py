@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import secrets
 import time
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -25,7 +27,7 @@ from ...errors import (
     PlanError,
 )
 from ...images import image_fix_hint, image_status
-from ...manifest import AgentDef, BottleDef, format_size, parse_size
+from ...manifest import AgentDef, BottleDef, LoadedManifest, format_size, parse_size
 from ...models import (
     BottleInfo,
     BottlePlan,
@@ -43,9 +45,14 @@ from ...paths import TarEntry, pack_tar
 from ..base import Backend, Bottle, Progress, _no_progress, find_repo, prompt_text
 from . import egress, gates
 from .bottle import DockerBottle
+from .channel import Channel
 from .engine import Engine
+from .pool import SPARE_PREFIX, PoolTarget, Spare, Started, WarmPool, pool_key
+
+log = logging.getLogger(__name__)
 
 REMOVE_CONCURRENCY = 16
+RUNTIMES_TTL_S = 30.0
 
 
 def _now() -> str:
@@ -60,12 +67,43 @@ class DockerBackend(Backend):
         self.engine = engine or Engine()
         # Where git and ssh gates reach their upstreams: a bridge of their own unless the server was told otherwise.
         self.gate_network = gate_network or os.environ.get(gates.GATE_NETWORK_ENV) or None
+        self._runtimes_seen: tuple[float, set[str]] | None = None
+        self.pool = WarmPool(lambda cid, bid, user: Channel.open(self.engine, cid, bid, user))
+
+    async def keep_warm(self, manifest: LoadedManifest, sizes: dict[str, int]) -> None:
+        targets: list[PoolTarget] = []
+        runtimes: set[str] | None = None
+        for name, size in sizes.items():
+            if size <= 0:
+                continue
+            bdef = manifest.manifest.bottles[name]
+            if bdef.network != "none":
+                # A spare would need its network set up per agent at claim time: launch those cold.
+                log.warning("no warm pool for bottle %r: pools serve network = 'none' bottles only", name)
+                continue
+            image = manifest.image_for(name)
+            try:
+                await self.engine.call("inspect image", partial(_image_id, image))
+                runtimes = runtimes if runtimes is not None else await self._runtimes()
+                runtime = self._pick_runtime(bdef, runtimes).effective
+            except BottleError as e:
+                log.warning("no warm pool for bottle %r: %s", name, e)
+                continue
+            targets.append(PoolTarget(bottle=name, bdef=bdef, image=image, runtime=runtime, size=size))
+        if targets:
+            log.info("keeping warm: %s", ", ".join(f"{t.bottle} x{t.size}" for t in targets))
+            await self.pool.keep_filled(targets, self.start_container, self._undo)
 
     # -- prepare -------------------------------------------------------------------
 
     async def _runtimes(self) -> set[str]:
-        info = await self.engine.call("engine info", lambda c: c.info())
-        return set((info.get("Runtimes") or {}).keys())
+        # Asked at every prepare and again at every launch (the plan re-check); runtimes are
+        # registered by an administrator and change rarely, so a short memory saves a call.
+        now = time.monotonic()
+        if self._runtimes_seen is None or now - self._runtimes_seen[0] > RUNTIMES_TTL_S:
+            info = await self.engine.call("engine info", lambda c: c.info())
+            self._runtimes_seen = (now, set((info.get("Runtimes") or {}).keys()))
+        return set(self._runtimes_seen[1])
 
     async def _resolve_plan(
         self, spec: BottleSpec, agent: AgentDef, bottle: BottleDef, common: dict[str, object]
@@ -175,90 +213,81 @@ class DockerBackend(Backend):
     async def launch(self, plan: BottlePlan, spec: BottleSpec, progress: Progress = _no_progress) -> Bottle:
         agent = spec.manifest.manifest.agents[plan.agent]
         bdef = spec.manifest.manifest.bottles[plan.bottle]
+        started = time.monotonic()
+        env = {"BOTTLE_AGENT": plan.agent}
+        env.update({c: os.environ[c] for c in agent.credentials if c in os.environ})
+        sidecars = plan.network.effective == "egress-proxy" or gates.needed(bdef)
+        # Spares have no sidecars: bottles with egress or gates always launch cold.
+        spare = None if sidecars else self.pool.claim(pool_key(plan.bottle, bdef, plan.image, plan.runtime.effective))
+        if spare is not None:
+            await progress("claiming a warm bottle")
+            handle = await self._adopt(spare, plan, bdef, env)
+            if handle is not None:
+                return await self._finish_launch(handle, plan, spec, progress, started)
         bottle_id = f"b-{secrets.token_hex(4)}"
         name = f"bottle-mcp-{plan.agent}-{bottle_id}"
-        volume = f"{name}-work"
-        created = _now()
-        extra = {
+        extra = {L.AGENT: plan.agent, L.PLAN: plan.plan_id}
+        # Sidecars carry the same labels as the bottle they serve.
+        sidecar_labels = {
             L.BOTTLE: bottle_id,
-            L.AGENT: plan.agent,
             L.BOTTLE_DEF: plan.bottle,
             L.RUNTIME: plan.runtime.effective,
-            L.PLAN: plan.plan_id,
-            L.CREATED: created,
+            L.CREATED: _now(),
+            **extra,
         }
-        started = time.monotonic()
-        container_id: str | None = None
-        volume_made = False
+        # The plan was re-made just before launch (the service checks it is still current),
+        # so its word on the image is fresh.
+        if not plan.image_present:
+            raise ImageMissingError(plan.image, image_fix_hint(spec.manifest))
         stack: egress.EgressStack | None = None
         gate: gates.GateStack | None = None
+        made: Started | None = None
+        ca_pem: str | None = None
         try:
-            await progress("checking the image")
-            try:
-                await self.engine.call("inspect image", lambda c: c.images.get(plan.image).id)
-            except EngineNotFoundError:
-                raise ImageMissingError(plan.image, image_fix_hint(spec.manifest)) from None
-            await progress("creating the workspace volume")
-            await self.engine.call(
-                "create volume",
-                lambda c: c.api.create_volume(name=volume, labels=self.instance.labels("workspace", **extra)),
-            )
-            volume_made = True
-            await progress("creating the container")
-            env = {
-                **bdef.env,
-                "HOME": bdef.home,
-                "USER": "bottle",
-                "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                "BOTTLE_ID": bottle_id,
-                "BOTTLE_AGENT": plan.agent,
-            }
-            import os
-
-            env.update({c: os.environ[c] for c in agent.credentials if c in os.environ})
-            ca_pem: str | None = None
             if plan.network.effective == "egress-proxy":
                 await progress("starting the egress proxy")
-                stack = egress.EgressStack(self.engine, self.instance, name, extra)
+                stack = egress.EgressStack(self.engine, self.instance, name, sidecar_labels)
                 await stack.start_proxy(spec.manifest, bdef, agent.credentials)
                 env.update(egress.bottle_env(bdef.home))
             if gates.needed(bdef):
                 await progress("starting the git/ssh gate (mirroring the upstreams)")
-                gate = gates.GateStack(self.engine, self.instance, name, extra, bottle_id, self.gate_network)
+                gate = gates.GateStack(self.engine, self.instance, name, sidecar_labels, bottle_id, self.gate_network)
                 await gate.start(spec.manifest, bdef, agent.credentials)
-            container_id = await self.engine.call(
-                "create container", lambda c: self._create(c, plan, bdef, name, volume, env, extra)
+            await progress("creating and starting the container")
+            made = await self.start_container(
+                bottle_id, name, plan.bottle, bdef, plan.image, plan.runtime.effective, {**env}, extra
             )
-            await progress("starting the container")
-            await self.engine.call("start container", lambda c: c.api.start(container_id))
             if stack is not None:
-                await stack.start_forwarder(container_id)
+                await stack.start_forwarder(made.container_id)
                 ca_pem = await stack.wait_ready()  # the proxy boots while the bottle starts
             if gate is not None:
-                await gate.start_forwarder(container_id)
-            info = BottleInfo(
-                bottle_id=bottle_id,
-                agent=plan.agent,
-                bottle=plan.bottle,
-                backend=self.name,
-                status="running",
-                runtime=plan.runtime.effective,
-                image=plan.image,
-                created_at=created,
-                owner="this-server",
-                instance=self.instance.id,
-            )
-            handle = DockerBottle(
-                self.engine,
-                container_id=container_id,
-                volume=volume,
-                info=info,
-                user=bdef.user,
-                egress=stack,
-                gate=gate,
-            )
-            await progress("provisioning prompt, skills and files")
-            await self._provision(handle, plan, spec)
+                await gate.start_forwarder(made.container_id)
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                for side in (stack, gate):
+                    if side is not None:
+                        with contextlib.suppress(EngineError):
+                            await side.remove()
+                if made is not None:
+                    await self._undo(made.container_id, made.volume)
+            raise self._launch_failure(plan, exc) from exc
+        info = self._info(bottle_id, plan.agent, plan.bottle, plan.runtime.effective, plan.image, made.created)
+        handle = DockerBottle(
+            self.engine,
+            container_id=made.container_id,
+            volume=made.volume,
+            info=info,
+            user=bdef.user,
+            egress=stack,
+            gate=gate,
+            env=env,
+        )
+        try:
+            await progress("starting the exec channel and provisioning")
+            # The supervisor starts while the files go in through an engine exec of their own.
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(partial(handle.start_channel, wait=False))
+                tg.start_soon(partial(self._provision, handle, plan, spec, via_engine=True))
             if ca_pem is not None:
                 res = await handle.exec(
                     egress.INSTALL_CA, timeout_s=30, workdir=None, output_cap=4096, stdin=ca_pem.encode()
@@ -266,32 +295,129 @@ class DockerBackend(Backend):
                 _check_ca_installed(res.exit_code, res.stderr)
             if gate is not None:
                 await self._provision_gates(handle, bdef, plan)
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                await handle.close()
+            raise self._launch_failure(plan, exc.exceptions[0] if isinstance(exc, BaseExceptionGroup) else exc) from exc
+        return await self._finish_launch(handle, plan, spec, progress, started, provisioned=True)
+
+    async def _adopt(self, spare: Spare, plan: BottlePlan, bdef: BottleDef, env: dict[str, str]) -> DockerBottle | None:
+        """Make a claimed spare this plan's bottle (renamed for its agent); None when the spare is unusable."""
+        name = f"bottle-mcp-{plan.agent}-{spare.bottle_id}"
+        info = self._info(spare.bottle_id, plan.agent, plan.bottle, plan.runtime.effective, plan.image, spare.created)
+        handle = DockerBottle(
+            self.engine, container_id=spare.container_id, volume=spare.volume, info=info, user=bdef.user, env=env
+        )
+        handle.adopt_channel(spare.channel)
+        try:
+            await self.engine.call("claim a warm bottle", lambda c: c.api.rename(spare.container_id, name))
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                await handle.close()
+            if not isinstance(exc, EngineError):
+                raise
+            log.warning("a warm bottle could not be claimed (%s); launching cold", exc)
+            return None
+        return handle
+
+    async def _finish_launch(
+        self,
+        handle: DockerBottle,
+        plan: BottlePlan,
+        spec: BottleSpec,
+        progress: Progress,
+        started: float,
+        *,
+        provisioned: bool = False,
+    ) -> Bottle:
+        try:
+            if not provisioned:
+                await progress("provisioning prompt, skills and files")
+                await self._provision(handle, plan, spec)
             await progress(f"ready in {int((time.monotonic() - started) * 1000)} ms")
             return handle
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
-                if stack is not None:
-                    with contextlib.suppress(EngineError):
-                        await stack.remove()
-                if gate is not None:
-                    with contextlib.suppress(EngineError):
-                        await gate.remove()
-                await self._undo(container_id, volume if volume_made else None)
-            if isinstance(exc, BottleError | anyio.get_cancelled_exc_class()):
-                if isinstance(exc, EngineError | BottleGoneError) and not isinstance(exc, LaunchError):
-                    raise LaunchError(f"launch of {plan.agent!r} failed and was rolled back: {exc}") from exc
-                raise
-            raise LaunchError(f"launch of {plan.agent!r} failed and was rolled back: {exc!r}") from exc
+                await handle.close()
+            raise self._launch_failure(plan, exc) from exc
+
+    @staticmethod
+    def _launch_failure(plan: BottlePlan, exc: BaseException) -> BaseException:
+        if isinstance(exc, BottleError | anyio.get_cancelled_exc_class()):
+            if isinstance(exc, EngineError | BottleGoneError) and not isinstance(exc, LaunchError):
+                return LaunchError(f"launch of {plan.agent!r} failed and was rolled back: {exc}")
+            return exc
+        if not isinstance(exc, Exception):
+            return exc
+        return LaunchError(f"launch of {plan.agent!r} failed and was rolled back: {exc!r}")
+
+    def _info(self, bottle_id: str, agent: str, bottle: str, runtime: str, image: str, created: str) -> BottleInfo:
+        return BottleInfo(
+            bottle_id=bottle_id,
+            agent=agent,
+            bottle=bottle,
+            backend=self.name,
+            status="running",
+            runtime=runtime,
+            image=image,
+            created_at=created,
+            owner="this-server",
+            instance=self.instance.id,
+        )
+
+    async def start_container(
+        self,
+        bottle_id: str,
+        name: str,
+        bottle: str,
+        bdef: BottleDef,
+        image: str,
+        runtime: str,
+        env: dict[str, str],
+        extra_labels: dict[str, str],
+    ) -> Started:
+        """Create the workspace volume and the hardened container, and start it; undo both on any failure."""
+        created = _now()
+        volume = f"{name}-work"
+        labels = {
+            L.BOTTLE: bottle_id,
+            L.BOTTLE_DEF: bottle,
+            L.RUNTIME: runtime,
+            L.CREATED: created,
+            **extra_labels,
+        }
+        container_id: str | None = None
+        full_env = {
+            **bdef.env,
+            "HOME": bdef.home,
+            "USER": "bottle",
+            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "BOTTLE_ID": bottle_id,
+            **env,
+        }
+        try:
+            # The engine creates the workspace volume with the container, labelled through the mount.
+            container_id = await self.engine.call(
+                "create container",
+                lambda c: self._create(c, image, runtime, bdef, name, volume, full_env, labels),
+            )
+            await self.engine.call("start container", lambda c: c.api.start(container_id))
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._undo(container_id, volume)
+            raise
+        return Started(container_id=container_id, volume=volume, created=created)
 
     def _create(
         self,
         c: docker.DockerClient,
-        plan: BottlePlan,
+        image: str,
+        runtime: str,
         bdef: BottleDef,
         name: str,
         volume: str,
         env: dict[str, str],
-        extra: dict[str, str],
+        labels: dict[str, str],
     ) -> str:
         res = bdef.resources
         uid, _, gid = bdef.user.partition(":")
@@ -305,7 +431,14 @@ class DockerBackend(Backend):
                 "/tmp": f"rw,nosuid,nodev,size={parse_size(res.tmp_size)}",
                 bdef.home: f"rw,nosuid,nodev,size={parse_size(res.home_size)},uid={uid},gid={gid},mode=0700",
             },
-            mounts=[Mount(target=bdef.workdir, source=volume, type="volume")],
+            mounts=[
+                Mount(
+                    target=bdef.workdir,
+                    source=volume,
+                    type="volume",
+                    labels=self.instance.labels("workspace", **labels),
+                )
+            ],
             network_mode="none",
             pids_limit=res.pids,
             mem_limit=res.memory_bytes,
@@ -313,23 +446,25 @@ class DockerBackend(Backend):
             nano_cpus=int(res.cpus * 1e9),
             ipc_mode="private",
             cgroupns="private",
-            runtime=plan.runtime.effective,
+            runtime=runtime,
         )
         created = c.api.create_container(
-            image=plan.image,
+            image=image,
             command=["sleep", "infinity"],
             name=name,
             hostname=name[-24:],
             user=bdef.user,
             working_dir=bdef.workdir,
             environment=env,
-            labels=self.instance.labels("bottle", **extra),
+            labels=self.instance.labels("bottle", **labels),
             host_config=host_config,
             network_disabled=False,
         )
         return str(created["Id"])
 
-    async def _provision(self, handle: DockerBottle, plan: BottlePlan, spec: BottleSpec) -> None:
+    async def _provision(
+        self, handle: DockerBottle, plan: BottlePlan, spec: BottleSpec, *, via_engine: bool = False
+    ) -> None:
         entries: list[TarEntry] = []
         home = plan.home.lstrip("/")
         text = prompt_text(spec)
@@ -348,7 +483,7 @@ class DockerBackend(Backend):
         if not entries:
             return
         with pack_tar(entries) as (tar, _stats):
-            await handle.put_tar(tar, PurePosixPath("/"))
+            await handle.put_tar(tar, PurePosixPath("/"), via_engine=via_engine)
         if plan.copy_cwd is not None:
             res = await handle.exec(
                 "git -c safe.directory='*' reset -q --hard",
@@ -400,13 +535,17 @@ class DockerBackend(Backend):
             "list bottles",
             lambda c: c.api.containers(all=True, filters={"label": [f"{L.MANAGED}=true", f"{L.ROLE}=bottle"]}),
         )
-        return [self._info_from_row(r) for r in rows]
+        return [self._info_from_row(r) for r in rows if not _name(r).startswith(SPARE_PREFIX)]
 
     def _info_from_row(self, row: dict[str, Any]) -> BottleInfo:
         lab: dict[str, str] = row.get("Labels") or {}
+        agent = lab.get(L.AGENT, "?")
+        if L.POOL in lab and L.AGENT not in lab:
+            # Born in a warm pool: the agent's name went into the container's name when it was claimed.
+            agent = _name(row).removeprefix("bottle-mcp-").removesuffix(f"-{lab.get(L.BOTTLE, '')}") or "?"
         return BottleInfo(
             bottle_id=lab.get(L.BOTTLE, "?"),
-            agent=lab.get(L.AGENT, "?"),
+            agent=agent,
             bottle=lab.get(L.BOTTLE_DEF, "?"),
             backend=self.name,
             status=str(row.get("State", "unknown")),
@@ -478,7 +617,18 @@ class DockerBackend(Backend):
         return CleanupReport(dry_run=False, removed=removed, kept=plan.keep, failed=failed)
 
     async def aclose(self) -> None:
+        with anyio.CancelScope(shield=True):
+            await self.pool.drain(self._undo)
         self.engine.close()
+
+
+def _image_id(image: str, c: docker.DockerClient) -> str:
+    return str(c.images.get(image).id)
+
+
+def _name(row: dict[str, Any]) -> str:
+    names = row.get("Names") or ["/?"]
+    return str(names[0]).lstrip("/")
 
 
 def _remove(c: docker.DockerClient, item: CleanupItem) -> None:

@@ -1,20 +1,35 @@
-"""A running Docker bottle: exec, copy-in and removal."""
+"""A running Docker bottle: exec, copy-in and removal.
+
+Commands go over the bottle's exec channel (`channel.py`) when it runs, else
+one engine exec each (`execstream.py`): same results, same guarantees.
+"""
 
 from __future__ import annotations
 
+import logging
+import shlex
 import time
 from pathlib import PurePosixPath
 from typing import IO
 
 import anyio
 
-from ...errors import BottleError, BottleGoneError, EngineError, EngineNotFoundError, PathError
+from ...errors import BottleError, BottleGoneError, EngineError, EngineNotFoundError, EngineUnreachableError, PathError
 from ...models import BottleInfo, EgressDecision, ExecResult, GateEvent
 from ...output import safe_text, trim_partial_utf8
+from .channel import Channel, ChannelError
 from .egress import EgressStack
 from .engine import Engine
-from .execstream import ExecStream
+from .execstream import ExecOutcome, ExecStream
 from .gates import GateStack
+
+log = logging.getLogger(__name__)
+
+# How often a bottle may start a new channel after the last one failed, before it
+# stays on one engine exec per command.
+CHANNEL_ATTEMPTS = 3
+
+BIG_TAR = 4 << 20
 
 
 def _capped(kept: bytearray, total: int) -> bytes:
@@ -45,6 +60,7 @@ class DockerBottle:
         user: str,
         egress: EgressStack | None = None,
         gate: GateStack | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.egress = egress
         self.gate = gate
@@ -53,7 +69,105 @@ class DockerBottle:
         self.volume = volume
         self._info = info
         self.user = user
+        self.env = dict(env or {})  # set per command (a pooled container was created before its agent was known)
         self._closed = False
+        self._channel: Channel | None = None
+        self._channel_attempts = 0
+        self._channel_lock = anyio.Lock()
+        self.channel_notes: list[str] = []
+
+    @property
+    def channel_alive(self) -> bool:
+        return self._channel is not None and self._channel.alive
+
+    async def start_channel(self, *, wait: bool = True) -> bool:
+        """Start the exec channel if it is not running; False when the bottle must use engine execs.
+
+        With `wait=False` the supervisor's start-up is not awaited here but by the first command.
+        """
+        async with self._channel_lock:
+            if self.channel_alive:
+                return True
+            if self._channel_attempts >= CHANNEL_ATTEMPTS or self._closed:
+                return False
+            self._channel_attempts += 1
+            try:
+                self._channel = await Channel.open(self._engine, self.container_id, self.id, self.user, wait=wait)
+            except EngineUnreachableError as e:
+                self._channel_attempts -= 1  # not the channel's fault: try again once the engine is back
+                log.info("bottle %s: no exec channel while the engine is unreachable: %s", self.id, e)
+                self._channel = None
+                return False
+            except (ChannelError, EngineError) as e:
+                log.info("bottle %s runs without an exec channel for now: %s", self.id, e)
+                self._channel = None
+                return False
+            return True
+
+    def adopt_channel(self, channel: Channel | None) -> None:
+        """Take over a channel started before this handle existed (a warm pool's)."""
+        if channel is not None and channel.alive:
+            self._channel = channel
+            self._channel_attempts = 1
+
+    async def _live_channel(self) -> Channel | None:
+        if not self.channel_alive:
+            await self.start_channel()
+        return self._channel if self.channel_alive else None
+
+    async def _run(
+        self,
+        command: str,
+        *,
+        timeout_s: float,
+        workdir: str | None,
+        output_cap: int,
+        stdin: IO[bytes] | bytes | None,
+        via_engine: bool = False,
+    ) -> tuple[ExecOutcome, list[str]]:
+        """Run over the channel if possible, else one engine exec. Returns the outcome and notes about it."""
+        channel = None if via_engine else await self._live_channel()
+        if channel is not None:
+            try:
+                out, broken = await channel.run(
+                    command, timeout_s=timeout_s, workdir=workdir, output_cap=output_cap, env=self.env, stdin=stdin
+                )
+            except ChannelError:
+                pass  # nothing was started: use an engine exec
+            else:
+                notes = []
+                if out.timed_out:
+                    out.exit_code = None  # as with an engine exec: a killed command has no exit code to report
+                elif broken:
+                    out.exit_code = None
+                    notes.append(
+                        "the bottle's exec channel broke during the command (something in the bottle ended it); "
+                        "the command's processes were killed and its outcome is unknown"
+                    )
+                return out, notes
+        stream = ExecStream(
+            self._engine,
+            self.container_id,
+            self.id,
+            command,
+            user=self.user,
+            workdir=workdir,
+            timeout_s=timeout_s,
+            output_cap=output_cap,
+            stdin=stdin,
+            environment=self.env,
+        )
+        try:
+            out = await anyio.to_thread.run_sync(stream.run, abandon_on_cancel=True)
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                stream.abort.set()
+                await anyio.to_thread.run_sync(stream.done.wait, 5.0)
+                await anyio.to_thread.run_sync(stream.kill)
+            raise
+        if out.timed_out:
+            await anyio.to_thread.run_sync(stream.kill)
+        return out, []
 
     @property
     def id(self) -> str:
@@ -73,33 +187,15 @@ class DockerBottle:
         stdin: bytes | None = None,
     ) -> ExecResult:
         started = time.monotonic()
-        stream = ExecStream(
-            self._engine,
-            self.container_id,
-            self.id,
-            command,
-            user=self.user,
-            workdir=workdir,
-            timeout_s=timeout_s,
-            output_cap=output_cap,
-            stdin=stdin,
+        out, extra_notes = await self._run(
+            command, timeout_s=timeout_s, workdir=workdir, output_cap=output_cap, stdin=stdin
         )
-        try:
-            out = await anyio.to_thread.run_sync(stream.run, abandon_on_cancel=True)
-        except anyio.get_cancelled_exc_class():
-            with anyio.CancelScope(shield=True):
-                stream.abort.set()
-                await anyio.to_thread.run_sync(stream.done.wait, 5.0)
-                await anyio.to_thread.run_sync(stream.kill)
-            raise
-        if out.timed_out:
-            await anyio.to_thread.run_sync(stream.kill)
         if out.exit_code is None and not out.timed_out:
             await self._raise_if_gone()
         stdout, n1 = safe_text(_capped(out.stdout, out.stdout_bytes))
         stderr, n2 = safe_text(_capped(out.stderr, out.stderr_bytes))
         truncated = out.stdout_bytes > len(out.stdout) or out.stderr_bytes > len(out.stderr)
-        notes = sorted(set(n1 + n2))
+        notes = extra_notes + sorted(set(n1 + n2))
         if truncated:
             notes.insert(
                 0,
@@ -121,19 +217,14 @@ class DockerBottle:
             notes=notes,
         )
 
-    async def put_tar(self, tar: IO[bytes], dest_dir: PurePosixPath) -> None:
-        stream = ExecStream(
-            self._engine,
-            self.container_id,
-            self.id,
-            ["/bin/sh", "-c", UNPACK, "bottle-put", str(dest_dir)],
-            user=self.user,
-            workdir=None,
-            timeout_s=600,
-            output_cap=64 * 1024,
-            stdin=tar,
+    async def put_tar(self, tar: IO[bytes], dest_dir: PurePosixPath, *, via_engine: bool = False) -> None:
+        """Unpack `tar` into `dest_dir`; `via_engine` uses its own engine exec even when the channel runs."""
+        script = f"set -- {shlex.quote(str(dest_dir))}; {UNPACK}"
+        if _size(tar) > BIG_TAR:
+            via_engine = True  # measured: a big stream goes faster over an exec of its own than as frames
+        out, _ = await self._run(
+            script, timeout_s=600, workdir=None, output_cap=64 * 1024, stdin=tar, via_engine=via_engine
         )
-        out = await anyio.to_thread.run_sync(stream.run)
         if out.exit_code != 0:
             await self._raise_if_gone()
             detail, _ = safe_text(bytes(out.stderr or out.stdout))
@@ -205,6 +296,8 @@ class DockerBottle:
         if self._closed:
             return []
         removed: list[str] = []
+        if self._channel is not None:
+            self._channel.close()
         with anyio.CancelScope(shield=True):
             egress_error: EngineError | None = None
             if self.egress is not None:
@@ -243,3 +336,14 @@ class DockerBottle:
                 raise gate_error
         self._closed = True
         return removed
+
+
+def _size(f: IO[bytes]) -> int:
+    """Bytes left in a seekable stream (0 when it cannot tell)."""
+    try:
+        here = f.tell()
+        end = f.seek(0, 2)
+        f.seek(here)
+    except (OSError, ValueError):
+        return 0
+    return end - here

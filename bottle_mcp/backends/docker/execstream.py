@@ -43,6 +43,38 @@ class ExecOutcome:
     pid: int | None = None
 
 
+def create_exec(
+    client: Any,
+    container_id: str,
+    bottle_id: str,
+    argv: list[str],
+    *,
+    user: str,
+    workdir: str | None,
+    stdin: bool,
+    environment: dict[str, str] | None = None,
+) -> str:
+    """Create an exec (blocking); a missing or stopped container is BottleGoneError."""
+    try:
+        res = client.api.exec_create(
+            container_id,
+            argv,
+            stdin=stdin,
+            stdout=True,
+            stderr=True,
+            user=user,
+            workdir=workdir,
+            environment=environment or None,
+        )
+    except docker.errors.NotFound:
+        raise BottleGoneError(bottle_id, "its container no longer exists") from None
+    except docker.errors.APIError as e:
+        if e.status_code == 409:
+            raise BottleGoneError(bottle_id, "its container is not running") from None
+        raise
+    return str(res["Id"])
+
+
 class ExecStream:
     """Run in a worker thread: `run()` blocks until the command ends, times out or is aborted."""
 
@@ -58,6 +90,7 @@ class ExecStream:
         timeout_s: float,
         output_cap: int,
         stdin: IO[bytes] | bytes | None = None,
+        environment: dict[str, str] | None = None,
     ) -> None:
         """A str command runs under `/bin/sh -c` in the kill-able wrapper; a list is a raw argv."""
         self.engine = engine
@@ -70,6 +103,7 @@ class ExecStream:
         self.timeout_s = timeout_s
         self.output_cap = output_cap
         self.stdin = stdin
+        self.environment = environment
         self.outcome = ExecOutcome()
         self.abort = threading.Event()
         self.done = threading.Event()
@@ -86,23 +120,16 @@ class ExecStream:
         return self.outcome
 
     def _create(self, client: Any) -> str:
-        try:
-            res = client.api.exec_create(
-                self.container_id,
-                self.argv,
-                stdin=self.stdin is not None,
-                stdout=True,
-                stderr=True,
-                user=self.user,
-                workdir=self.workdir,
-            )
-        except docker.errors.NotFound:
-            raise BottleGoneError(self.bottle_id, "its container no longer exists") from None
-        except docker.errors.APIError as e:
-            if e.status_code == 409:
-                raise BottleGoneError(self.bottle_id, "its container is not running") from None
-            raise
-        return str(res["Id"])
+        return create_exec(
+            client,
+            self.container_id,
+            self.bottle_id,
+            self.argv,
+            user=self.user,
+            workdir=self.workdir,
+            stdin=self.stdin is not None,
+            environment=self.environment,
+        )
 
     def _run(self) -> None:
         deadline = time.monotonic() + self.timeout_s

@@ -1,0 +1,305 @@
+"""The in-bottle end of the exec channel: one process that runs many commands.
+
+The server starts this once per bottle (`python3 -I -S -c <this file>`) as the
+bottle's user, over a single engine exec whose stdin and stdout carry the
+channel, so a bottle without a network stays without one. Each command runs
+under `/bin/sh -c` in a session of its own; its stdout, stderr and exit status
+come back as frames, and a kill request ends its whole session.
+
+Frames, both ways: a 9-byte header (type: u8, request id: u32, payload
+length: u32, big-endian) and the payload. Server to bottle: OPEN (JSON: cmd,
+cwd, env, stdin, cap), STDIN (bytes; empty = end of input), KILL. Bottle to
+server: HELLO (JSON), STARTED (JSON: pid), STDOUT, STDERR, CREDIT (u32: stdin
+bytes consumed), EXIT (JSON: code, out, err). The server trusts none of it
+beyond this bottle: it bounds, validates and times everything itself.
+
+Standard library only: the bottle's image needs nothing but python3.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import selectors
+import signal
+import struct
+import subprocess
+import sys
+import time
+from typing import IO, Any
+
+VERSION = 1
+HEADER = struct.Struct(">BII")
+T_OPEN, T_STDIN, T_KILL = 1, 2, 3
+T_HELLO, T_STARTED, T_STDOUT, T_STDERR, T_EXIT, T_CREDIT = 10, 11, 12, 13, 14, 15
+MAX_IN_FRAME = 8 << 20
+F_SETPIPE_SZ = 1031
+CHUNK = 1 << 16
+IN_CHUNK = 1 << 20
+# After a command exits, its output pipes may still be held by something it left
+# running in the background; wait this long for them to close, then report.
+DRAIN_S = 0.1
+
+
+class Command:
+    def __init__(self, rid: int, proc: subprocess.Popen[bytes], cap: int) -> None:
+        self.rid = rid
+        self.proc = proc
+        self.cap = cap
+        self.sent = {T_STDOUT: 0, T_STDERR: 0}
+        self.total = {T_STDOUT: 0, T_STDERR: 0}
+        self.open_pipes = 0
+        self.stdin_buf = bytearray()
+        self.stdin_eof = False
+        self.code: int | None = None
+        self.exited_at: float | None = None
+
+
+class Supervisor:
+    def __init__(self) -> None:
+        self.sel = selectors.DefaultSelector()
+        self.cmds: dict[int, Command] = {}
+        self.inbuf = bytearray()
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_w, False)
+        signal.set_wakeup_fd(self.wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        self.sel.register(0, selectors.EVENT_READ, ("in", None))
+        self.sel.register(self.wake_r, selectors.EVENT_READ, ("wake", None))
+        self.running = True
+
+    def send(self, kind: int, rid: int, payload: bytes = b"") -> None:
+        data = memoryview(HEADER.pack(kind, rid, len(payload)) + payload)
+        while data:
+            data = data[os.write(1, data) :]
+
+    def send_json(self, kind: int, rid: int, obj: dict[str, Any]) -> None:
+        self.send(kind, rid, json.dumps(obj).encode())
+
+    # -- requests from the server -------------------------------------------------
+
+    def on_input(self) -> None:
+        data = os.read(0, IN_CHUNK)
+        if not data:
+            self.running = False
+            return
+        self.inbuf += data
+        while len(self.inbuf) >= HEADER.size:
+            kind, rid, size = HEADER.unpack_from(self.inbuf)
+            if size > MAX_IN_FRAME:
+                sys.exit("frame too large")
+            if len(self.inbuf) < HEADER.size + size:
+                return
+            payload = bytes(self.inbuf[HEADER.size : HEADER.size + size])
+            del self.inbuf[: HEADER.size + size]
+            self.on_frame(kind, rid, payload)
+
+    def on_frame(self, kind: int, rid: int, payload: bytes) -> None:
+        if kind == T_OPEN:
+            self.open(rid, json.loads(payload))
+            return
+        cmd = self.cmds.get(rid)
+        if cmd is None:
+            return
+        if kind == T_STDIN:
+            if payload:
+                cmd.stdin_buf += payload
+            else:
+                cmd.stdin_eof = True
+            self.pump_stdin(cmd)
+        elif kind == T_KILL:
+            kill_session(cmd.proc.pid)
+
+    def open(self, rid: int, req: dict[str, Any]) -> None:
+        env = dict(os.environ)
+        env.update({str(k): str(v) for k, v in (req.get("env") or {}).items()})
+        try:
+            proc = subprocess.Popen(
+                ["/bin/sh", "-c", str(req["cmd"])],
+                stdin=subprocess.PIPE if req.get("stdin") else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=req.get("cwd") or None,
+                env=env,
+                start_new_session=True,
+                close_fds=True,
+            )
+        except OSError as e:
+            self.send_json(T_STARTED, rid, {"pid": 0})
+            msg = f"bottle-mcp: cannot start the command in {req.get('cwd')!r}: {e.strerror}\n".encode()
+            self.send(T_STDERR, rid, msg)
+            self.send_json(T_EXIT, rid, {"code": 126, "out": 0, "err": len(msg)})
+            return
+        cmd = Command(rid, proc, max(0, int(req.get("cap", 0))))
+        self.cmds[rid] = cmd
+        self.send_json(T_STARTED, rid, {"pid": proc.pid})
+        for pipe, kind in ((proc.stdout, T_STDOUT), (proc.stderr, T_STDERR)):
+            assert pipe is not None
+            os.set_blocking(pipe.fileno(), False)
+            self.sel.register(pipe.fileno(), selectors.EVENT_READ, ("out", (cmd, kind, pipe)))
+            cmd.open_pipes += 1
+        if proc.stdin is not None:
+            os.set_blocking(proc.stdin.fileno(), False)
+            with contextlib.suppress(OSError):  # a larger pipe means fewer wake-ups for big inputs
+                fcntl.fcntl(proc.stdin.fileno(), F_SETPIPE_SZ, 1 << 20)
+
+    def pump_stdin(self, cmd: Command) -> None:
+        pipe = cmd.proc.stdin
+        if pipe is None or pipe.closed:
+            if cmd.stdin_buf:
+                self.send(T_CREDIT, cmd.rid, struct.pack(">I", len(cmd.stdin_buf)))
+                cmd.stdin_buf.clear()
+            return
+        fd = pipe.fileno()
+        written = 0
+        while cmd.stdin_buf:
+            try:
+                n = os.write(fd, cmd.stdin_buf[:IN_CHUNK])
+            except BlockingIOError:
+                break
+            except OSError:  # the command closed its input: drop the rest
+                n = len(cmd.stdin_buf)
+                cmd.stdin_eof = True
+            written += n
+            del cmd.stdin_buf[:n]
+        if written:
+            self.send(T_CREDIT, cmd.rid, struct.pack(">I", written))
+        registered = fd in self.sel.get_map()
+        if cmd.stdin_buf and not registered:
+            self.sel.register(fd, selectors.EVENT_WRITE, ("stdin", (cmd, 0)))
+        elif not cmd.stdin_buf:
+            if registered:
+                self.sel.unregister(fd)
+            if cmd.stdin_eof:
+                with contextlib.suppress(OSError):
+                    pipe.close()
+
+    # -- the commands' side -----------------------------------------------------
+
+    def on_output(self, pipe: IO[bytes], cmd: Command, kind: int) -> None:
+        try:
+            data = os.read(pipe.fileno(), CHUNK)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.close_pipe(pipe, cmd)
+            return
+        cmd.total[kind] += len(data)
+        room = cmd.cap - cmd.sent[kind]
+        if room > 0:
+            part = data[:room]
+            cmd.sent[kind] += len(part)
+            self.send(kind, cmd.rid, part)
+
+    def close_pipe(self, pipe: IO[bytes], cmd: Command) -> None:
+        # Close through the file object only: closing the bare fd would let a later
+        # close of the object hit whatever reused that number (another command's pipe).
+        with contextlib.suppress(KeyError, ValueError):
+            self.sel.unregister(pipe.fileno())
+        pipe.close()
+        cmd.open_pipes -= 1
+
+    def reap(self) -> None:
+        now = time.monotonic()
+        for cmd in list(self.cmds.values()):
+            if cmd.code is None:
+                code = cmd.proc.poll()
+                if code is None:
+                    continue
+                cmd.code = 128 - code if code < 0 else code
+                cmd.exited_at = now
+            drained = cmd.open_pipes == 0
+            if drained or (cmd.exited_at is not None and now - cmd.exited_at >= DRAIN_S):
+                self.finish(cmd)
+
+    def finish(self, cmd: Command) -> None:
+        for f in (cmd.proc.stdout, cmd.proc.stderr, cmd.proc.stdin):
+            if f is not None and not f.closed:
+                fd = f.fileno()
+                if fd in self.sel.get_map():
+                    self.sel.unregister(fd)
+                with contextlib.suppress(OSError):
+                    f.close()
+        del self.cmds[cmd.rid]
+        self.send_json(T_EXIT, cmd.rid, {"code": cmd.code, "out": cmd.total[T_STDOUT], "err": cmd.total[T_STDERR]})
+
+    # -- main loop ------------------------------------------------------------------
+
+    def run(self) -> None:
+        self.send_json(T_HELLO, 0, {"v": VERSION, "pid": os.getpid()})
+        while self.running:
+            waiting = [c.exited_at for c in self.cmds.values() if c.exited_at is not None]
+            timeout = max(0.0, min(waiting) + DRAIN_S - time.monotonic()) if waiting else None
+            for key, _ in self.sel.select(timeout):
+                role, extra = key.data
+                if role == "in":
+                    self.on_input()
+                elif role == "wake":
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(self.wake_r, 512)
+                elif role == "out":
+                    cmd, kind, pipe = extra
+                    self.on_output(pipe, cmd, kind)
+                elif role == "stdin":
+                    self.pump_stdin(extra[0])
+            self.reap()
+        for cmd in list(self.cmds.values()):
+            kill_session(cmd.proc.pid)
+
+
+def kill_session(pid: int) -> None:
+    """SIGKILL everything the command started: its process group, its session and its descendants.
+
+    Members are stopped first, in rounds, so that nothing forks away between the scan and the kill.
+    """
+    if pid <= 1:
+        return
+    me = os.getpid()
+    doomed: set[int] = set()
+    for _ in range(3):
+        table = _processes()
+        found = {p for p, (_, pgrp, sid) in table.items() if pid in (p, pgrp, sid)}
+        grew = True
+        while grew:  # descendants, whatever session they moved to
+            grew = False
+            for p, (ppid, _, _) in table.items():
+                if p not in found and (ppid in found or ppid in doomed):
+                    found.add(p)
+                    grew = True
+        found -= {me, 1}
+        new = found - doomed
+        if not new:
+            break
+        for p in new:
+            with contextlib.suppress(OSError):
+                os.kill(p, signal.SIGSTOP)
+        doomed |= new
+    for p in doomed:
+        with contextlib.suppress(OSError):
+            os.kill(p, signal.SIGKILL)
+
+
+def _processes() -> dict[int, tuple[int, int, int]]:
+    """pid -> (ppid, process group, session) of every process this user can see."""
+    table = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) > 3:
+            table[int(entry)] = (int(fields[1]), int(fields[2]), int(fields[3]))
+    return table
+
+
+if __name__ == "__main__":
+    Supervisor().run()

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# A second Docker engine beside the main one, reached over TCP on loopback:
+# for the "remote engine" run of the test suite and for the engine-fault tests.
+#
+#   scripts/second-engine.sh start   # prints DOCKER_HOST=tcp://127.0.0.1:PORT when it answers
+#   scripts/second-engine.sh stop    # stops it (the image and data stay for a fast restart)
+#   scripts/second-engine.sh purge   # stops it and deletes its data
+#   scripts/second-engine.sh test [pytest args]   # the integration suite against it
+#
+# It has its own data root, exec root, pid file and containerd, its own bridge and no
+# iptables rules (bottles have no network anyway), and listens on 127.0.0.1 only.
+# (Not --bridge=none: a dockerd started that way deletes the host's docker0, which the
+# main engine needs for image builds.)
+# `start` copies the test images over from the main engine when they are missing or older there.
+# Settings: BOTTLE_MCP_ENGINE2_PORT (23750), BOTTLE_MCP_ENGINE2_DIR (/var/tmp/bottle-mcp-engine2),
+# BOTTLE_MCP_ENGINE2_IMAGES (default: bottle-mcp/worker:latest bottle-mcp/standin:latest).
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+port=${BOTTLE_MCP_ENGINE2_PORT:-23750}
+dir=${BOTTLE_MCP_ENGINE2_DIR:-/var/tmp/bottle-mcp-engine2}
+host="tcp://127.0.0.1:$port"
+bridge=${BOTTLE_MCP_ENGINE2_BRIDGE:-bmcp-engine2}
+images=${BOTTLE_MCP_ENGINE2_IMAGES:-bottle-mcp/worker:latest bottle-mcp/standin:latest}
+log() { printf '[engine2] %s\n' "$*" >&2; }
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+answers() { DOCKER_HOST=$host timeout 5 docker info >/dev/null 2>&1; }
+
+start() {
+  if ! answers; then
+    as_root mkdir -p "$dir/data" "$dir/exec"
+    if ! ip link show "$bridge" >/dev/null 2>&1; then
+      as_root ip link add "$bridge" type bridge
+      as_root ip addr add 169.254.213.1/24 dev "$bridge"
+      as_root ip link set "$bridge" up
+    fi
+    log "starting a second dockerd on $host"
+    # A plain command (not a shell function) in the background: the daemon is exec'd directly,
+    # so no waiting subshell keeps the caller's output pipes open.
+    sudo=; [ "$(id -u)" = 0 ] || sudo=sudo
+    $sudo setsid nohup dockerd \
+      --data-root "$dir/data" --exec-root "$dir/exec" --pidfile "$dir/dockerd.pid" \
+      -H "$host" --bridge="$bridge" --iptables=false --ip6tables=false --ip-masq=false \
+      >"$dir/dockerd.log" 2>&1 </dev/null 3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&- &
+    for _ in $(seq 1 150); do answers && break; sleep 0.2; done
+    answers || { log "it did not answer; see $dir/dockerd.log"; exit 1; }
+  fi
+  # The images the integration suite uses that the main engine has and this one lacks (or has older),
+  # saved together so that their shared layers travel once.
+  missing=()
+  for image in $images; do
+    want=$(docker image inspect "$image" --format '{{.Id}}' 2>/dev/null || true)
+    [ -n "$want" ] || continue
+    have=$(DOCKER_HOST=$host docker image inspect "$image" --format '{{.Id}}' 2>/dev/null || true)
+    [ "$want" = "$have" ] || missing+=("$image")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "loading ${missing[*]} into it"
+    docker save "${missing[@]}" | DOCKER_HOST=$host docker load -q >/dev/null
+  fi
+  echo "DOCKER_HOST=$host"
+}
+
+stop() {
+  if [ -f "$dir/dockerd.pid" ]; then
+    pid=$(cat "$dir/dockerd.pid")
+    if kill -0 "$pid" 2>/dev/null; then
+      log "stopping dockerd $pid"
+      as_root kill "$pid"
+      for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    fi
+  fi
+  # Unmount whatever it left mounted under its own folder, deepest first.
+  { grep " $dir/" /proc/mounts || true; } | awk '{print $2}' | sort -r | while read -r m; do as_root umount -l "$m" || true; done
+}
+
+case "${1:-}" in
+  start) start ;;
+  stop) stop ;;
+  purge) stop; as_root rm -rf "$dir" ;;
+  test)
+    shift
+    start >/dev/null
+    cd "$here"
+    DOCKER_HOST=$host .venv/bin/python -m pytest tests/integration "$@"
+    ;;
+  *) sed -n '2,14p' "$0"; exit 2 ;;
+esac
