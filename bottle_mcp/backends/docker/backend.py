@@ -591,22 +591,13 @@ class DockerBackend(Backend):
         limiter = anyio.CapacityLimiter(REMOVE_CONCURRENCY)
 
         async def remove(item: CleanupItem) -> None:
-            # The engine may hold a volume or network for a moment after its containers went: retry those.
-            attempts = 1 if item.kind == "container" else 10
             async with limiter:
-                for attempt in range(attempts):
-                    try:
-                        await self.engine.call(f"remove {item.kind}", lambda c: _remove(c, item))
-                        removed.append(item)
-                        return
-                    except EngineNotFoundError:
-                        removed.append(item)
-                        return
-                    except EngineError as e:
-                        if attempt == attempts - 1:
-                            failed.append(CleanupFailure(item=item, error=str(e)))
-                            return
-                        await anyio.sleep(0.2)
+                try:
+                    attempts = 1 if item.kind == "container" else 10
+                    await self.engine.remove(f"remove {item.kind}", lambda c: _remove(c, item), attempts=attempts)
+                    removed.append(item)  # removed now, or already gone
+                except EngineError as e:
+                    failed.append(CleanupFailure(item=item, error=str(e)))
 
         # Containers first: volumes and networks cannot go while a container uses them.
         for kind in ("container", "volume", "network"):

@@ -23,7 +23,6 @@ import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -33,7 +32,7 @@ from ... import labels as L
 from ...errors import EngineError, EngineNotFoundError, ImageMissingError, LaunchError
 from ...manifest import BottleDef, LoadedManifest
 from ...models import EgressDecision, NetworkPlan
-from .engine import Engine
+from .engine import Engine, remove_container
 
 EGRESS_IMAGE = "bottle-mcp/egress-proxy:latest"
 PROXY_PORT = 3128
@@ -313,12 +312,12 @@ class EgressStack:
                 if cid is None:
                     continue
                 with contextlib.suppress(EngineNotFoundError):
-                    await self._engine.call(f"remove egress {what}", _remover(cid))
+                    await self._engine.call(f"remove egress {what}", remove_container(cid))
                     removed.append(f"egress {what} {cid[:12]}")
             self.forwarder_id = self.sidecar_id = None
             if self.volume_made:
                 vol = self.volume_name
-                await self._retry("remove egress socket volume", lambda c: c.api.remove_volume(vol))
+                await self._engine.remove("remove egress socket volume", lambda c: c.api.remove_volume(vol))
                 removed.append(f"volume {self.volume_name}")
                 self.volume_made = False
             if self.network_id is not None:
@@ -326,30 +325,10 @@ class EgressStack:
                 # Nothing else belongs on this network; whatever was attached to it goes off first.
                 with contextlib.suppress(EngineError):
                     await self._engine.call("detach from egress network", lambda c: _detach_all(c, net))
-                await self._retry("remove egress network", lambda c: c.api.remove_network(net))
+                await self._engine.remove("remove egress network", lambda c: c.api.remove_network(net))
                 removed.append(f"network {self.network_name}")
                 self.network_id = None
         return removed
-
-    async def _retry(self, what: str, fn: Callable[[docker.DockerClient], object]) -> None:
-        # The engine may hold a volume or network for a moment after its containers go.
-        for attempt in range(10):
-            try:
-                await self._engine.call(what, fn)
-                return
-            except EngineNotFoundError:
-                return
-            except EngineError:
-                if attempt == 9:
-                    raise
-                await anyio.sleep(0.2)
-
-
-def _remover(container_id: str) -> Callable[[docker.DockerClient], None]:
-    def remove(c: docker.DockerClient) -> None:
-        c.api.remove_container(container_id, force=True)
-
-    return remove
 
 
 def _detach_all(c: docker.DockerClient, network_id: str) -> None:

@@ -71,6 +71,24 @@ class Engine:
         """Run fn(client) in a worker thread."""
         return await anyio.to_thread.run_sync(partial(self.call_sync, what, fn), limiter=self._limiter)
 
+    async def remove(self, what: str, fn: Callable[[docker.DockerClient], object], *, attempts: int = 10) -> bool:
+        """Run a removal; True if it removed something, False if it was already gone.
+
+        The engine may refuse to remove a volume or network for a moment after the containers
+        that used it went, so a refusal is retried (every 0.2 s) before it is raised.
+        """
+        for attempt in range(attempts):
+            try:
+                await self.call(what, fn)
+                return True
+            except EngineNotFoundError:
+                return False
+            except EngineError:
+                if attempt == attempts - 1:
+                    raise
+                await anyio.sleep(0.2)
+        return False
+
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run any blocking function (already mapping its own errors) in a worker thread."""
         return await anyio.to_thread.run_sync(partial(fn, *args), limiter=self._limiter)
@@ -91,3 +109,12 @@ def _explain(e: docker.errors.APIError) -> str:
 def _short(e: BaseException) -> str:
     text = str(e)
     return text if len(text) < 200 else text[:200] + "..."
+
+
+def remove_container(container_id: str) -> Callable[[docker.DockerClient], None]:
+    """A removal of a container (killing it first) for Engine.call / Engine.remove."""
+
+    def remove(c: docker.DockerClient) -> None:
+        c.api.remove_container(container_id, force=True)
+
+    return remove

@@ -25,7 +25,6 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,7 @@ from ... import labels as L
 from ...errors import EngineError, EngineNotFoundError, ImageMissingError, LaunchError, PlanError
 from ...manifest import BottleDef, LoadedManifest
 from ...models import GateEvent, GatePlan
-from .engine import Engine
+from .engine import Engine, remove_container
 from .execstream import ExecStream
 
 GATE_IMAGE = "bottle-mcp/git-gate:latest"
@@ -499,36 +498,16 @@ class GateStack:
                 if cid is None:
                     continue
                 with contextlib.suppress(EngineNotFoundError):
-                    await self._engine.call(f"remove git {what}", _remover(cid))
+                    await self._engine.call(f"remove git {what}", remove_container(cid))
                     removed.append(f"git {what} {cid[:12]}")
             self.forwarder_id = self.gate_id = None
             for vol in list(self.volumes):
-                await self._retry("remove gate volume", lambda c, v=vol: c.api.remove_volume(v))  # type: ignore[misc]
+                await self._engine.remove("remove gate volume", lambda c, v=vol: c.api.remove_volume(v))  # type: ignore[misc]
                 removed.append(f"volume {vol}")
                 self.volumes.remove(vol)
             if self.network_id is not None:
                 net = self.network_id
-                await self._retry("remove gate network", lambda c: c.api.remove_network(net))
+                await self._engine.remove("remove gate network", lambda c: c.api.remove_network(net))
                 removed.append(f"network {self.network_name}")
                 self.network_id = None
         return removed
-
-    async def _retry(self, what: str, fn: Callable[[docker.DockerClient], object]) -> None:
-        # The engine may hold a volume or network for a moment after its containers go.
-        for attempt in range(10):
-            try:
-                await self._engine.call(what, fn)
-                return
-            except EngineNotFoundError:
-                return
-            except EngineError:
-                if attempt == 9:
-                    raise
-                await anyio.sleep(0.2)
-
-
-def _remover(container_id: str) -> Callable[[docker.DockerClient], None]:
-    def remove(c: docker.DockerClient) -> None:
-        c.api.remove_container(container_id, force=True)
-
-    return remove
