@@ -101,7 +101,8 @@ async def _demo(manifest: Path, backend: str | None) -> None:
             try:
                 for command in (
                     "id && uname -sr && pwd",
-                    "cat /proc/self/status | grep -E '^(CapEff|NoNewPrivs)'",
+                    "grep CapEff /proc/self/status; "
+                    "python3 -c 'import ctypes; print(\"no_new_privs:\", ctypes.CDLL(None).prctl(39, 0, 0, 0, 0))'",
                     'touch /etc/evil; awk \'$2 == "/" {print "root file system:", substr($4, 1, 2)}\' /proc/mounts',
                     "ip -o addr 2>/dev/null || cat /proc/net/dev | tail -n +3 | cut -d: -f1",
                 ):
@@ -122,6 +123,17 @@ async def _demo(manifest: Path, backend: str | None) -> None:
                     await client.call_tool("exec", {"bottle_id": bid, "command": "cat /workspace/data/numbers.csv"}),
                     ["exit_code", "stdout"],
                 )
+
+                _say("\n== run_agent(task): the manifest's agent starts in the background; wait_job follows it")
+                job = _show(
+                    await client.call_tool(
+                        "run_agent", {"bottle_id": bid, "prompt": "Summarise what is in the data folder."}
+                    ),
+                    ["job_id", "kind", "command", "status"],
+                )
+                waited = await client.call_tool("wait_job", {"job_id": job["job_id"], "timeout_s": 30})
+                done = _show(waited, ["done"])
+                _say(textwrap.indent(done["stdout"]["text"], "    | "))
 
                 _say("\n== cp_in('/etc/passwd'): outside the allowed root, so refused")
                 refused = await client.call_tool(
