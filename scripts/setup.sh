@@ -171,6 +171,11 @@ if [ "$build_images" = 1 ]; then
   .venv/bin/bottle-mcp images --manifest manifests/example.toml "${ca_args[@]}"
   # The test bottle with a stand-in agent CLI (one small layer over the worker image).
   .venv/bin/bottle-mcp images --manifest tests/images/standin.toml
+  # The Claude Code image (Node.js from Debian, the CLI from the npm registry: about a minute and
+  # 1.2 GB) is built in CI, or when asked, so that its test runs the real CLI.
+  if [ "${CI:-}" = true ] || [ "${BOTTLE_MCP_CLAUDE_IMAGE:-0}" = 1 ]; then
+    .venv/bin/bottle-mcp images --manifest manifests/claude.toml "${ca_args[@]}"
+  fi
 fi
 if [ "$second_engine" = 1 ]; then
   scripts/second-engine.sh start 9>&- >/dev/null
