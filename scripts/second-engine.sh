@@ -13,7 +13,7 @@
 # main engine needs for image builds.)
 # `start` copies the test images over from the main engine when they are missing or older there.
 # Settings: BOTTLE_MCP_ENGINE2_PORT (23750), BOTTLE_MCP_ENGINE2_DIR (/var/tmp/bottle-mcp-engine2),
-# BOTTLE_MCP_ENGINE2_IMAGES (default: bottle-mcp/worker:latest bottle-mcp/standin:latest).
+# BOTTLE_MCP_ENGINE2_IMAGES (default: the worker, stand-in and egress-proxy images).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -21,7 +21,7 @@ port=${BOTTLE_MCP_ENGINE2_PORT:-23750}
 dir=${BOTTLE_MCP_ENGINE2_DIR:-/var/tmp/bottle-mcp-engine2}
 host="tcp://127.0.0.1:$port"
 bridge=${BOTTLE_MCP_ENGINE2_BRIDGE:-bmcp-engine2}
-images=${BOTTLE_MCP_ENGINE2_IMAGES:-bottle-mcp/worker:latest bottle-mcp/standin:latest}
+images=${BOTTLE_MCP_ENGINE2_IMAGES:-bottle-mcp/worker:latest bottle-mcp/standin:latest bottle-mcp/egress-proxy:latest}
 log() { printf '[engine2] %s\n' "$*" >&2; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 answers() { DOCKER_HOST=$host timeout 5 docker info >/dev/null 2>&1; }
