@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from pathlib import Path
@@ -11,6 +12,8 @@ import anyio
 import pytest
 from mcp import Client, StdioServerParameters
 from mcp.types import CallToolResult, TextContent
+
+from bench.run import server_rss_mb
 
 pytestmark = pytest.mark.anyio
 
@@ -25,22 +28,6 @@ def _ok(result: CallToolResult) -> dict[str, Any]:
     return result.structured_content
 
 
-def _rss_kb_of_child_server() -> int:
-    me = os.getpid()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            cmd = Path(f"/proc/{entry}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if int(stat[stat.rfind(")") + 2 :].split()[1]) == me and b"bottle_mcp\0serve" in cmd:
-            status = Path(f"/proc/{entry}/status").read_text()
-            return int(next(ln for ln in status.splitlines() if ln.startswith("VmRSS:")).split()[1])
-    raise AssertionError("the server process was not found")
-
-
 async def test_a_thousand_concurrent_execs_fail_none_leave_no_process_and_keep_memory_flat(
     example_manifest: Path, tmp_path: Path
 ) -> None:
@@ -51,7 +38,7 @@ async def test_a_thousand_concurrent_execs_fail_none_leave_no_process_and_keep_m
         cwd=str(tmp_path),
     )
     failures: list[str] = []
-    rss: dict[int, int] = {}
+    rss: dict[int, float] = {}
     async with Client(params, mode="legacy") as client:
         with anyio.fail_after(180):
             ids: list[str] = []
@@ -79,7 +66,7 @@ async def test_a_thousand_concurrent_execs_fail_none_leave_no_process_and_keep_m
                     if (res.get("exit_code"), res.get("stdout"), res.get("stderr")) != (i % 3, f"{i}\n", f"e{i}\n"):
                         failures.append(f"exec {i}: {res}")
                     if i in (200, EXECS - 1):
-                        rss[i] = _rss_kb_of_child_server()
+                        rss[i] = server_rss_mb()
 
             async with anyio.create_task_group() as tg:
                 for _ in range(CONCURRENCY):
@@ -92,5 +79,6 @@ async def test_a_thousand_concurrent_execs_fail_none_leave_no_process_and_keep_m
                 left = sorted(set(ps["stdout"].split()) - {"docker-init", "sleep", "python3", "ps", "sh", "tini"})
                 assert left == [], f"stray processes in {bid}: {ps['stdout']}"
                 assert ps["stdout"].split().count("sleep") == 1, ps["stdout"]  # only the bottle's own
-    growth_mb = (rss[EXECS - 1] - rss[200]) / 1024
+    assert not math.isnan(rss[200]), "the server process was not found"
+    growth_mb = rss[EXECS - 1] - rss[200]
     assert growth_mb < 20, f"server memory grew {growth_mb:.1f} MB between exec 200 and exec {EXECS}"

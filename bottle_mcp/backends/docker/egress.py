@@ -32,7 +32,7 @@ from ... import labels as L
 from ...errors import EngineError, EngineNotFoundError, ImageMissingError, LaunchError
 from ...manifest import BottleDef, LoadedManifest
 from ...models import EgressDecision, NetworkPlan
-from .engine import Engine, remove_container
+from .engine import Engine
 
 EGRESS_IMAGE = "bottle-mcp/egress-proxy:latest"
 PROXY_PORT = 3128
@@ -308,12 +308,9 @@ class EgressStack:
         """Remove everything this stack created (idempotent, never raises for what is already gone)."""
         removed: list[str] = []
         with anyio.CancelScope(shield=True):
-            for what, cid in (("forwarder", self.forwarder_id), ("proxy", self.sidecar_id)):
-                if cid is None:
-                    continue
-                with contextlib.suppress(EngineNotFoundError):
-                    await self._engine.call(f"remove egress {what}", remove_container(cid))
-                    removed.append(f"egress {what} {cid[:12]}")
+            removed += await self._engine.remove_containers(
+                [("egress forwarder", self.forwarder_id), ("egress proxy", self.sidecar_id)]
+            )
             self.forwarder_id = self.sidecar_id = None
             if self.volume_made:
                 vol = self.volume_name

@@ -89,6 +89,14 @@ class Engine:
                 await anyio.sleep(0.2)
         return False
 
+    async def remove_containers(self, named: list[tuple[str, str | None]]) -> list[str]:
+        """Remove containers given as (what, id), skipping None ids; return 'what id' of those removed."""
+        removed: list[str] = []
+        for what, cid in named:
+            if cid is not None and await self.remove(f"remove {what}", remove_container(cid), attempts=1):
+                removed.append(f"{what} {cid[:12]}")
+        return removed
+
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run any blocking function (already mapping its own errors) in a worker thread."""
         return await anyio.to_thread.run_sync(partial(fn, *args), limiter=self._limiter)

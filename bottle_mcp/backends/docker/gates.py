@@ -36,7 +36,7 @@ from ... import labels as L
 from ...errors import EngineError, EngineNotFoundError, ImageMissingError, LaunchError, PlanError
 from ...manifest import BottleDef, LoadedManifest
 from ...models import GateEvent, GatePlan
-from .engine import Engine, remove_container
+from .engine import Engine
 from .execstream import ExecStream
 
 GATE_IMAGE = "bottle-mcp/git-gate:latest"
@@ -494,12 +494,9 @@ class GateStack:
         """Remove everything this stack created (idempotent, never raises for what is already gone)."""
         removed: list[str] = []
         with anyio.CancelScope(shield=True):
-            for what, cid in (("forwarder", self.forwarder_id), ("gate", self.gate_id)):
-                if cid is None:
-                    continue
-                with contextlib.suppress(EngineNotFoundError):
-                    await self._engine.call(f"remove git {what}", remove_container(cid))
-                    removed.append(f"git {what} {cid[:12]}")
+            removed += await self._engine.remove_containers(
+                [("git forwarder", self.forwarder_id), ("git gate", self.gate_id)]
+            )
             self.forwarder_id = self.gate_id = None
             for vol in list(self.volumes):
                 await self._engine.remove("remove gate volume", lambda c, v=vol: c.api.remove_volume(v))  # type: ignore[misc]
