@@ -332,7 +332,7 @@ _STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)")
 
 def cmd_images(args: argparse.Namespace) -> int:
     from .backends.docker import Engine
-    from .images import BUILTIN_IMAGES, build_builtin, build_image, builtin_status, image_status
+    from .images import build_builtin, build_image, builtin_images, builtin_status, image_status
     from .manifest import load_manifest
     from .progress import Bar, wants_bar
 
@@ -367,7 +367,7 @@ def cmd_images(args: argparse.Namespace) -> int:
             image_id = build_image(engine, lm, name, extra_ca=args.extra_ca_certs, on_line=on_line)
         say(f"built {status.image} ({image_id[:19]})")
         summary.append({"bottle": name, "image": status.image, "action": "built", "image_id": image_id})
-    for tag in BUILTIN_IMAGES:  # the server's own images (the egress proxy)
+    for tag in builtin_images():  # the server's own images (the egress proxy)
         status = builtin_status(engine, tag)
         if status.present and not status.stale and not args.rebuild:
             say(f"{tag} is current")

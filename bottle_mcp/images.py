@@ -149,29 +149,36 @@ def _build(
         return engine.call_sync(f"build {tag}", run)
 
 
-# Images the server itself runs (not named by any manifest): tag -> folder under data/images.
-BUILTIN_IMAGES = {
-    "bottle-mcp/egress-proxy:latest": "egress-proxy",
-    "bottle-mcp/git-gate:latest": "git-gate",
-}
+# Images the server itself runs (not named by any manifest), by the folder under data/images that
+# holds their recipe. Each is tagged with the hash of its recipe, so a server always runs the
+# sidecar its own code was written for, and servers of different versions can share an engine.
 _DATA_IMAGES = Path(__file__).parent / "data" / "images"
+BUILTIN_RECIPES = ("egress-proxy", "git-gate")
+
+
+def builtin_tag(recipe: str) -> str:
+    """The tag of one of the server's own images: `bottle-mcp/RECIPE:<recipe hash>`."""
+    return f"bottle-mcp/{recipe}:{context_hash(_DATA_IMAGES / recipe, 'Dockerfile', {})}"
+
+
+def builtin_images() -> dict[str, str]:
+    """Tag -> recipe folder, for every image the server runs itself."""
+    return {builtin_tag(recipe): recipe for recipe in BUILTIN_RECIPES}
 
 
 def builtin_status(engine: Engine, tag: str) -> ImageStatus:
-    """Blocking: whether a built-in image is present and built from the current recipe."""
-    want = context_hash(_DATA_IMAGES / BUILTIN_IMAGES[tag], "Dockerfile", {})
+    """Blocking: whether a built-in image is present (its tag names its recipe, so it is never stale)."""
     try:
-        attrs = engine.call_sync("inspect image", lambda c: c.images.get(tag).attrs)
+        engine.call_sync("inspect image", lambda c: c.images.get(tag).attrs)
     except EngineNotFoundError:
         return ImageStatus(tag, present=False, stale=False)
-    have = ((attrs.get("Config") or {}).get("Labels") or {}).get(CONTEXT_LABEL)
-    return ImageStatus(tag, present=True, stale=have != want)
+    return ImageStatus(tag, present=True, stale=False)
 
 
 def build_builtin(
     engine: Engine, tag: str, *, extra_ca: Path | None = None, on_line: Callable[[str], None] = lambda _line: None
 ) -> str:
     """Build one of the server's own images (blocking). Returns the image id."""
-    context = _DATA_IMAGES / BUILTIN_IMAGES[tag]
+    context = _DATA_IMAGES / builtin_images()[tag]
     labels = {L.MANAGED: "true", CONTEXT_LABEL: context_hash(context, "Dockerfile", {})}
     return _build(engine, context, "Dockerfile", tag, {}, labels, extra_ca, on_line)

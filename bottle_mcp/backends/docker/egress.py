@@ -30,11 +30,12 @@ import docker
 
 from ... import labels as L
 from ...errors import EngineError, EngineNotFoundError, ImageMissingError, LaunchError
+from ...images import builtin_tag
 from ...manifest import BottleDef, LoadedManifest
 from ...models import EgressDecision, NetworkPlan
 from .engine import Engine
 
-EGRESS_IMAGE = "bottle-mcp/egress-proxy:latest"
+EGRESS_IMAGE = builtin_tag("egress-proxy")
 PROXY_PORT = 3128
 PROXY_URL = f"http://127.0.0.1:{PROXY_PORT}"
 SOCKET_DIR = "/run/egress"

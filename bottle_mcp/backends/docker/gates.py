@@ -34,12 +34,13 @@ import docker
 
 from ... import labels as L
 from ...errors import EngineError, EngineNotFoundError, ImageMissingError, LaunchError, PlanError
+from ...images import builtin_tag
 from ...manifest import BottleDef, LoadedManifest
 from ...models import GateEvent, GatePlan
 from .engine import Engine
 from .execstream import ExecStream
 
-GATE_IMAGE = "bottle-mcp/git-gate:latest"
+GATE_IMAGE = builtin_tag("git-gate")
 GATE_USER = "10102:10102"
 GIT_PORT = 9418
 SSH_PORT_BASE = 2200
