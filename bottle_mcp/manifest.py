@@ -73,6 +73,10 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+UNLIMITED = "unlimited"
+MIN_DISK = 16 * 1024**2
+
+
 class Resources(_Strict):
     """Limits the engine enforces on the bottle."""
 
@@ -81,12 +85,37 @@ class Resources(_Strict):
     pids: int = Field(256, ge=16, le=65536, description="Most processes and threads at once.")
     tmp_size: Size = Field("256m", description="Size of the tmpfs at /tmp.")
     home_size: Size = Field("256m", description="Size of the tmpfs holding the user's home directory.")
+    disk: Size = Field(
+        "10g",
+        description=(
+            "Hard limit on what the bottle can write to the host's disk (its workspace), enforced by the kernel; "
+            "'unlimited' for none (required where the engine cannot enforce a limit)."
+        ),
+    )
 
     @field_validator("memory", "tmp_size", "home_size")
     @classmethod
     def _size(cls, v: str | int) -> str | int:
         parse_size(v)
         return v
+
+    @field_validator("disk")
+    @classmethod
+    def _disk(cls, v: str | int) -> str | int:
+        if v == UNLIMITED:
+            return v
+        try:
+            size = parse_size(v)
+        except ValueError as e:
+            raise ValueError(f"{e}, or 'unlimited'") from None
+        if size < MIN_DISK:
+            raise ValueError(f"disk {v!r} is below the smallest workspace file system of 16m; give at least '64m'")
+        return v
+
+    @property
+    def disk_bytes(self) -> int | None:
+        """The disk limit in bytes; None when unlimited."""
+        return None if self.disk == UNLIMITED else parse_size(self.disk)
 
     @field_validator("memory")
     @classmethod

@@ -116,6 +116,10 @@ class ResourcePlan(_Frozen):
     pids: int
     tmp_size: str
     home_size: str
+    disk: str = Field("unlimited", description="Hard limit on what the bottle can write to the host's disk.")
+    disk_enforced_by: str | None = Field(
+        None, description="How the engine enforces the disk limit; None when nothing does (see the warnings)."
+    )
 
 
 class PromptPlan(_Frozen):

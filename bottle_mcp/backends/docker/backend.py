@@ -43,7 +43,7 @@ from ...models import (
 )
 from ...paths import TarEntry, pack_tar
 from ..base import Backend, Bottle, Progress, _no_progress, find_repo, prompt_text
-from . import egress, gates
+from . import disk, egress, gates
 from .bottle import DockerBottle
 from .channel import Channel
 from .engine import Engine
@@ -68,6 +68,8 @@ class DockerBackend(Backend):
         # Where git and ssh gates reach their upstreams: a bridge of their own unless the server was told otherwise.
         self.gate_network = gate_network or os.environ.get(gates.GATE_NETWORK_ENV) or None
         self._runtimes_seen: tuple[float, set[str]] | None = None
+        self._disk_support: disk.DiskSupport | None = None
+        self._disk_lock = anyio.Lock()
         self.pool = WarmPool(lambda cid, bid, user: Channel.open(self.engine, cid, bid, user))
 
     async def keep_warm(self, manifest: LoadedManifest, sizes: dict[str, int]) -> None:
@@ -104,6 +106,34 @@ class DockerBackend(Backend):
             info = await self.engine.call("engine info", lambda c: c.info())
             self._runtimes_seen = (now, set((info.get("Runtimes") or {}).keys()))
         return set(self._runtimes_seen[1])
+
+    async def disk_support(self) -> disk.DiskSupport:
+        """Whether (and how) this engine enforces disk limits: probed once, then remembered."""
+        async with self._disk_lock:
+            if self._disk_support is None:
+                self._disk_support = await disk.probe(self.engine, self.instance)
+            return self._disk_support
+
+    async def _disk_plan(self, bottle: BottleDef) -> tuple[str | None, list[str]]:
+        """(mechanism or None, warnings) for the bottle's disk limit."""
+        limit = bottle.resources.disk_bytes
+        if limit is None:
+            return None, [
+                "disk = 'unlimited' in the manifest: the bottle can fill the host's disk through its workspace"
+            ]
+        support = await self.disk_support()
+        warnings = []
+        if support.mechanism is None:
+            warnings.append(
+                f"this engine cannot enforce disk = {bottle.resources.disk!r} ({support.reason}); launch refuses "
+                "until the manifest says disk = 'unlimited'"
+            )
+        if not bottle.read_only_root:
+            warnings.append(
+                "read_only_root = false: the container's writable layer is on the host's disk, where no disk limit "
+                "applies; launch refuses unless disk = 'unlimited'"
+            )
+        return support.mechanism, warnings
 
     async def _resolve_plan(
         self, spec: BottleSpec, agent: AgentDef, bottle: BottleDef, common: dict[str, object]
@@ -144,6 +174,8 @@ class DockerBackend(Backend):
                 )
         if not bottle.read_only_root:
             warnings.append("read_only_root = false in the manifest: the agent can modify the image's files")
+        disk_mechanism, disk_warnings = await self._disk_plan(bottle)
+        warnings += disk_warnings
         return {
             "gates": gates.gate_plan(bottle),
             **common,
@@ -176,8 +208,9 @@ class DockerBackend(Backend):
                     target=bottle.workdir,
                     kind="volume",
                     read_only=False,
-                    size=None,
-                    purpose="workspace volume, removed with the bottle",
+                    size=None if res.disk_bytes is None else format_size(res.disk_bytes),
+                    purpose="workspace volume, removed with the bottle"
+                    + ("" if res.disk_bytes is None else "; a file system of its own size (the disk limit)"),
                 ),
             ],
             "host_mounts": [],
@@ -189,6 +222,8 @@ class DockerBackend(Backend):
                 pids=res.pids,
                 tmp_size=format_size(parse_size(res.tmp_size)),
                 home_size=format_size(parse_size(res.home_size)),
+                disk="unlimited" if res.disk_bytes is None else format_size(res.disk_bytes),
+                disk_enforced_by=disk_mechanism,
             ),
         }
 
@@ -239,6 +274,7 @@ class DockerBackend(Backend):
         # so its word on the image is fresh.
         if not plan.image_present:
             raise ImageMissingError(plan.image, image_fix_hint(spec.manifest))
+        await self._check_disk(bdef)
         stack: egress.EgressStack | None = None
         gate: gates.GateStack | None = None
         made: Started | None = None
@@ -300,6 +336,22 @@ class DockerBackend(Backend):
                 await handle.close()
             raise self._launch_failure(plan, exc.exceptions[0] if isinstance(exc, BaseExceptionGroup) else exc) from exc
         return await self._finish_launch(handle, plan, spec, progress, started, provisioned=True)
+
+    async def _check_disk(self, bdef: BottleDef) -> None:
+        """Refuse a bottle whose disk limit this engine cannot enforce."""
+        if bdef.resources.disk_bytes is None:
+            return
+        if not bdef.read_only_root:
+            raise LaunchError(
+                "read_only_root = false puts the container's writable layer on the host's disk, where the disk limit "
+                f"{bdef.resources.disk!r} cannot apply; keep the root read-only or set disk = 'unlimited'"
+            )
+        support = await self.disk_support()
+        if support.mechanism is None:
+            raise LaunchError(
+                f"this engine cannot enforce disk = {bdef.resources.disk!r}: {support.reason}. Fix that, or set "
+                "disk = 'unlimited' under [bottles.NAME.resources] to run without a disk limit"
+            )
 
     async def _adopt(self, spare: Spare, plan: BottlePlan, bdef: BottleDef, env: dict[str, str]) -> DockerBottle | None:
         """Make a claimed spare this plan's bottle (renamed for its agent); None when the spare is unusable."""
@@ -395,8 +447,23 @@ class DockerBackend(Backend):
             "BOTTLE_ID": bottle_id,
             **env,
         }
+        helper: str | None = None
         try:
-            # The engine creates the workspace volume with the container, labelled through the mount.
+            limit = bdef.resources.disk_bytes
+            if limit is not None:
+                await self._check_disk(bdef)
+                uid, _, gid = bdef.user.partition(":")
+                helper = await disk.create_workspace(
+                    self.engine,
+                    name=name,
+                    work_volume=volume,
+                    size=limit,
+                    uid=uid,
+                    gid=gid or uid,
+                    volume_labels=self.instance.labels("workspace", **labels),
+                    helper_labels=self.instance.labels("sidecar", **labels),
+                )
+            # Without a limit the engine creates the workspace volume with the container, labelled through the mount.
             container_id = await self.engine.call(
                 "create container",
                 lambda c: self._create(c, image, runtime, bdef, name, volume, full_env, labels),
@@ -404,8 +471,12 @@ class DockerBackend(Backend):
             await self.engine.call("start container", lambda c: c.api.start(container_id))
         except BaseException:
             with anyio.CancelScope(shield=True):
+                await self.engine.remove_containers([("disk helper", helper)])
                 await self._undo(container_id, volume)
             raise
+        # The started bottle's mount now holds the loop device: the helper's hold is no longer needed.
+        with anyio.CancelScope(shield=True):
+            await self.engine.remove_containers([("disk helper", helper)])
         return Started(container_id=container_id, volume=volume, created=created)
 
     def _create(
@@ -440,6 +511,8 @@ class DockerBackend(Backend):
                 )
             ],
             network_mode="none",
+            # The bottle's processes can write to PID 1's output, which the engine keeps on the host's disk.
+            log_config=docker.types.LogConfig(type="json-file", config=disk.CONTAINER_LOG),
             pids_limit=res.pids,
             mem_limit=res.memory_bytes,
             memswap_limit=res.memory_bytes,
@@ -522,7 +595,7 @@ class DockerBackend(Backend):
                 await self.engine.call("remove container", lambda c: c.api.remove_container(container_id, force=True))
         if volume is not None:
             with contextlib.suppress(EngineError):
-                await self.engine.call("remove volume", lambda c: c.api.remove_volume(volume, force=True))
+                await disk.remove_volumes(self.engine, volume)
 
     async def check_alive(self, bottle: Bottle) -> None:
         assert isinstance(bottle, DockerBottle)

@@ -17,6 +17,7 @@ import anyio
 from ...errors import BottleError, BottleGoneError, EngineError, EngineNotFoundError, EngineUnreachableError, PathError
 from ...models import BottleInfo, EgressDecision, ExecResult, GateEvent
 from ...output import safe_text, trim_partial_utf8
+from . import disk
 from .channel import Channel, ChannelError
 from .egress import EgressStack
 from .engine import Engine
@@ -320,16 +321,8 @@ class DockerBottle:
                 removed.append(f"container {self.container_id[:12]}")
             except EngineNotFoundError:
                 pass
-            try:
-                await self._engine.call("remove volume", lambda c: c.api.remove_volume(self.volume, force=True))
-                removed.append(f"volume {self.volume}")
-            except EngineNotFoundError:
-                pass
-            except EngineError:
-                # The engine may still hold the volume for a moment after the container goes.
-                await anyio.sleep(0.2)
-                await self._engine.call("remove volume", lambda c: c.api.remove_volume(self.volume, force=True))
-                removed.append(f"volume {self.volume}")
+            # The engine may still hold the volume for a moment after the container goes (retried).
+            removed += await disk.remove_volumes(self._engine, self.volume)
             if egress_error is not None:
                 raise egress_error
             if gate_error is not None:
