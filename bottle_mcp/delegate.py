@@ -14,14 +14,15 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, TypeVar
 
 import anyio
 
 from .agents import agent_invocation
 from .backends.base import Bottle
-from .copyout import confine_host_dest, extract_tar
+from .copyout import ExtractStats, confine_host_dest, extract_stream
 from .errors import BottleError, BottleGoneError
 from .gitout import EMPTY_TREE, OID_RE, check_branch, import_bundle
 from .jobs import Job, JobManager
@@ -42,7 +43,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CP_OUT_LIMIT = 256 * 1024**2  # the tar is held in memory on its way out
+T = TypeVar("T")
+CP_OUT_LIMIT = 4 * 1024**3  # streamed: only the bottle's own disk limit makes a copy this large
 BUNDLE_DIR = PurePosixPath("/tmp/bottle-mcp-out")
 GIT = "git -c safe.directory='*'"
 
@@ -183,10 +185,10 @@ class Delegation:
     async def cp_out(self, bottle_id: str, bottle_path: str, host_path: str) -> CopyOutResult:
         bottle = await self._service.bottle(bottle_id)
         src = check_bottle_path(bottle_path)
-        dest, _root = confine_host_dest(host_path, self._service.host_roots())
+        dest, root = confine_host_dest(host_path, self._service.host_roots())
+        keep_exec = self._service.manifest.keeps_exec(root)
         started = time.monotonic()
-        data = await self._get_tar(bottle, src)
-        stats = await anyio.to_thread.run_sync(extract_tar, data, src.name, dest)
+        stats = await self._read_tar(bottle, src, partial(_extract, top=src.name, dest=dest, keep_exec=keep_exec))
         return CopyOutResult(
             bottle_id=bottle_id,
             bottle_path=str(src),
@@ -199,9 +201,9 @@ class Delegation:
             duration_ms=int((time.monotonic() - started) * 1000),
         )
 
-    async def _get_tar(self, bottle: Bottle, src: PurePosixPath) -> bytes:
+    async def _read_tar(self, bottle: Bottle, src: PurePosixPath, consume: Callable[[IO[bytes]], T]) -> T:
         try:
-            return await bottle.get_tar(src, max_bytes=CP_OUT_LIMIT)
+            return await bottle.read_tar(src, consume, max_bytes=CP_OUT_LIMIT)
         except BottleGoneError:
             await self._service.discard(bottle)
             raise
@@ -262,13 +264,12 @@ class Delegation:
         )
         if res.exit_code != 0:
             raise BottleError(f"making a git bundle in bottle {bottle_id!r} failed: {res.stderr.strip()[:300]}")
-        try:
-            data = await self._get_tar(bottle, bundle)
-        finally:
-            await bottle.exec(f"rm -f {shlex.quote(str(bundle))}", timeout_s=30, workdir=None, output_cap=4096)
         with tempfile.TemporaryDirectory(prefix="bottle-mcp-bundle-") as tmp:
             local = Path(tmp) / name
-            await anyio.to_thread.run_sync(extract_tar, data, name, local)
+            try:
+                await self._read_tar(bottle, bundle, partial(_extract, top=name, dest=local, keep_exec=False))
+            finally:
+                await bottle.exec(f"rm -f {shlex.quote(str(bundle))}", timeout_s=30, workdir=None, output_cap=4096)
             imported = await anyio.to_thread.run_sync(import_bundle, origin.host_repo, local, branch, origin.start)
         notes = []
         if not imported.descends_from_start:
@@ -302,3 +303,7 @@ class Delegation:
             untracked=[u for u in untracked.splitlines() if u][:1000],
             truncated=truncated,
         )
+
+
+def _extract(stream: IO[bytes], *, top: str, dest: Path, keep_exec: bool) -> ExtractStats:
+    return extract_stream(stream, top, dest, keep_exec=keep_exec)

@@ -320,12 +320,24 @@ class AgentDef(_Strict):
         return self
 
 
+class RootDef(_Strict):
+    """A host folder the server may copy from and into, with what a copy out may keep."""
+
+    path: str = Field(description="The folder, relative to the manifest.")
+    keep_exec: bool = Field(
+        False,
+        description="Keep the executable bits of files cp_out writes here (dropped by default, so that nothing "
+        "a bottle wrote runs by a double click or a PATH lookup).",
+    )
+
+
 class HostSettings(_Strict):
     """What the server may touch on the host."""
 
-    roots: list[str] = Field(
+    roots: list[str | RootDef] = Field(
         default_factory=list,
-        description="Folders cp_in may read from (relative to the manifest). Empty: the server's start folder.",
+        description="Folders cp_in may read from and cp_out may write into (relative to the manifest): a path, or "
+        "a table {path = ..., keep_exec = true}. Empty: the server's start folder.",
     )
     skills_dir: str = Field("~/.claude/skills", description="Where skills live on the host.")
     output_cap: Size = Field("1m", description="Most bytes of stdout (and of stderr) one exec returns.")
@@ -377,8 +389,15 @@ class LoadedManifest:
         return bottle.image or f"bottle-mcp/{bottle_name}:latest"
 
     def host_roots(self, default: Path) -> list[Path]:
-        roots = [self.resolve(r) for r in self.manifest.host.roots] or [default]
+        roots = [self.resolve(r if isinstance(r, str) else r.path) for r in self.manifest.host.roots] or [default]
         return [r.resolve() for r in roots]
+
+    def keeps_exec(self, root: Path) -> bool:
+        """Whether the manifest keeps executable bits of files copied out into `root`."""
+        return any(
+            isinstance(r, RootDef) and r.keep_exec and self.resolve(r.path).resolve() == root
+            for r in self.manifest.host.roots
+        )
 
     def skills_dir(self) -> Path:
         return self.resolve(self.manifest.host.skills_dir)

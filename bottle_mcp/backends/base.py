@@ -15,7 +15,7 @@ import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from pathlib import Path, PurePosixPath
-from typing import IO, Protocol
+from typing import IO, Protocol, TypeVar
 
 from ..errors import PlanError
 from ..labels import Instance
@@ -37,6 +37,8 @@ from ..models import (
     SshPlan,
 )
 from ..paths import tree_size
+
+T = TypeVar("T")
 
 Progress = Callable[[str], Awaitable[None]]
 
@@ -77,6 +79,11 @@ class Bottle(Protocol):
         or when the tar would be larger than `max_bytes`. The bytes come from the bottle:
         callers must treat every member as hostile.
         """
+        ...
+
+    async def read_tar(self, path: PurePosixPath, consume: Callable[[IO[bytes]], T], *, max_bytes: int) -> T:
+        """Like get_tar, but the tar is streamed into `consume` (called in a worker thread) and never held
+        whole; returns what `consume` returns. Errors as get_tar (they win over what `consume` raised)."""
         ...
 
     async def close(self) -> list[str]:

@@ -13,12 +13,14 @@ import secrets
 import shlex
 import tarfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
-from typing import IO
+from typing import IO, TypeVar
 
 import anyio
+import anyio.to_thread
 
 from .. import labels as L
 from ..errors import BottleGoneError, ImageMissingError, PathError, PlanError
@@ -41,6 +43,8 @@ from ..models import (
 )
 from ..output import safe_text, trim_partial_utf8
 from .base import Backend, Bottle, Progress, _no_progress
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -161,6 +165,10 @@ class FakeBottle:
             raise PathError(f"{prefix!r} does not exist in bottle {self.id!r}")
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w") as tf:
+            if prefix not in chosen:  # a folder: its own entry first, as tar makes it
+                folder = tarfile.TarInfo(path.name)
+                folder.type = tarfile.DIRTYPE
+                tf.addfile(folder)
             for name, data in sorted(chosen.items()):
                 info = tarfile.TarInfo(str(PurePosixPath(path.name) / PurePosixPath(name).relative_to(path)))
                 info.size = len(data)
@@ -168,6 +176,10 @@ class FakeBottle:
         if buf.tell() > max_bytes:
             raise PathError(f"{prefix!r} is larger than the copy limit of {max_bytes} bytes")
         return buf.getvalue()
+
+    async def read_tar(self, path: PurePosixPath, consume: Callable[[IO[bytes]], T], *, max_bytes: int) -> T:
+        data = await self.get_tar(path, max_bytes=max_bytes)
+        return await anyio.to_thread.run_sync(consume, io.BytesIO(data))
 
     async def close(self) -> list[str]:
         removed = []
