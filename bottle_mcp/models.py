@@ -71,13 +71,38 @@ class EgressDecision(_Frozen):
     method: str | None = None
     path: str | None = None
     tls: str | None = Field(None, description="For CONNECT: 'intercept' or 'passthrough'.")
+    count: int = Field(1, description="How many times this very decision was made (denials are aggregated).")
+    last_time: str | None = Field(None, description="When an aggregated denial was last made.")
+    lengths: dict[str, int] = Field(
+        default_factory=dict, description="Original length of each field that was clipped (the bottle chose it)."
+    )
 
 
 class EgressLog(_Frozen):
     bottle_id: str
     allow: list[str] = Field(description="The allow-list in force.")
-    decisions: list[EgressDecision] = Field(description="Oldest first; at most `limit` of the latest.")
-    total: int = Field(description="Decisions recorded in all (the list may hold only the latest).")
+    decisions: list[EgressDecision] = Field(
+        description="Oldest first: a window of at most `limit` records that fits the output cap (by default the "
+        "latest); allowed decisions one by one, denials aggregated with a count."
+    )
+    total: int = Field(description="Records held in all (the window may show only some).")
+    cursor: int = Field(0, description="Index of the first record shown.")
+    next_cursor: int | None = Field(None, description="Pass as cursor for the records after these; None at the end.")
+    denied: int = Field(0, description="Denied requests in all (each aggregated record counts its repeats).")
+    dropped: int = Field(
+        0,
+        description="Decisions no longer held: allowed ones rotated out of the proxy's log, or denials beyond "
+        "the table of distinct ones (only counted).",
+    )
+
+
+@dataclass(frozen=True)
+class EgressRecords:
+    """What a bottle's egress proxy holds: decisions (clipped, denials aggregated) and what it only counted."""
+
+    decisions: list[EgressDecision]
+    denied: int = 0
+    dropped: int = 0
 
 
 class GatePlan(_Frozen):
@@ -99,14 +124,30 @@ class GateEvent(_Frozen):
     commits: int | None = Field(None, description="New commits scanned and pushed.")
     detail: str = ""
     findings: list[str] = Field(default_factory=list, description="Why a push was refused (secrets redacted).")
+    lengths: dict[str, int] = Field(
+        default_factory=dict, description="Original length (characters or items) of each field that was clipped."
+    )
+
+
+@dataclass(frozen=True)
+class GateRecords:
+    """What a bottle's gate holds: its events (clipped) and how many refused pushes it only counted."""
+
+    events: list[GateEvent]
+    dropped: int = 0
 
 
 class GateLog(_Frozen):
     bottle_id: str
     git_remotes: dict[str, str] = Field(description="Remote name -> upstream URL.")
     ssh_hosts: dict[str, str] = Field(description="ssh alias -> host:port it reaches.")
-    events: list[GateEvent] = Field(description="Oldest first; at most `limit` of the latest.")
+    events: list[GateEvent] = Field(
+        description="Oldest first: a window of at most `limit` events that fits the output cap (by default the latest)."
+    )
     total: int
+    cursor: int = Field(0, description="Index of the first event shown.")
+    next_cursor: int | None = Field(None, description="Pass as cursor for the events after these; None at the end.")
+    dropped: int = Field(0, description="Refused pushes the gate only counted (beyond what its log keeps).")
 
 
 class ResourcePlan(_Frozen):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import anyio
 
+from .auditlog import page
 from .backends.base import Backend, Bottle, Progress, _no_progress
 from .delegate import Delegation
 from .errors import (
@@ -255,16 +256,34 @@ class BottleService:
         self.delegate.on_stop(bottle_id)
         return StopResult(bottle_id=bottle_id, removed=removed)
 
-    async def egress_log(self, bottle_id: str, *, limit: int = 200) -> EgressLog:
+    async def egress_log(self, bottle_id: str, *, limit: int = 200, cursor: int | None = None) -> EgressLog:
         bottle = await self._bottle(bottle_id)
-        allow, decisions = await bottle.egress_log()
-        return EgressLog(bottle_id=bottle_id, allow=allow, decisions=decisions[-limit:], total=len(decisions))
+        allow, records = await bottle.egress_log()
+        shown, start, after = page(records.decisions, cursor=cursor, limit=limit, cap=self.output_cap)
+        return EgressLog(
+            bottle_id=bottle_id,
+            allow=allow,
+            decisions=shown,
+            total=len(records.decisions),
+            cursor=start,
+            next_cursor=after,
+            denied=records.denied,
+            dropped=records.dropped,
+        )
 
-    async def gate_log(self, bottle_id: str, *, limit: int = 200) -> GateLog:
+    async def gate_log(self, bottle_id: str, *, limit: int = 200, cursor: int | None = None) -> GateLog:
         bottle = await self._bottle(bottle_id)
-        remotes, ssh_hosts, events = await bottle.gate_log()
+        remotes, ssh_hosts, records = await bottle.gate_log()
+        shown, start, after = page(records.events, cursor=cursor, limit=limit, cap=self.output_cap)
         return GateLog(
-            bottle_id=bottle_id, git_remotes=remotes, ssh_hosts=ssh_hosts, events=events[-limit:], total=len(events)
+            bottle_id=bottle_id,
+            git_remotes=remotes,
+            ssh_hosts=ssh_hosts,
+            events=shown,
+            total=len(records.events),
+            cursor=start,
+            next_cursor=after,
+            dropped=records.dropped,
         )
 
     async def list_active(self) -> list[BottleInfo]:

@@ -28,9 +28,9 @@ from ..models import (
     CleanupReport,
     CopyCwdPlan,
     CredentialPlan,
-    EgressDecision,
+    EgressRecords,
     ExecResult,
-    GateEvent,
+    GateRecords,
     GitPlan,
     PromptPlan,
     SkillPlan,
@@ -90,11 +90,11 @@ class Bottle(Protocol):
         """Remove the bottle and everything it owns; return what was removed. Idempotent."""
         ...
 
-    async def egress_log(self) -> tuple[list[str], list[EgressDecision]]:
+    async def egress_log(self) -> tuple[list[str], EgressRecords]:
         """The egress allow-list and every allow/deny decision so far (both empty without egress)."""
         ...
 
-    async def gate_log(self) -> tuple[dict[str, str], dict[str, str], list[GateEvent]]:
+    async def gate_log(self) -> tuple[dict[str, str], dict[str, str], GateRecords]:
         """Git remotes -> upstreams, ssh aliases -> host:port, and the gate's events (empty without a gate)."""
         ...
 

@@ -32,9 +32,9 @@ from ..models import (
     CleanupItem,
     CleanupPlan,
     CleanupReport,
-    EgressDecision,
+    EgressRecords,
     ExecResult,
-    GateEvent,
+    GateRecords,
     MountPlan,
     NetworkPlan,
     ResourceKind,
@@ -81,11 +81,11 @@ class FakeBottle:
     def info(self) -> BottleInfo:
         return self._info
 
-    async def egress_log(self) -> tuple[list[str], list[EgressDecision]]:
-        return [], []  # the fake runs nothing, so nothing leaves it
+    async def egress_log(self) -> tuple[list[str], EgressRecords]:
+        return [], EgressRecords([])  # the fake runs nothing, so nothing leaves it
 
-    async def gate_log(self) -> tuple[dict[str, str], dict[str, str], list[GateEvent]]:
-        return {}, {}, []  # the fake has no gate: nothing is pushed anywhere
+    async def gate_log(self) -> tuple[dict[str, str], dict[str, str], GateRecords]:
+        return {}, {}, GateRecords([])  # the fake has no gate: nothing is pushed anywhere
 
     def _alive(self) -> None:
         obj = self.world.objects.get(self.container_id)

@@ -527,7 +527,16 @@ async def test_egress_log_of_an_offline_bottle_is_empty_and_of_others_is_refused
 ) -> None:
     bottle_id = await launch(client)
     log = await ok(client, "egress_log", bottle_id=bottle_id)
-    assert log == {"bottle_id": bottle_id, "allow": [], "decisions": [], "total": 0}
+    assert log == {
+        "bottle_id": bottle_id,
+        "allow": [],
+        "decisions": [],
+        "total": 0,
+        "cursor": 0,
+        "next_cursor": None,
+        "denied": 0,
+        "dropped": 0,
+    }
     other = make_service(manifest_path, world)
     theirs = (await other.launch((await other.prepare("worker")).plan_id)).bottle_id
     assert "belongs to another server instance" in await fails(client, "egress_log", bottle_id=theirs)

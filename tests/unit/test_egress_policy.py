@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from bottle_mcp.auditlog import page
 from bottle_mcp.backends.docker.egress import (
     LOG_PREFIX,
     allow_rules,
     bottle_env,
+    merge_records,
     network_plan,
     parse_decisions,
     plan_warnings,
@@ -19,6 +21,7 @@ from bottle_mcp.backends.docker.egress import (
 )
 from bottle_mcp.errors import ManifestError
 from bottle_mcp.manifest import LoadedManifest, load_manifest
+from bottle_mcp.models import EgressDecision
 
 from ..conftest import ManifestFactory
 
@@ -127,3 +130,56 @@ def test_log_lines_are_parsed_and_other_output_is_ignored() -> None:
     )
     (decision,) = parse_decisions(text)
     assert (decision.action, decision.host, decision.port) == ("deny", "x.test", 443)
+
+
+def test_denials_are_aggregated_fields_clipped_and_rotated_allowed_decisions_counted() -> None:
+    allowed = [
+        {
+            "time": f"2026-01-01T00:00:0{n}Z",
+            "action": "allow",
+            "kind": "HTTP",
+            "host": "a.test",
+            "port": 80,
+            "reason": "allow-list",
+            "path": "/p" + "x" * 500,
+            "seq": n,
+        }
+        for n in (3, 4)
+    ]
+    log = "\n".join(LOG_PREFIX + json.dumps(a) for a in allowed)
+    denied = {
+        "time": "2026-01-01T00:00:03Z",
+        "action": "deny",
+        "kind": "HTTP",
+        "host": "b.test",
+        "port": 80,
+        "reason": "r" * 5000,
+        "seq": 1,
+    }
+    counts = json.dumps({"counts": {"1": [700, "2026-01-01T00:00:09Z"]}, "overflow": 5, "total": 705})
+    records = merge_records(log, json.dumps(denied) + "\n{broken", counts)
+    assert [d.action for d in records.decisions] == ["allow", "deny", "allow"]
+    deny = records.decisions[1]
+    assert (deny.count, deny.last_time, deny.lengths["reason"]) == (700, "2026-01-01T00:00:09Z", 5000)
+    assert len(deny.reason) <= 203 and len(records.decisions[0].path or "") <= 203
+    assert records.decisions[0].lengths["path"] == 502
+    assert records.denied == 705
+    assert records.dropped == 2 + 5  # allowed 1 and 2 rotated out of the log; 5 denials only counted
+
+
+def test_a_page_holds_to_the_cap_and_a_cursor_reaches_the_rest() -> None:
+    items = [
+        EgressDecision(time=str(n), action="deny", kind="HTTP", host="h" * 150, port=80, reason="r" * 150)
+        for n in range(100)
+    ]
+    shown, start, after = page(items, cursor=None, limit=1000, cap=4096)
+    assert shown and shown[-1] is items[-1] and after is None and start == 100 - len(shown)
+    assert sum(len(d.model_dump_json()) for d in shown) <= 4096
+    seen: list[EgressDecision] = []
+    cursor: int | None = 0
+    while cursor is not None:
+        part, start, cursor = page(items, cursor=cursor, limit=1000, cap=4096)
+        assert sum(len(d.model_dump_json()) for d in part) <= 4096
+        seen += part
+    assert seen == items
+    assert page(items, cursor=10, limit=3, cap=1 << 20)[1:] == (10, 13)

@@ -18,7 +18,7 @@ from typing import IO, TypeVar
 import anyio
 
 from ...errors import BottleError, BottleGoneError, EngineError, EngineNotFoundError, EngineUnreachableError, PathError
-from ...models import BottleInfo, EgressDecision, ExecResult, GateEvent
+from ...models import BottleInfo, EgressRecords, ExecResult, GateRecords
 from ...output import safe_text, trim_partial_utf8
 from . import disk
 from .channel import Channel, ChannelError
@@ -239,17 +239,17 @@ class DockerBottle:
                 "such as the workspace."
             )
 
-    async def egress_log(self) -> tuple[list[str], list[EgressDecision]]:
+    async def egress_log(self) -> tuple[list[str], EgressRecords]:
         """The allow-list and the proxy's decisions so far (empty for a bottle without egress)."""
         if self.egress is None:
-            return [], []
-        return self.egress.allow, await self.egress.decisions()
+            return [], EgressRecords([])
+        return self.egress.allow, await self.egress.records()
 
-    async def gate_log(self) -> tuple[dict[str, str], dict[str, str], list[GateEvent]]:
+    async def gate_log(self) -> tuple[dict[str, str], dict[str, str], GateRecords]:
         """Git remotes -> upstreams, ssh aliases -> host:port, and the gate's events (empty without a gate)."""
         if self.gate is None:
-            return {}, {}, []
-        return self.gate.git_remotes, self.gate.ssh_hosts, await self.gate.events()
+            return {}, {}, GateRecords([])
+        return self.gate.git_remotes, self.gate.ssh_hosts, await self.gate.records()
 
     async def get_tar(self, path: PurePosixPath, *, max_bytes: int) -> bytes:
         stream = ExecStream(

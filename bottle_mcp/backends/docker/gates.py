@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +34,11 @@ import anyio.to_thread
 import docker
 
 from ... import labels as L
+from ...auditlog import clip_fields
 from ...errors import EngineError, EngineNotFoundError, ImageMissingError, LaunchError, PlanError
 from ...images import builtin_tag
 from ...manifest import BottleDef, LoadedManifest
-from ...models import GateEvent, GatePlan
+from ...models import GateEvent, GatePlan, GateRecords
 from .engine import Engine
 from .execstream import ExecStream
 
@@ -49,6 +51,7 @@ MAX_SSH_ENTRIES = 99
 READY_TIMEOUT_S = 30.0
 CONFIGURE_TIMEOUT_S = 180.0
 EVENTS_CAP = 16 * 1024**2
+MAX_EVENT_LINE = 65536  # longer is not a line the gate wrote (it clips its fields)
 # The server's own setting (never the manifest's): a Docker network the gates join instead of
 # a bridge of their own, for upstreams that are themselves containers on that network.
 GATE_NETWORK_ENV = "BOTTLE_MCP_GATE_NETWORK"
@@ -318,13 +321,35 @@ for t in threads:
 
 
 def parse_events(text: str) -> list[GateEvent]:
+    """Events from JSON lines, clipped field by field (they name refs and findings the bottle chose)."""
     out = []
     for line in text.splitlines():
         try:
-            out.append(GateEvent.model_validate(json.loads(line)))
+            raw = json.loads(line[:MAX_EVENT_LINE])
+            if isinstance(raw, dict):
+                out.append(GateEvent.model_validate(clip_fields(raw)))
         except ValueError:
             continue
     return out
+
+
+def read_logs_command(mark: str) -> list[str]:
+    """Print the gate's logs in one exec: its events, the refused pushes, and how many of those were only
+    counted, separated by lines `mark` (a fresh nonce, so no text from the bottle can fake a separator)."""
+    script = (
+        'cat /run/gate/events.jsonl; printf "\\n%s\\n" "$1"; cat /run/gate/refused.jsonl 2>/dev/null; '
+        'printf "\\n%s\\n" "$1"; cat /run/gate/refused.dropped 2>/dev/null; true'
+    )
+    return ["/bin/sh", "-c", script, "gate-logs", mark]
+
+
+def merge_events(text: str, mark: str) -> GateRecords:
+    """The gate's events and its refused pushes, oldest first, and the count of refused pushes not kept."""
+    events, _, rest = text.partition(f"\n{mark}\n")
+    refused, _, dropped = rest.partition(f"\n{mark}\n")
+    merged = sorted(parse_events(events) + parse_events(refused), key=lambda e: e.time)
+    count = dropped.strip()
+    return GateRecords(events=merged, dropped=int(count) if count.isdigit() else 0)
 
 
 # -- the sidecar ----------------------------------------------------------------------------------
@@ -483,13 +508,14 @@ class GateStack:
                 await anyio.sleep(0.05)
         raise LaunchError(f"the gate forwarder did not come up within {READY_TIMEOUT_S:g} s")
 
-    async def events(self) -> list[GateEvent]:
+    async def records(self) -> GateRecords:
         if self.gate_id is None:
-            return []
-        code, out, err = await self.run_in_gate(["cat", "--", "/run/gate/events.jsonl"], timeout_s=30)
+            return GateRecords([])
+        mark = f"#bottle-mcp-{secrets.token_hex(8)}"
+        code, out, err = await self.run_in_gate(read_logs_command(mark), timeout_s=30)
         if code != 0:
             raise EngineError(f"reading the git gate's log failed: {err.strip()[:300]}")
-        return parse_events(out)
+        return merge_events(out, mark)
 
     async def remove(self) -> list[str]:
         """Remove everything this stack created (idempotent, never raises for what is already gone)."""

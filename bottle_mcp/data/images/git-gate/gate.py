@@ -36,6 +36,11 @@ GATE = Path("/run/gate")
 KEYS = GATE / "keys"
 CONFIG = GATE / "config.json"
 EVENTS = GATE / "events.jsonl"
+REFUSED = GATE / "refused.jsonl"  # refused pushes: a log of their own, so they never crowd out the others
+REFUSED_DROPPED = GATE / "refused.dropped"  # how many refused pushes were only counted
+REFUSED_MAX_BYTES = 2 * 1024**2
+MAX_FIELD = 200
+MAX_ITEMS = 50
 SERVING = GATE / "serving"
 SERVE_ERROR = GATE / "serve-error"
 FWD = Path("/run/fwd")
@@ -58,12 +63,49 @@ def now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def clip_event(record: dict[str, Any]) -> dict[str, Any]:
+    """Every text clipped to MAX_FIELD characters, every list to MAX_ITEMS; original sizes in `lengths`."""
+    lengths: dict[str, int] = {}
+    out = {key: _clipped(key, value, lengths) for key, value in record.items()}
+    if lengths:
+        out["lengths"] = lengths
+    return out
+
+
+def _clipped(key: str, value: Any, lengths: dict[str, int]) -> Any:
+    if isinstance(value, str) and len(value) > MAX_FIELD:
+        lengths[key] = len(value)
+        return value[:MAX_FIELD] + "..."
+    if isinstance(value, list):
+        if len(value) > MAX_ITEMS:
+            lengths[key] = len(value)
+        return [v[:MAX_FIELD] + "..." if isinstance(v, str) and len(v) > MAX_FIELD else v for v in value[:MAX_ITEMS]]
+    return value
+
+
 def event(kind: str, remote: str, **fields: Any) -> None:
-    """Append one event to the gate's log (read by the server's gate_log tool)."""
-    line = json.dumps({"time": now(), "kind": kind, "remote": remote, **fields}, sort_keys=True)
-    with EVENTS.open("a", encoding="utf-8") as f:
+    """Append one event to the gate's log (read by the server's gate_log tool).
+
+    Refused pushes go to a bounded log of their own: past REFUSED_MAX_BYTES they are only counted.
+    """
+    line = json.dumps(clip_event({"time": now(), "kind": kind, "remote": remote, **fields}), sort_keys=True)
+    path = REFUSED if kind == "refused" else EVENTS
+    with path.open("a", encoding="utf-8") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
+        if kind == "refused" and f.tell() + len(line) > REFUSED_MAX_BYTES:
+            _count_dropped()
+            return
         f.write(line + "\n")
+
+
+def _count_dropped() -> None:
+    fd = os.open(REFUSED_DROPPED, os.O_RDWR | os.O_CREAT, 0o600)
+    with os.fdopen(fd, "r+", encoding="utf-8") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        text = f.read().strip()
+        f.seek(0)
+        f.truncate()
+        f.write(str((int(text) if text.isdigit() else 0) + 1))
 
 
 def say(text: str) -> None:
