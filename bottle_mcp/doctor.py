@@ -340,6 +340,28 @@ class _Doctor:
 
     # -- driver -------------------------------------------------------------------------
 
+    async def check_disk(self, lm: LoadedManifest | None) -> None:
+        """Which mechanism the engine offers for disk limits, and whether the manifest's bottles can launch."""
+        from .backends.docker import DockerBackend
+
+        if not isinstance(self.backend, DockerBackend):
+            return
+        support = await self.backend.disk_support()
+        limited = [] if lm is None else [n for n, b in lm.manifest.bottles.items() if b.resources.disk_bytes]
+        if support.mechanism is not None:
+            self.add("disk limit", "ok", f"the engine enforces disk limits: {support.mechanism}; {support.reason}")
+        elif limited:
+            self.add(
+                "disk limit",
+                "fail",
+                f"the engine cannot enforce a disk limit ({support.reason}), so bottle(s) {', '.join(limited)} "
+                "cannot launch",
+                "use an engine that runs as root on Linux with loop devices (/dev/loop-control), or set disk = "
+                "'unlimited' under [bottles.NAME.resources] to run those bottles without a limit",
+            )
+        else:
+            self.add("disk limit", "warn", f"the engine cannot enforce a disk limit: {support.reason}")
+
     async def run(self) -> DoctorReport:
         self.add(
             "install",
@@ -352,7 +374,7 @@ class _Doctor:
             self.add("engine", "ok", f"backend {self.backend.name!r} needs no container engine")
             await self.check_leftovers()
         elif (info := await self.check_engine(engine)) is None:
-            for name in ("runtimes", "images", "networks", "leftovers"):
+            for name in ("runtimes", "images", "networks", "disk limit", "leftovers"):
                 self.add(name, "skip", "skipped: no engine answers")
         else:
             self.check_runtimes(info, lm)
@@ -361,6 +383,7 @@ class _Doctor:
             else:
                 self.add("images", "skip", "skipped: the manifest is invalid")
             await self.check_networks(engine, lm)
+            await self.check_disk(lm)
             await self.check_leftovers()
         if lm is not None:
             self.check_host_roots(lm)
@@ -395,7 +418,8 @@ async def run_doctor(
     host_roots: list[Path] | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> DoctorReport:
-    """Run every check against this manifest and backend. Read-only: creates and removes nothing."""
+    """Run every check against this manifest and backend. Read-only, but for the disk check's probe: a
+    short-lived, labelled container that asks the engine for a loop device and is removed at once."""
     doctor = _Doctor(
         manifest_path,
         backend,

@@ -110,9 +110,12 @@ class DockerBackend(Backend):
     async def disk_support(self) -> disk.DiskSupport:
         """Whether (and how) this engine enforces disk limits: probed once, then remembered."""
         async with self._disk_lock:
-            if self._disk_support is None:
-                self._disk_support = await disk.probe(self.engine, self.instance)
-            return self._disk_support
+            if self._disk_support is not None:
+                return self._disk_support
+            support = await disk.probe(self.engine, self.instance)
+            if support.mechanism is not None:  # a failure is asked again next time (it may be passing)
+                self._disk_support = support
+            return support
 
     async def _disk_plan(self, bottle: BottleDef) -> tuple[str | None, list[str]]:
         """(mechanism or None, warnings) for the bottle's disk limit."""

@@ -117,20 +117,21 @@ async def _run_helper(
 
 
 async def _wait_for_line(engine: Engine, cid: str, want: str) -> str:
+    def find(text: bytes) -> str | None:
+        return next((x for x in text.decode(errors="replace").splitlines() if x.startswith(want)), None)
+
     with anyio.move_on_after(READY_TIMEOUT_S):
         while True:
-            text = (await engine.call("read the disk helper's output", lambda c: c.api.logs(cid, stdout=True))).decode(
-                errors="replace"
-            )
-            line = next((x for x in text.splitlines() if x.startswith(want)), None)
+            state = await engine.call("inspect the disk helper", lambda c: c.api.inspect_container(cid)["State"])
+            # Read after inspecting: a helper that printed its line and ended is not taken for a failure.
+            line = find(await engine.call("read the disk helper's output", lambda c: c.api.logs(cid, stdout=True)))
             if line is not None:
                 return line
-            state = await engine.call("inspect the disk helper", lambda c: c.api.inspect_container(cid)["State"])
             if not state.get("Running"):
                 err = await engine.call(
                     "read the disk helper's errors", lambda c: c.api.logs(cid, stdout=False, stderr=True)
                 )
-                detail = err.decode(errors="replace").strip()[-400:] or str(state.get("Status"))
+                detail = err.decode(errors="replace").strip()[-400:] or f"it {state.get('Status')} without a word"
                 raise LaunchError(f"the engine could not make the bottle's disk: {detail}")
             await anyio.sleep(0.05)
     raise LaunchError(f"the disk helper did not answer within {READY_TIMEOUT_S:g} s")
