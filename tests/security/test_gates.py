@@ -522,3 +522,13 @@ async def test_a_push_of_many_long_ref_names_leaves_a_clipped_bounded_gate_log(g
             assert all(len(x) <= 203 for x in [*event.refs, *event.findings, event.detail])
     finally:
         service.config.output_cap = saved
+
+
+async def test_what_the_bottle_pushes_lands_within_its_disk_limit(
+    gated: Gated, docker_client: docker.DockerClient
+) -> None:
+    flt = {"label": [f"{L.BOTTLE}={gated.bottle_id}"]}
+    volumes = {v["Name"]: v for v in docker_client.api.volumes(filters=flt)["Volumes"] or []}
+    (repos,) = [v for n, v in volumes.items() if n.endswith("-gate-repos")]
+    assert repos["Options"]["type"] == "ext4" and repos["Options"]["device"].startswith("/dev/loop")
+    assert repos["Name"] + "-disk" in volumes

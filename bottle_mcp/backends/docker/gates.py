@@ -39,6 +39,7 @@ from ...errors import EngineError, EngineNotFoundError, ImageMissingError, Launc
 from ...images import builtin_tag
 from ...manifest import BottleDef, LoadedManifest
 from ...models import GateEvent, GatePlan, GateRecords
+from . import disk
 from .engine import Engine
 from .execstream import ExecStream
 
@@ -410,6 +411,7 @@ class GateStack:
         self.ssh_hosts = {s.host: f"{s.hostname}:{s.port}" for s in bottle.ssh}
         self._mappings = forward_mappings(bottle)
         config = json.dumps(gate_config(lm, bottle, credentials)).encode()
+        helper = await self._limit_repos(bottle)
 
         def create(c: docker.DockerClient) -> None:
             if self._shared_network is None:
@@ -418,8 +420,9 @@ class GateStack:
                 )
                 self.network_id = str(net["Id"])
             for vol in (self.socket_volume, self.repo_volume):
-                c.api.create_volume(name=vol, labels=self._labels("sidecar", "volume"))
-                self.volumes.append(vol)
+                if vol not in self.volumes:
+                    c.api.create_volume(name=vol, labels=self._labels("sidecar", "volume"))
+                    self.volumes.append(vol)
             mounts = [
                 docker.types.Mount(target="/run/fwd", source=self.socket_volume, type="volume"),
                 docker.types.Mount(target="/srv/git", source=self.repo_volume, type="volume"),
@@ -443,12 +446,39 @@ class GateStack:
             self.gate_id = str(created["Id"])
             c.api.start(self.gate_id)
 
-        await self._engine.call("create the git gate", create)
+        try:
+            await self._engine.call("create the git gate", create)
+        finally:
+            # Once the gate runs, its mount holds the loop device (see disk.py).
+            with anyio.CancelScope(shield=True):
+                await self._engine.remove_containers([("disk helper", helper)])
         code, _out, err = await self.run_in_gate(
             ["/opt/gate/venv/bin/python", "/opt/gate/gate.py", "configure"], config
         )
         if code != 0:
             raise LaunchError(f"the git gate could not start: {err.strip()[-1200:] or f'exit status {code}'}")
+
+    async def _limit_repos(self, bottle: BottleDef) -> str | None:
+        """Make the repository volume a file system of the bottle's disk limit: what the bottle pushes lands
+        there. Returns the disk helper's id (remove it once the gate has started), None without a limit."""
+        size = bottle.resources.disk_bytes
+        if size is None:
+            return None
+        uid, _, gid = GATE_USER.partition(":")
+        labels = self._labels("sidecar", "volume")
+        helper = await disk.create_workspace(
+            self._engine,
+            name=self._gate_name,
+            work_volume=self.repo_volume,
+            size=size,
+            uid=uid,
+            gid=gid,
+            volume_labels=labels,
+            helper_labels=self._labels("sidecar", "disk-helper"),
+        )
+        # Removed in this order: the mounted volume first, then the one holding its image.
+        self.volumes += [self.repo_volume, disk.disk_volume_of(self.repo_volume)]
+        return helper
 
     async def run_in_gate(
         self, argv: list[str], stdin: bytes | None = None, timeout_s: float = CONFIGURE_TIMEOUT_S
