@@ -59,11 +59,12 @@ def one_line(secret: str) -> str:
 def fragment(secret: str) -> str:
     """A piece of the secret's random part (no '/', no line break), to look for upstream."""
     body = "".join(secret.splitlines()[1:-1]) if "PRIVATE KEY" in secret else secret
-    for start in range(len(body) // 3, len(body) - 16):
-        piece = body[start : start + 16]
+    width = min(16, len(body) - 4)
+    for start in range(max(4, len(body) // 3 - width), len(body) - width + 1):
+        piece = body[start : start + width]
         if "/" not in piece and "+" not in piece:
             return piece
-    raise AssertionError("no fragment")
+    raise AssertionError(f"no fragment in a secret of {len(body)} characters")
 
 
 # Where a secret can ride in a push: a shell script run in a work tree that holds the gate's main
@@ -119,7 +120,7 @@ async def push_case(gated: Gated, position: str, secret: str, folder: str = "rou
     repo = f"/workspace/{folder}"
     setup = await gated.sh(
         f"if [ ! -d {repo} ]; then {GIT} init -q {repo}; fi && cd {repo} && git fetch -q origin && "
-        "git checkout -q -B main origin/main && git reset -q --hard origin/main && git clean -qfdx"
+        "rm -f .git/index && git checkout -q -f -B main origin/main && git clean -qfdx"
     )
     assert setup.exit_code == 0, setup.stderr
     env = (
@@ -157,11 +158,13 @@ async def assert_refused(gated: Gated, position: str, secret: str) -> str:
     piece = fragment(secret)
     assert code != 0, f"{position}: the push went through:\n{out}"
     assert "refused" in out, out
-    assert piece not in out and piece.replace("/", "_") not in out, out
+    # What the gate says (git prints it as `remote:` lines; the rest is the client echoing the agent's own input).
+    said = "\n".join(line for line in out.splitlines() if line.startswith("remote:"))
+    assert piece not in said and piece.replace("/", "_") not in said, said
     assert POSITIONS[position][1] in out, f"{position}: the refusal does not say where:\n{out}"
-    assert gated.world.upstream_refs() == before
-    assert not upstream_holds(gated, piece), f"{position}: the secret reached the upstream"
+    assert gated.world.upstream_refs() == before, out
     log = await gated.service.gate_log(gated.bottle_id)
+    assert not upstream_holds(gated, piece), f"{position}: the secret reached the upstream:\n{out}\n{log.events[-3:]}"
     assert log.events[-1].kind == "refused", log.events[-1]
     dumped = log.events[-1].model_dump_json()
     assert piece not in dumped and one_line(piece) not in dumped, dumped
@@ -208,7 +211,10 @@ async def test_a_clean_push_of_every_kind_passes(gated: Gated, position: str) ->
     code, out = await push_case(gated, position, harmless, folder="clean-kinds")
     assert code == 0, f"{position}: a clean push was refused:\n{out}"
     assert "pushed to ssh://" in out
-    assert upstream_holds(gated, harmless)
+    if position in ONE_LINE_ONLY:
+        assert any(ref.endswith(f"/{harmless}") for ref in gated.world.upstream_refs())
+    else:
+        assert upstream_holds(gated, harmless)
 
 
 # -- the property: any known format, in any place -----------------------------------------------------------------

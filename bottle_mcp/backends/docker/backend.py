@@ -47,6 +47,7 @@ from . import egress, gates
 from .bottle import DockerBottle
 from .channel import Channel
 from .engine import Engine
+from .logs import bounded
 from .pool import SPARE_PREFIX, PoolTarget, Spare, Started, WarmPool, pool_key
 
 log = logging.getLogger(__name__)
@@ -447,6 +448,7 @@ class DockerBackend(Backend):
             ipc_mode="private",
             cgroupns="private",
             runtime=runtime,
+            log_config=bounded(),
         )
         created = c.api.create_container(
             image=image,

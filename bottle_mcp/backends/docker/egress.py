@@ -34,6 +34,7 @@ from ...images import builtin_tag
 from ...manifest import BottleDef, LoadedManifest
 from ...models import EgressDecision, NetworkPlan
 from .engine import Engine
+from .logs import bounded
 
 EGRESS_IMAGE = builtin_tag("egress-proxy")
 PROXY_PORT = 3128
@@ -285,6 +286,7 @@ class EgressStack:
                 host_config=self._hardened(
                     c,
                     network_mode=f"container:{bottle_container_id}",
+                    log_config=bounded(),
                     # socat forks per connection: this bounds the bottle's concurrent proxy connections.
                     pids_limit=128,
                     mem_limit=128 * 1024**2,
