@@ -318,7 +318,7 @@ async def test_a_push_carrying_a_secret_is_refused_and_nothing_changes(gated: Ga
         "in-a-merge-resolution": "f.txt",
         "added-then-removed": "oops.txt",
         "with-allowlists": "conf.py",
-        "in-a-commit-message": "(commit message)",
+        "in-a-commit-message": "message line 1",
     }[case]
     assert expected_file in res.stdout
     assert gated.world.upstream_refs() == before_upstream

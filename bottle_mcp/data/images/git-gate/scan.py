@@ -61,14 +61,9 @@ EXTRA_RULES: list[tuple[str, re.Pattern[str]]] = [
 ]
 # detect-secrets plugins left out: public IP addresses are not credentials.
 SKIPPED_PLUGINS = {"IPPublicDetector"}
-# Lines a plugin cannot match, told apart cheaply (the plugin's own patterns require these):
-# every keyword of KeywordDetector holds one of these words; the entropy plugins need a quote.
+# What a line must hold for some plugins to match it (their own patterns require it): every keyword of
+# KeywordDetector holds one of these words.
 KEYWORD_HINT = re.compile(r"key|pass|pwd|secret|contrase", re.IGNORECASE)
-NEEDS = {
-    "KeywordDetector": lambda line: KEYWORD_HINT.search(line) is not None,
-    "Base64HighEntropyString": lambda line: '"' in line or "'" in line,
-    "HexHighEntropyString": lambda line: '"' in line or "'" in line,
-}
 # Headers whose values git's fsck has already checked to be object ids or type names.
 STRUCTURAL = {"commit": {"tree", "parent"}, "tag": {"object", "type"}}
 HEADER_NAME = re.compile(r"^[a-z][a-z0-9-]{0,23}$")
@@ -121,28 +116,42 @@ def printable(text: str, limit: int = SHOWN_NAME) -> str:
 
 
 class Scanner:
+    """detect-secrets' plugins plus the gate's rules. Each plugin runs on the lines it could match:
+    a blob is first searched whole for what the plugin's own patterns require (its regular
+    expressions, in multi-line mode; a quoted run of its characters long enough to pass its entropy
+    limit; one of its keywords), and only the lines of a blob that can match are handed to it."""
+
     def __init__(self, credentials: list[dict[str, Any]]) -> None:
         from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_class
 
         self.plugins = [
-            (cls(), NEEDS.get(cls.__name__))
+            (plugin, _gate(plugin))
             for cls in get_mapping_from_secret_type_to_class().values()
             if cls.__name__ not in SKIPPED_PLUGINS
+            for plugin in (cls(),)
         ]
         self.credentials = credentials
 
-    def scan_text(self, text: str, filename: str = "message.txt") -> Iterator[tuple[int, str, str]]:
-        """(line number, rule, secret) for every line of a text; long lines in overlapping pieces."""
+    def scan_text(
+        self, text: str, filename: str = "message.txt", skip: set[str] | frozenset[str] = frozenset()
+    ) -> Iterator[tuple[int, str, str]]:
+        """(line number, rule, secret) for every line of a text but those in `skip`; long lines in
+        overlapping pieces."""
+        active = [(p, g) for p, g in self.plugins if g is None or g.search(text)]
         for number, line in enumerate(text.split("\n"), 1):
+            if line in skip:
+                continue
             if len(line) <= CHUNK:
                 pieces: Iterable[str] = (line,)
             else:
                 pieces = (line[i : i + CHUNK] for i in range(0, len(line), CHUNK - OVERLAP))
             for piece in pieces:
-                for rule, secret in self.scan_line(filename, piece):
+                for rule, secret in self.scan_line(filename, piece, active):
                     yield number, rule, secret
 
-    def scan_line(self, path: str, line: str) -> Iterator[tuple[str, str]]:
+    def scan_line(
+        self, path: str, line: str, plugins: list[tuple[Any, Any]] | None = None
+    ) -> Iterator[tuple[str, str]]:
         """(rule, secret) pairs found in one line."""
         if not line.strip():
             return
@@ -159,8 +168,8 @@ class Scanner:
                 if hashlib.sha256(candidate.encode()).hexdigest() == cred["sha256"]:
                     yield f"forwarded credential {cred['name']}", candidate
                 start = line.find(prefix, start + 1)
-        for plugin, needs in self.plugins:
-            if needs is not None and not needs(line):
+        for plugin, gate in self.plugins if plugins is None else plugins:
+            if gate is not None and not gate.search(line):
                 continue
             try:
                 found = plugin.analyze_line(filename=path, line=line, line_number=0)
@@ -172,6 +181,34 @@ class Scanner:
                 if any(value and value in s for s in seen):
                     continue
                 yield str(secret.type), value
+
+
+class _AnyOf:
+    """Matches where any of several patterns matches."""
+
+    def __init__(self, patterns: list[re.Pattern[str]]) -> None:
+        self.patterns = patterns
+
+    def search(self, text: str) -> bool:
+        return any(p.search(text) for p in self.patterns)
+
+
+def _gate(plugin: Any) -> Any:
+    """What a text must match for the plugin to find anything in one of its lines, or None (always run it).
+    Only ever looser than the plugin: a line the plugin would flag always passes."""
+    name = type(plugin).__name__
+    if name == "KeywordDetector":
+        return KEYWORD_HINT
+    charset, limit = getattr(plugin, "charset", None), getattr(plugin, "entropy_limit", None)
+    if charset is not None and limit is not None:
+        # A quoted string of the plugin's characters; above the entropy limit it has more than
+        # 2**limit distinct characters, so at least that many characters.
+        return re.compile(rf"['\"][{re.escape(charset)}]{{{int(2**limit)},}}['\"]")
+    patterns = getattr(plugin, "denylist", None)
+    if not patterns or any(r"\A" in p.pattern or r"\Z" in p.pattern for p in patterns):
+        return None
+    # In multi-line mode, ^ and $ match at every line's ends: a match in one line is a match in the text.
+    return _AnyOf([re.compile(p.pattern, p.flags | re.MULTILINE) for p in patterns])
 
 
 # -- git -----------------------------------------------------------------------------------
@@ -419,14 +456,11 @@ def scan_push(repo: Path, result: Result, scanner: Scanner) -> Result:
 
     for oid, _kind, content in read_objects(sorted(blobs)):
         text = content.decode("utf-8", errors="replace")
-        skip = known.get(oid, set())
+        skip = known.get(oid) or frozenset()
         # detect-secrets picks some rules by the file's extension
         filename = up[oid][1] if oid in up else "blob"
-        for number, line in enumerate(text.split("\n"), 1):
-            if line in skip:
-                continue
-            for _n, rule, secret in scanner.scan_text(line, filename):
-                add("blob", oid, f"{path_of(oid)} line {number}", rule, secret)
+        for number, rule, secret in scanner.scan_text(text, filename, skip):
+            add("blob", oid, f"{path_of(oid)} line {number}", rule, secret)
 
     # A name shown in a description must not hold what was found elsewhere.
     result.findings = [Finding(f.kind, f.oid, _scrub(f.where, found), f.rule, f.redacted) for f in result.findings]
