@@ -64,6 +64,11 @@ SKIPPED_PLUGINS = {"IPPublicDetector"}
 # What a line must hold for some plugins to match it (their own patterns require it): every keyword of
 # KeywordDetector holds one of these words.
 KEYWORD_HINT = re.compile(r"key|pass|pwd|secret|contrase", re.IGNORECASE)
+# The credentials of these plugins (an assignment or URL around a long token) all end in a run of at least
+# 24 of these characters (24 letters, 44 word characters, 48 or 64 hex digits or letters and digits); their
+# expressions are slow to search, the run is not.
+LONG_RUN = re.compile(r"[A-Za-z0-9_-]{24}")
+LONG_RUN_PLUGINS = {"CloudantDetector", "IbmCloudIamDetector", "IbmCosHmacDetector", "SoftlayerDetector"}
 # Headers whose values git's fsck has already checked to be object ids or type names.
 STRUCTURAL = {"commit": {"tree", "parent"}, "tag": {"object", "type"}}
 HEADER_NAME = re.compile(r"^[a-z][a-z0-9-]{0,23}$")
@@ -184,12 +189,15 @@ class Scanner:
 
 
 class _AnyOf:
-    """Matches where any of several patterns matches."""
+    """Matches where any of several patterns matches (after a cheaper pattern that must match first)."""
 
-    def __init__(self, patterns: list[re.Pattern[str]]) -> None:
+    def __init__(self, patterns: list[re.Pattern[str]], first: re.Pattern[str] | None = None) -> None:
         self.patterns = patterns
+        self.first = first
 
     def search(self, text: str) -> bool:
+        if self.first is not None and not self.first.search(text):
+            return False
         return any(p.search(text) for p in self.patterns)
 
 
@@ -208,7 +216,8 @@ def _gate(plugin: Any) -> Any:
     if not patterns or any(r"\A" in p.pattern or r"\Z" in p.pattern for p in patterns):
         return None
     # In multi-line mode, ^ and $ match at every line's ends: a match in one line is a match in the text.
-    return _AnyOf([re.compile(p.pattern, p.flags | re.MULTILINE) for p in patterns])
+    first = LONG_RUN if name in LONG_RUN_PLUGINS else None
+    return _AnyOf([re.compile(p.pattern, p.flags | re.MULTILINE) for p in patterns], first)
 
 
 # -- git -----------------------------------------------------------------------------------
