@@ -479,8 +479,8 @@ async def test_an_unpinned_upstream_is_trusted_on_first_use_beside_an_egress_pro
             containers = docker_client.api.containers(filters={"label": [f"{L.BOTTLE}={bid}"]})
             assert len(containers) >= 5
             for c in containers:
-                log = docker_client.api.inspect_container(c["Id"])["HostConfig"]["LogConfig"]
-                assert log["Config"].get("max-size") and log["Config"].get("max-file"), (c["Names"], log)
+                logs = docker_client.api.inspect_container(c["Id"])["HostConfig"]["LogConfig"]
+                assert logs["Config"].get("max-size") and logs["Config"].get("max-file"), (c["Names"], logs)
             res = await svc.exec(bid, "git ls-remote origin refs/heads/main && echo $HTTPS_PROXY")
             assert res.exit_code == 0, res.stderr
             assert res.stdout.split()[1:] == ["refs/heads/main", "http://127.0.0.1:3128"]

@@ -347,6 +347,7 @@ def start_serving(data: dict[str, Any], procs: list[subprocess.Popen[bytes]]) ->
 
 MAX_SHOWN = 50  # findings shown to the agent and kept in the log, per refusal
 MAX_LINE = 300
+MAX_REFS = 20  # ref names kept in one event
 
 
 def clip(text: str, limit: int = MAX_LINE) -> str:
@@ -362,7 +363,7 @@ def refuse(remote: str, refs: list[str], reason: str, lines: list[str]) -> int:
     for line in shown + more:
         say(f"  {line}")
     say("Nothing was changed, here or upstream.")
-    event("refused", remote, refs=refs[:20], detail=clip(reason, 600), findings=shown + more)
+    event("refused", remote, refs=refs[:MAX_REFS], detail=clip(reason, 600), findings=shown + more)
     return 1
 
 
@@ -427,12 +428,12 @@ def cmd_hook() -> int:
             upstream_git(entry, "push", "--porcelain", "--atomic", "--quiet", "--", entry["upstream"], *specs)
         except (RuntimeError, subprocess.TimeoutExpired) as e:
             say(f"bottle-mcp git gate: the upstream refused or failed; nothing was changed:\n{e}")
-            event("upstream-failed", remote, refs=refs, upstream=entry["upstream"], detail=str(e)[-800:])
+            event("upstream-failed", remote, refs=refs[:MAX_REFS], upstream=entry["upstream"], detail=str(e)[-800:])
             return 1
         event(
             "pushed",
             remote,
-            refs=refs,
+            refs=refs[:MAX_REFS],
             upstream=entry["upstream"],
             commits=result.commits,
             detail=clip(
