@@ -331,13 +331,15 @@ _STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)")
 
 
 def cmd_images(args: argparse.Namespace) -> int:
-    from .backends.docker import Engine
-    from .images import build_builtin, build_image, builtin_images, builtin_status, image_status
+    from .backends.docker import DockerBackend
+    from .backends.docker.images import build_builtin, build_image, builtin_images, builtin_status, image_status
+    from .labels import Instance
     from .manifest import load_manifest
     from .progress import Bar, wants_bar
 
     lm = load_manifest(args.manifest or default_manifest())
-    engine = Engine()
+    # The CLI chooses the backend; builds go through its engine connection (blocking calls: no event loop here).
+    engine = DockerBackend(Instance.current()).engine
     bar_wanted = not args.json and wants_bar(sys.stderr)
     summary: list[dict[str, str]] = []
 

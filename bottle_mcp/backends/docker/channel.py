@@ -35,7 +35,6 @@ from importlib import resources
 from typing import IO, Any, cast
 
 import anyio
-import anyio.to_thread
 
 from ...errors import BottleGoneError, EngineError
 from .engine import Engine
@@ -312,7 +311,7 @@ class Channel:
                 raise ChannelError(self.dead or "") from None
             if sent < len(data):
                 try:
-                    await anyio.to_thread.run_sync(sock.sendall, data[sent:], abandon_on_cancel=True)
+                    await self.engine.run(sock.sendall, data[sent:], abandon_on_cancel=True)
                 except OSError as e:
                     self.close(f"writing to the channel failed: {e}")
                     raise ChannelError(self.dead or "") from None
@@ -390,7 +389,7 @@ class Channel:
                 await req.credit.wait()
             if req.done.is_set():
                 return
-            chunk = reader() if isinstance(stdin, bytes) else await anyio.to_thread.run_sync(reader)
+            chunk = reader() if isinstance(stdin, bytes) else await self.engine.run(reader)
             req.unacked += len(chunk)
             await self._send(T_STDIN, req.rid, chunk)
             if not chunk:
