@@ -184,6 +184,37 @@ class DockerBackend(Backend):
             handle = await self._adopt(spare, plan, bdef, env)
             if handle is not None:
                 return await self._finish_launch(handle, plan, spec, progress, started)
+        handle, ca_pem = await self._create_cold(plan, spec, bdef, env, progress)
+        try:
+            await progress("starting the exec channel and provisioning")
+            # The supervisor starts while the files go in through an engine exec of their own.
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(partial(handle.start_channel, wait=False))
+                tg.start_soon(partial(self._provision, handle, plan, spec, via_engine=True))
+            if ca_pem is not None:
+                res = await handle.exec(
+                    egress.INSTALL_CA, timeout_s=30, workdir=None, output_cap=4096, stdin=ca_pem.encode()
+                )
+                _check_ca_installed(res.exit_code, res.stderr)
+            if handle.gate is not None:
+                await self._provision_gates(handle, bdef, plan)
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                await handle.aclose()
+            raise self._launch_failure(plan, exc.exceptions[0] if isinstance(exc, BaseExceptionGroup) else exc) from exc
+        return await self._finish_launch(handle, plan, spec, progress, started, provisioned=True)
+
+    async def _create_cold(
+        self, plan: BottlePlan, spec: BottleSpec, bdef: BottleDef, env: dict[str, str], progress: Progress
+    ) -> tuple[DockerBottle, str | None]:
+        """Sidecars, then the bottle, then their forwarders; the handle and the egress CA (PEM), if any.
+
+        On any failure everything created here is removed before the error is raised.
+        """
+        # The plan was re-made just before launch (the service checks it is still current),
+        # so its word on the image is fresh.
+        if not plan.image_present:
+            raise ImageMissingError(plan.image, image_fix_hint(spec.manifest))
         bottle_id = f"b-{secrets.token_hex(4)}"
         name = f"bottle-mcp-{plan.agent}-{bottle_id}"
         extra = {L.AGENT: plan.agent, L.PLAN: plan.plan_id}
@@ -195,24 +226,11 @@ class DockerBackend(Backend):
             L.CREATED: _now(),
             **extra,
         }
-        # The plan was re-made just before launch (the service checks it is still current),
-        # so its word on the image is fresh.
-        if not plan.image_present:
-            raise ImageMissingError(plan.image, image_fix_hint(spec.manifest))
-        stack: egress.EgressStack | None = None
-        gate: gates.GateStack | None = None
+        sides: list[egress.EgressStack | gates.GateStack] = []
         made: Started | None = None
         ca_pem: str | None = None
         try:
-            if plan.network.effective == "egress-proxy":
-                await progress("starting the egress proxy")
-                stack = egress.EgressStack(self.engine, self.instance, name, sidecar_labels)
-                await stack.start_proxy(spec.manifest, bdef, agent.credentials)
-                env.update(egress.bottle_env(bdef.home))
-            if gates.needed(bdef):
-                await progress("starting the git/ssh gate (mirroring the upstreams)")
-                gate = gates.GateStack(self.engine, self.instance, name, sidecar_labels, bottle_id, self.gate_network)
-                await gate.start(spec.manifest, bdef, agent.credentials)
+            stack, gate = await self._start_sidecars(plan, spec, bdef, name, sidecar_labels, env, sides, progress)
             await progress("creating and starting the container")
             made = await self.start_container(
                 bottle_id, name, plan.bottle, bdef, plan.image, plan.runtime.effective, {**env}, extra
@@ -224,10 +242,9 @@ class DockerBackend(Backend):
                 await gate.start_forwarder(made.container_id)
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
-                for side in (stack, gate):
-                    if side is not None:
-                        with contextlib.suppress(EngineError):
-                            await side.remove()
+                for side in sides:
+                    with contextlib.suppress(EngineError):
+                        await side.remove()
                 if made is not None:
                     await self._undo(made.container_id, made.volume)
             raise self._launch_failure(plan, exc) from exc
@@ -242,24 +259,35 @@ class DockerBackend(Backend):
             gate=gate,
             env=env,
         )
-        try:
-            await progress("starting the exec channel and provisioning")
-            # The supervisor starts while the files go in through an engine exec of their own.
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(partial(handle.start_channel, wait=False))
-                tg.start_soon(partial(self._provision, handle, plan, spec, via_engine=True))
-            if ca_pem is not None:
-                res = await handle.exec(
-                    egress.INSTALL_CA, timeout_s=30, workdir=None, output_cap=4096, stdin=ca_pem.encode()
-                )
-                _check_ca_installed(res.exit_code, res.stderr)
-            if gate is not None:
-                await self._provision_gates(handle, bdef, plan)
-        except BaseException as exc:
-            with anyio.CancelScope(shield=True):
-                await handle.aclose()
-            raise self._launch_failure(plan, exc.exceptions[0] if isinstance(exc, BaseExceptionGroup) else exc) from exc
-        return await self._finish_launch(handle, plan, spec, progress, started, provisioned=True)
+        return handle, ca_pem
+
+    async def _start_sidecars(
+        self,
+        plan: BottlePlan,
+        spec: BottleSpec,
+        bdef: BottleDef,
+        name: str,
+        labels: dict[str, str],
+        env: dict[str, str],
+        sides: list[egress.EgressStack | gates.GateStack],
+        progress: Progress,
+    ) -> tuple[egress.EgressStack | None, gates.GateStack | None]:
+        """Start the egress proxy and the gate the plan needs; each joins `sides` before it starts."""
+        credentials = spec.manifest.manifest.agents[plan.agent].credentials
+        stack: egress.EgressStack | None = None
+        gate: gates.GateStack | None = None
+        if plan.network.effective == "egress-proxy":
+            await progress("starting the egress proxy")
+            stack = egress.EgressStack(self.engine, self.instance, name, labels)
+            sides.append(stack)
+            await stack.start_proxy(spec.manifest, bdef, credentials)
+            env.update(egress.bottle_env(bdef.home))
+        if gates.needed(bdef):
+            await progress("starting the git/ssh gate (mirroring the upstreams)")
+            gate = gates.GateStack(self.engine, self.instance, name, labels, labels[L.BOTTLE], self.gate_network)
+            sides.append(gate)
+            await gate.start(spec.manifest, bdef, credentials)
+        return stack, gate
 
     async def _adopt(self, spare: Spare, plan: BottlePlan, bdef: BottleDef, env: dict[str, str]) -> DockerBottle | None:
         """Make a claimed spare this plan's bottle (renamed for its agent); None when the spare is unusable."""
