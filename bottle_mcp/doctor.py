@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, Field
 
 from . import __version__
+from .backends.base import Status
 from .errors import BottleError
 from .manifest import LoadedManifest, load_manifest
 
 if TYPE_CHECKING:
     from .backends.base import Backend
 
-Status = Literal["ok", "warn", "fail", "skip"]  # the same as backends.base.Status
 Verdict = Literal["ready", "degraded", "broken"]
 
 

@@ -46,6 +46,7 @@ from ..base import Backend, Bottle, Diagnosis, Progress, _no_progress
 from . import egress, gates
 from .bottle import DockerBottle
 from .channel import Channel
+from .diagnose import diagnose
 from .engine import Engine
 from .images import image_fix_hint, image_status
 from .mould import Mould
@@ -582,8 +583,6 @@ class DockerBackend(Backend):
         return await self.engine.run(fn, *args)
 
     async def diagnose(self, manifest: LoadedManifest | None, environ: Mapping[str, str]) -> list[Diagnosis]:
-        from .diagnose import diagnose
-
         return await diagnose(self.engine, manifest, environ)
 
     async def aclose(self) -> None:
