@@ -132,9 +132,9 @@ class Backend(ABC):
         del manifest, environ
         return [Diagnosis("engine", "ok", f"backend {self.name!r} needs no container engine")]
 
-    async def offload(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run blocking host work (tree walks, packing) in a worker thread."""
-        return await anyio.to_thread.run_sync(partial(fn, *args))
+    async def offload(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run blocking host work (tree walks, packing tars with `paths.packed_tar`) in a worker thread."""
+        return await anyio.to_thread.run_sync(partial(fn, *args, **kwargs))
 
     async def keep_warm(self, manifest: LoadedManifest, sizes: dict[str, int]) -> None:  # noqa: B027 - optional
         """Keep `sizes[bottle]` started spares of each bottle definition until cancelled, then remove them.

@@ -283,9 +283,9 @@ class RecordingBackend(FakeBackend):
         super().__init__(Instance.current(), FakeWorld())
         self.offloaded: list[str] = []
 
-    async def offload(self, fn: Callable[..., Any], *args: Any) -> Any:
+    async def offload(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         self.offloaded.append(f"{fn.__name__} {Path(args[0]).name}")
-        return await super().offload(fn, *args)
+        return await super().offload(fn, *args, **kwargs)
 
 
 async def test_tree_walks_of_prepare_run_off_the_event_loop(

@@ -579,8 +579,9 @@ class DockerBackend(Backend):
                         tg.start_soon(remove, item)
         return CleanupReport(dry_run=False, removed=removed, kept=plan.keep, failed=failed)
 
-    async def offload(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await self.engine.run(fn, *args)
+    async def offload(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        # Through the engine's limiter, like every other worker thread of this backend.
+        return await self.engine.run(partial(fn, *args, **kwargs))
 
     async def diagnose(self, manifest: LoadedManifest | None, environ: Mapping[str, str]) -> list[Diagnosis]:
         return await diagnose(self.engine, manifest, environ)
