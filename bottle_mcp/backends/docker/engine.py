@@ -25,6 +25,7 @@ T = TypeVar("T")
 
 POOL_SIZE = 64
 HTTP_TIMEOUT_S = 30
+STALE_RETRIES = 3
 
 
 class Engine:
@@ -55,7 +56,7 @@ class Engine:
     def call_sync(self, what: str, fn: Callable[[docker.DockerClient], T]) -> T:
         """Run fn(client) here and now, mapping engine errors. For use inside worker threads."""
         try:
-            return fn(self._connect())
+            return self._call_with_stale_retry(fn)
         except docker.errors.NotFound as e:
             raise EngineNotFoundError(f"{what}: {_explain(e)}") from None
         except docker.errors.APIError as e:
@@ -71,6 +72,17 @@ class Engine:
                 self._client = None
                 raise self.unreachable(_short(e)) from None
             raise EngineError(f"{what}: {text}") from None
+
+    def _call_with_stale_retry(self, fn: Callable[[docker.DockerClient], T]) -> T:
+        # Over ssh://, a pooled connection whose ssh process has ended answers its next request
+        # with a disconnect before reading it; the pool drops it, so the call is retried.
+        for _ in range(STALE_RETRIES):
+            try:
+                return fn(self._connect())
+            except requests.exceptions.ConnectionError as e:
+                if self.endpoint.transport != "ssh" or "RemoteDisconnected" not in str(e):
+                    raise
+        return fn(self._connect())
 
     async def call(self, what: str, fn: Callable[[docker.DockerClient], T]) -> T:
         """Run fn(client) in a worker thread."""
