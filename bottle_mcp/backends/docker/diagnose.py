@@ -58,7 +58,7 @@ class _EngineDoctor:
             version = await engine.call("engine version", lambda c: c.version())
             info = await engine.call("engine info", lambda c: c.info())
         except EngineUnreachableError as e:
-            cause = str(e).partition(". Start it")[0]  # its generic fix gives way to a more precise one
+            cause = str(e).partition(". To fix")[0]  # its generic fix gives way to a more precise one
             self.add("engine", "fail", f"{cause}; address from {source}", _engine_fix(where, self.environ))
             return None
         except EngineError as e:
