@@ -24,7 +24,7 @@ from pathlib import Path
 import docker
 
 from bottle_mcp import labels as L
-from bottle_mcp.images import builtin_tag
+from bottle_mcp.backends.docker.images import builtin_tag
 from bottle_mcp.labels import Instance
 
 INSIDE = r"""

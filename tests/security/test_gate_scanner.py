@@ -11,7 +11,7 @@ from __future__ import annotations
 import docker
 
 from bottle_mcp import labels as L
-from bottle_mcp.images import builtin_tag
+from bottle_mcp.backends.docker.images import builtin_tag
 from bottle_mcp.labels import Instance
 
 CHECK = r"""
