@@ -24,7 +24,6 @@ size) plus a few KiB of volume metadata.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -34,6 +33,8 @@ import docker
 
 from ... import labels as L
 from ...errors import EngineError, EngineNotFoundError, LaunchError
+from ...manifest import LoadedManifest
+from ..base import Diagnosis
 from .egress import EGRESS_IMAGE
 from .engine import Engine
 
@@ -48,7 +49,8 @@ READY_TIMEOUT_S = 60.0
 MOUNT_OPTIONS = "nosuid,nodev,noinit_itable"
 WORK_SUFFIX = "-work"
 DISK_SUFFIX = "-disk"
-CONTAINER_LOG = {"max-size": "1m", "max-file": "1"}
+CONTAINER_LOG = {"max-size": "1m", "max-file": "1"}  # the helper's
+BOTTLE_LOG_MAX_SIZE = "1m"  # a bottle's output as the engine keeps it: at most two such files
 
 
 def helper_script() -> str:
@@ -204,13 +206,22 @@ async def remove_volumes(engine: Engine, work_volume: str) -> list[str]:
     """Remove the work volume and the disk volume behind it (whichever exist)."""
     removed = []
     for vol in (work_volume, disk_volume_of(work_volume)):
-        if await engine.remove(f"remove volume {vol}", _remove_volume(vol)):
+        if await engine.remove_resource("volume", vol):
             removed.append(f"volume {vol}")
     return removed
 
 
-def _remove_volume(name: str) -> Callable[[docker.DockerClient], None]:
-    def remove(c: docker.DockerClient) -> None:
-        c.api.remove_volume(name, force=True)
-
-    return remove
+def diagnosis(support: DiskSupport, lm: LoadedManifest | None) -> Diagnosis:
+    """What doctor says about disk limits: the mechanism, or which bottles cannot launch without one."""
+    if support.mechanism is not None:
+        return Diagnosis("disk limit", "ok", f"the engine enforces disk limits: {support.mechanism}; {support.reason}")
+    limited = [] if lm is None else [n for n, b in lm.manifest.bottles.items() if b.resources.disk_bytes]
+    if not limited:
+        return Diagnosis("disk limit", "warn", f"the engine cannot enforce a disk limit: {support.reason}")
+    return Diagnosis(
+        "disk limit",
+        "fail",
+        f"the engine cannot enforce a disk limit ({support.reason}), so bottle(s) {', '.join(limited)} cannot launch",
+        "use an engine that runs as root on Linux with loop devices (/dev/loop-control), or set disk = "
+        "'unlimited' under [bottles.NAME.resources] to run those bottles without a limit",
+    )
