@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 MAX_FIELD = 200
-MAX_ITEMS = 50
+MAX_ITEMS = 20
 RECORD_OVERHEAD = 512  # the result's own fields besides its records
 
 M = TypeVar("M", bound=BaseModel)

@@ -43,7 +43,7 @@ REFUSED = GATE / "refused.jsonl"  # refused pushes: a log of their own, so they 
 REFUSED_DROPPED = GATE / "refused.dropped"  # how many refused pushes were only counted
 REFUSED_MAX_BYTES = 2 * 1024**2
 MAX_FIELD = 200
-MAX_ITEMS = 50
+MAX_ITEMS = 20  # ref names (and other list items) kept in one event; `lengths` has how many there were
 SERVING = GATE / "serving"
 SERVE_ERROR = GATE / "serve-error"
 FWD = Path("/run/fwd")
@@ -391,7 +391,6 @@ def start_serving(data: dict[str, Any], procs: list[subprocess.Popen[bytes]]) ->
 
 MAX_SHOWN = 50  # findings shown to the agent and kept in the log, per refusal
 MAX_LINE = 300
-MAX_REFS = 20  # ref names kept in one event
 
 
 def clip(text: str, limit: int = MAX_LINE) -> str:
@@ -407,7 +406,7 @@ def refuse(remote: str, refs: list[str], reason: str, lines: list[str]) -> int:
     for line in shown + more:
         say(f"  {line}")
     say("Nothing was changed, here or upstream.")
-    event("refused", remote, refs=refs[:MAX_REFS], detail=clip(reason, 600), findings=shown + more)
+    event("refused", remote, refs=refs, detail=clip(reason, 600), findings=shown + more)
     return 1
 
 
@@ -472,12 +471,12 @@ def cmd_hook() -> int:
             upstream_git(entry, "push", "--porcelain", "--atomic", "--quiet", "--", entry["upstream"], *specs)
         except (RuntimeError, subprocess.TimeoutExpired) as e:
             say(f"bottle-mcp git gate: the upstream refused or failed; nothing was changed:\n{e}")
-            event("upstream-failed", remote, refs=refs[:MAX_REFS], upstream=entry["upstream"], detail=str(e)[-800:])
+            event("upstream-failed", remote, refs=refs, upstream=entry["upstream"], detail=str(e)[-800:])
             return 1
         event(
             "pushed",
             remote,
-            refs=refs[:MAX_REFS],
+            refs=refs,
             upstream=entry["upstream"],
             commits=result.commits,
             detail=clip(
