@@ -298,7 +298,7 @@ class DockerBottle:
             user=self.user,
             workdir=None,
             timeout_s=600,
-            output_cap=0,
+            output_cap=64 * 1024,  # stderr only: stdout goes to the sink
             stdout_sink=sink.write,
         )
         result: list[T] = []
