@@ -43,10 +43,9 @@ from mcp.server.mcpserver import (
     ElicitationResult,
     Resolve,
 )
-from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import BaseModel, Field
 
-from .errors import BottleError
+from .errors import ApprovalError, BottleError
 from .manifest import ApprovePolicy, LoadedManifest
 from .models import BottlePlan, LaunchResult
 from .service import BottleService
@@ -264,7 +263,7 @@ class ApprovalLog:
             if not required:
                 log.warning("could not record %s for plan %s in %s: %s", event, plan.plan_id, self.path, e)
                 return
-            raise ToolError(
+            raise ApprovalError(
                 f"the approval decision could not be recorded in {self.path} ({e.strerror}); nothing was "
                 "launched. Fix the folder's permissions, or start the server with --approvals-log PATH"
             ) from None
@@ -287,10 +286,7 @@ def approval_log(service: BottleService) -> ApprovalLog:
 async def decide_launch(plan_id: str, ctx: Context) -> LaunchDecision:
     """Resolver: whether this launch needs a person's approval. Talks to nobody; re-runs each round."""
     service = _service(ctx)
-    try:
-        plan, spec = service.stored_plan(plan_id)
-    except BottleError as e:
-        raise ToolError(str(e)) from e
+    plan, spec = service.stored_plan(plan_id)  # an unknown plan: the server maps the project's error
     return decide(plan, spec.manifest, service.config.approve)
 
 
@@ -311,7 +307,7 @@ async def ask_person(
         service = _service(ctx)
         await approval_log(service).record("no-client-support", decision, service.instance.id)
         why = "; ".join(decision.reasons) or "every launch is asked"
-        raise ToolError(
+        raise ApprovalError(
             f"launching plan {decision.plan_id!r} needs a person's approval (approve = '{decision.policy}', "
             f"{decision.policy_source}; this plan: {why}), but this MCP client cannot ask its user: it did not "
             "declare the elicitation capability. Nothing was launched. Use a client that supports elicitation, "
@@ -344,7 +340,7 @@ async def launch_approved(
         else:
             event, how = "declined", "declined (accepted the form without ticking 'approve')"
         await record.record(event, decision, instance)
-        raise ToolError(
+        raise ApprovalError(
             f"the person {how} launching plan {decision.plan_id!r} (agent '{decision.plan.agent}'); nothing was "
             "launched. Do not retry it unless they ask you to."
         )
