@@ -46,7 +46,7 @@ from mcp.server.mcpserver import (
 from pydantic import BaseModel, Field
 
 from .errors import ApprovalError, BottleError
-from .manifest import ApprovePolicy, LoadedManifest
+from .manifest import ApprovePolicy, LoadedManifest, format_size
 from .models import BottlePlan, LaunchResult
 from .service import BottleService
 
@@ -148,15 +148,6 @@ def decide(plan: BottlePlan, manifest: LoadedManifest, override: ApprovePolicy |
     )
 
 
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
-
-
 def render_question(plan: BottlePlan, policy: ApprovePolicy, reasons: tuple[str, ...]) -> str:
     """The plan in a short form a person can read before saying yes. Names only, never secret values."""
     net = plan.network
@@ -169,11 +160,11 @@ def render_question(plan: BottlePlan, policy: ApprovePolicy, reasons: tuple[str,
     creds = [f"{c.name} ({'set' if c.present else 'not set'})" for c in plan.credentials]
     copies = []
     if plan.prompt is not None:
-        copies.append(f"prompt ({_size(plan.prompt.bytes)})")
-    copies += [f"skill {s.name} ({s.files} files, {_size(s.bytes)})" for s in plan.skills]
+        copies.append(f"prompt ({format_size(plan.prompt.bytes, approx=True)})")
+    copies += [f"skill {s.name} ({s.files} files, {format_size(s.bytes, approx=True)})" for s in plan.skills]
     if plan.copy_cwd is not None:
         cc = plan.copy_cwd
-        copies.append(f"repository {cc.host_repo} (.git: {cc.files} files, {_size(cc.bytes)})")
+        copies.append(f"repository {cc.host_repo} (.git: {cc.files} files, {format_size(cc.bytes, approx=True)})")
     copies += [f"host mount {p}" for p in plan.host_mounts]
     res = plan.resources
     rt = plan.runtime

@@ -59,11 +59,17 @@ def parse_size(value: str | int) -> int:
     return size
 
 
-def format_size(n: int) -> str:
-    for unit, factor in (("g", 1024**3), ("m", 1024**2), ("k", 1024)):
-        if n >= factor and n % factor == 0:
+_FORMAT_UNITS = (("g", "GiB", 1024**3), ("m", "MiB", 1024**2), ("k", "KiB", 1024))
+
+
+def format_size(n: int, *, approx: bool = False) -> str:
+    """A size as the manifest writes it ('512m', exact), or, with `approx`, for reading ('1.5 MiB')."""
+    for unit, long_unit, factor in _FORMAT_UNITS:
+        if approx and n >= factor:
+            return f"{n / factor:.1f} {long_unit}"
+        if not approx and n >= factor and n % factor == 0:
             return f"{n // factor}{unit}"
-    return str(n)
+    return f"{n} B" if approx else str(n)
 
 
 Size = Annotated[str | int, Field(description="A size such as '512m', '2g' or a number of bytes.")]
