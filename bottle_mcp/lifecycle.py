@@ -23,7 +23,7 @@ from .backends.base import Backend, Bottle, Progress, _no_progress
 from .errors import LimitError, StalePlanError, UnknownPlanError
 from .gitout import OID_RE
 from .labels import Instance
-from .live import LiveBottle, LiveBottles, RepoOrigin
+from .live import LiveBottles, RepoOrigin
 from .manifest import ApprovePolicy, LoadedManifest, load_manifest, parse_size
 from .models import (
     BottleInfo,
@@ -249,9 +249,6 @@ class Lifecycle:
     @property
     def live_bottles(self) -> list[Bottle]:
         return [e.bottle for e in self.live.all()]
-
-    def live_entries(self) -> list[LiveBottle]:
-        return self.live.all()
 
     async def aclose(self) -> None:
         """Remove this server's bottles, in parallel, within the host's shutdown budget."""
