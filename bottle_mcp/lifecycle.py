@@ -158,9 +158,8 @@ class Lifecycle:
             live.launching -= 1
         entry = live.add(bottle, plan)
         try:
-            async with live.guard(bottle):
-                entry.origin = await _repo_origin(bottle, plan)
-        except BaseException:
+            entry.origin = await _repo_origin(bottle, plan)
+        except BaseException:  # gone, failed or cancelled: a half-launched bottle is not kept
             await live.discard(bottle)
             raise
         return LaunchResult(
