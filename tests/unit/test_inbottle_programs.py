@@ -109,17 +109,67 @@ def test_a_missing_workdir_is_reported_as_exit_126(tmp_path: Path) -> None:
     )
 
 
+def _in_a_pid_namespace(tmp_path: Path, scenario: str) -> str:
+    """Run `scenario` (shell, $J = the job id, $P = the folder with the programs) as pid 1 of a fresh pid
+    namespace, so /proc holds only the job's processes, as in a bottle. The kill and count programs walk
+    /proc: on this host that is every process of the machine."""
+    unshare = shutil.which("unshare")
+    probe = subprocess.run(
+        [unshare or "unshare", "--pid", "--fork", "--mount-proc", "true"], capture_output=True, check=False
+    )
+    if unshare is None or probe.returncode != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail("unshare --pid needs util-linux and root")
+        pytest.skip("unshare --pid is not available here (util-linux, root)")
+    for name, text in (("start.sh", jobs.START_SH), ("count.sh", jobs.COUNT_SH), ("poll.sh", jobs.POLL_SH)):
+        (tmp_path / name).write_text(text)
+    d = tmp_path / "j-0123456789"
+    d.mkdir()
+    (d / "run.sh").write_text(jobs.RUN_SH)
+    (d / "kill.sh").write_text(jobs.KILL_SH)
+    env = {**os.environ, "J": d.name, "P": str(tmp_path)}
+    res = subprocess.run(
+        [unshare or "unshare", "--pid", "--fork", "--mount-proc", "/bin/sh", "-ec", scenario],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
+
 def test_the_deadline_kills_the_job_and_says_so(tmp_path: Path) -> None:
-    d, pid = _job(tmp_path, "sleep 60\n", deadline=1)
-    poll = _until_done(d, pid)
+    out = _in_a_pid_namespace(
+        tmp_path,
+        """
+        echo 'sleep 60' > "$P/$J/command.sh"
+        pid=$(/bin/sh "$P/start.sh" "$P/$J" "$P" 1024 1)
+        i=0; while [ ! -e "$P/$J/timed_out" ] && [ "$i" -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+        echo "left $(/bin/sh "$P/count.sh" "$J" "$pid")"
+        /bin/sh "$P/poll.sh" "$P/$J" "$pid" 0 0 0 0
+        """,
+    )
+    left, _, poll_text = out.partition("\n")
+    poll = jobs.parse_poll(poll_text)
+    assert left == "left 0"
     assert poll.timed_out and poll.exit_code is None
-    assert _sh(jobs.COUNT_SH, d.name, pid).strip() == "0"
 
 
 def test_kill_ends_the_whole_job_even_a_child_in_its_own_session(tmp_path: Path) -> None:
-    d, pid = _job(tmp_path, "setsid sleep 60 & sleep 60\n")
-    time.sleep(0.3)
-    assert int(_sh(jobs.COUNT_SH, d.name, pid).strip()) >= 2
-    _sh(jobs.KILL_SH, d.name, pid)
-    assert _sh(jobs.COUNT_SH, d.name, pid).strip() == "0"
-    assert _until_done(d, pid).state in {"exit", "lost"}
+    out = _in_a_pid_namespace(
+        tmp_path,
+        """
+        echo 'setsid sleep 60 & sleep 60' > "$P/$J/command.sh"
+        pid=$(/bin/sh "$P/start.sh" "$P/$J" "$P" 1024 30)
+        sleep 0.5
+        echo "before $(/bin/sh "$P/count.sh" "$J" "$pid")"
+        /bin/sh "$P/$J/kill.sh" "$J" "$pid"
+        echo "after $(/bin/sh "$P/count.sh" "$J" "$pid")"
+        """,
+    )
+    before, after = (line.split() for line in out.splitlines())
+    assert int(before[1]) >= 2  # the runner, the command's shell and its two sleeps
+    assert after == ["after", "0"]
