@@ -11,11 +11,8 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
-from contextlib import ExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
 import anyio
 
@@ -37,7 +34,7 @@ from .models import (
     LaunchResult,
     StopResult,
 )
-from .paths import PackStats, TarEntry, check_bottle_path, confine_host_path, pack_tar
+from .paths import TarEntry, check_bottle_path, confine_host_path, packed_tar
 from .redact import Redactor
 
 log = logging.getLogger(__name__)
@@ -56,16 +53,6 @@ class ServiceConfig:
     warm_pool: int | None = None  # spares per bottle definition; None: each bottle's warm_pool in the manifest
     approve: ApprovePolicy | None = None  # None: from the manifest's [host] approve
     approvals_log: Path | None = None  # None: the user's state folder (see approval.default_log_path)
-
-
-@asynccontextmanager
-async def packed_tar(entries: list[TarEntry]) -> AsyncIterator[tuple[IO[bytes], PackStats]]:
-    """`pack_tar` in a worker thread: packing (up to 2 GiB) never blocks the event loop.
-
-    The packing is waited for, not abandoned, on cancellation, so its temporary file is always closed.
-    """
-    with ExitStack() as stack:
-        yield await anyio.to_thread.run_sync(stack.enter_context, pack_tar(entries))
 
 
 class Lifecycle:
@@ -187,9 +174,11 @@ class Lifecycle:
         src, root = confine_host_path(host_path, self.host_roots())
         dest = check_bottle_path(bottle_path)
         started = time.monotonic()
-        packing = packed_tar([TarEntry(arcname=dest.name, source=src, root=root)])
-        async with packing as (tar, stats), self.live.guard(entry.bottle):
-            await entry.bottle.put_tar(tar, dest.parent)
+        # Packing reads up to 2 GiB from disk: a worker thread under the backend's limiter, never the event loop.
+        tar, stats = await self.backend.offload(packed_tar, [TarEntry(arcname=dest.name, source=src, root=root)])
+        with tar:
+            async with self.live.guard(entry.bottle):
+                await entry.bottle.put_tar(tar, dest.parent)
         return CopyResult(
             bottle_id=bottle_id,
             host_path=str(src),

@@ -96,7 +96,7 @@ class LiveBottles:
         self.forget(bottle.id)
         removed: list[str] = []
         with anyio.CancelScope(shield=True):
-            removed = await bottle.close()
+            removed = await bottle.aclose()
         return removed  # noqa: RET504 - mypy cannot see a return through a shielded scope
 
     @asynccontextmanager
@@ -134,6 +134,6 @@ class LiveBottles:
 
 async def _close_quietly(bottle: Bottle) -> None:
     try:
-        await bottle.close()
+        await bottle.aclose()
     except Exception:
         log.exception("could not remove bottle %s; `bottle-mcp cleanup` will find it", bottle.id)

@@ -18,10 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "bottle_mcp"
 MAX_FUNCTION_LINES = 100
 
 # Known offenders, to be emptied by the backend-layer rework (engine code moved under backends/docker/).
-KNOWN_ENGINE_IMPORTS: set[tuple[str, str]] = {
-    ("bottle_mcp.images", "bottle_mcp.backends.docker"),
-    ("bottle_mcp.doctor", "bottle_mcp.backends.docker"),
-}
+KNOWN_ENGINE_IMPORTS: set[tuple[str, str]] = set()
 KNOWN_LONG_FUNCTIONS: set[str] = set()
 
 
