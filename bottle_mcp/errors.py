@@ -18,7 +18,9 @@ into tool errors the supervising agent can act on, the CLI prints them.
     │   └── EngineUnreachableError   no engine answers at all
     ├── BackendNotFoundError   BOTTLE_MCP_BACKEND names a backend that does not exist
     ├── LimitError             a server-side limit was reached (too many bottles, ...)
-    ├── InvalidArgumentError   a tool argument is well-typed but unusable (empty prompt, foreign cursor)
+    ├── InvalidArgumentError   a tool or command-line argument is well-typed but unusable (empty prompt, ...)
+    ├── CopyError              packing or unpacking a copy failed inside the bottle
+    ├── ImageBuildError        an image cannot be built as asked
     ├── AgentCommandError      the manifest's agent command cannot be run as the manifest wrote it
     ├── ApprovalError          a launch that needs a person's approval did not get it (or it was not recorded)
     ├── JobError               a job could not be started or read in its bottle
@@ -120,7 +122,15 @@ class LimitError(BottleError):
 
 
 class InvalidArgumentError(BottleError):
-    """A tool argument passed its schema but cannot be used; the message says what to pass instead."""
+    """A tool or command-line argument passed its schema but cannot be used; the message says what to pass."""
+
+
+class CopyError(BottleError):
+    """Packing or unpacking a copy failed inside the bottle (a folder it cannot write, a file it cannot read)."""
+
+
+class ImageBuildError(BottleError):
+    """An image cannot be built as asked (no recipe, or the build failed)."""
 
 
 class AgentCommandError(BottleError):
