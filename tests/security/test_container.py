@@ -151,4 +151,3 @@ async def test_memory_over_the_limit_kills_only_inside_the_bottle(
         assert res.stdout == "alive\n"
     finally:
         await sec_service.stop(hog.id)
-
