@@ -182,6 +182,7 @@ def parse_http_address(value: str) -> tuple[str, int]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from .logsafe import guard_logging
     from .manifest import parse_size
     from .server import build_server
     from .service import BottleService, ServiceConfig
@@ -198,6 +199,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.warm_pool is not None and not 0 <= args.warm_pool <= 64:
         raise BottleError(f"--warm-pool {args.warm_pool}: give a number of spares from 0 to 64")
     service = BottleService(config, _instance_backend(args))
+    # From here on, text from bottles may reach the log: redact credentials, escape and clip every record.
+    guard_logging(service.redactor.text)
     log = logging.getLogger("bottle_mcp")
     log.info(
         "serving manifest %s as instance %s (backend %s)",
