@@ -32,7 +32,9 @@ async def test_a_background_process_cannot_stop_and_replace_the_supervisor(
 
     def read_log() -> str:  # through the engine: the channel may be stopped
         res = docker_client.containers.get(bottle.container_id).exec_run(["cat", "/tmp/hijack.log"], user=bottle.user)
-        return bytes(res.output).decode(errors="replace")
+        output = res.output
+        assert isinstance(output, bytes)
+        return output.decode(errors="replace")
 
     try:
         res = await bottle.exec("cat > /tmp/hijack.py", timeout_s=30, workdir=None, output_cap=4096, stdin=HIJACK)
