@@ -18,7 +18,7 @@ from ...errors import BottleError, BottleGoneError, EngineError, EngineNotFoundE
 from ...logsafe import bottle_text
 from ...models import BottleInfo, EgressDecision, ExecResult, GateEvent
 from ...output import safe_text, trim_partial_utf8
-from .channel import PROCESS_MARK, Channel, ChannelError
+from .channel import Channel, ChannelError
 from .egress import EgressStack
 from .engine import Engine
 from .execstream import ExecOutcome, ExecStream
@@ -28,11 +28,6 @@ log = logging.getLogger(__name__)
 
 # How often the launch may try to start the channel before the bottle uses engine execs.
 CHANNEL_ATTEMPTS = 3
-# Kill a supervisor whose channel ended, if that pid still runs the supervisor (never anything else).
-RETIRE_SUPERVISOR = (
-    'p=$1; case "$(tr "\\000" " " < "/proc/$p/cmdline" 2>/dev/null)" in '
-    f'*"{PROCESS_MARK}"*) kill -KILL "$p" 2>/dev/null;; esac; true'
-)
 
 BIG_TAR = 4 << 20
 
@@ -128,35 +123,13 @@ class DockerBottle:
         channel = self._channel
         if channel is not None and not channel.alive and self._channel_lost is None:
             self._channel_lost = channel.dead or "closed"
-            self._channel = None
-            await self._retire(channel)
+            self._channel = None  # its supervisor was killed when it ended (Channel.close)
             if not self._loss_reported:
                 self.channel_notes.append(
                     f"this bottle's exec channel ended ({bottle_text(self._channel_lost, 200)}); this and later "
                     "commands run through one engine exec each"
                 )
         return self._channel if self.channel_alive else None
-
-    async def _retire(self, channel: Channel) -> None:
-        """Kill the ended channel's supervisor (stopped, flooding or silent) through the engine."""
-        pid = channel.supervisor_pid
-        if pid is None:
-            return
-        stream = ExecStream(
-            self._engine,
-            self.container_id,
-            self.id,
-            ["/bin/sh", "-c", RETIRE_SUPERVISOR, "bottle-retire", str(pid)],
-            user=self.user,
-            workdir=None,
-            timeout_s=10,
-            output_cap=4096,
-        )
-        with anyio.CancelScope(shield=True):
-            try:
-                await anyio.to_thread.run_sync(stream.run)
-            except (BottleGoneError, EngineError) as e:
-                log.info("bottle %s: could not retire its exec channel's supervisor: %s", self.id, e)
 
     async def _run(
         self,

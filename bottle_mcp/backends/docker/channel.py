@@ -83,10 +83,17 @@ READ_CHUNK = 1 << 16
 INFLIGHT_CHUNKS = 8
 DIAG_KEEP = 4096
 # The flood bounds. A frame here is either an engine stream frame or one of ours.
-FRAME_RATE = 5000  # frames per second, sustained
-FRAME_BURST = 20000
+FRAME_RATE = 2000  # frames per second, sustained (64 KiB frames: 128 MiB/s)
+FRAME_BURST = 8000
 JUNK_LIMIT = 64  # frames that serve no request, before the channel is closed
 DIAG_LIMIT = 64 * 1024  # bytes the supervisor may write to its stderr in all
+
+
+# Kill a supervisor whose channel ended, if that pid still runs the supervisor (never anything else).
+RETIRE_SUPERVISOR = (
+    'p=$1; case "$(tr "\\000" " " < "/proc/$p/cmdline" 2>/dev/null)" in '
+    f'*"{PROCESS_MARK}"*) kill -KILL "$p" 2>/dev/null;; esac; true'
+)
 
 
 class ChannelError(Exception):
@@ -206,6 +213,10 @@ class Channel:
                 tail = bottle_text(bytes(self._diag[-400:]).strip())
                 why = bottle_text(reason)
                 log.info("exec channel of %s ended: %s%s", self.bottle_id, why, f" ({tail})" if tail else "")
+                if self._sock is not None and self.supervisor_pid is not None:
+                    # Stopped, flooding or silent: it must not resume (and run a request it already holds),
+                    # nor spin on writes nobody reads. Killed through the engine, off the event loop.
+                    threading.Thread(target=self._retire, name=f"retire-{self.bottle_id}", daemon=True).start()
         if self._sock is not None:
             with contextlib.suppress(OSError):
                 self._sock.shutdown(socket.SHUT_RDWR)
@@ -218,6 +229,24 @@ class Channel:
             req.credit.set()
         self._pending.clear()
         self._settled.set()
+
+    def _retire(self) -> None:
+        pid = self.supervisor_pid
+        argv = ["/bin/sh", "-c", RETIRE_SUPERVISOR, "bottle-retire", str(pid)]
+        stream = ExecStream(
+            self.engine,
+            self.container_id,
+            self.bottle_id,
+            argv,
+            user=self.user,
+            workdir=None,
+            timeout_s=10,
+            output_cap=4096,
+        )
+        try:
+            stream.run()
+        except Exception as e:  # a daemon thread: nobody to raise to
+            log.info("bottle %s: could not retire its exec channel's supervisor: %s", self.bottle_id, e)
 
     # -- the reader thread ---------------------------------------------------------------
 
