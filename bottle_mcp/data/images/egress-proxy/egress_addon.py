@@ -104,14 +104,15 @@ class EgressPolicy:
     # -- helpers -----------------------------------------------------------------
 
     def log(self, action: str, kind: str, host: object, port: object, reason: str, **extra: object) -> None:
+        # Forwarded credentials are replaced before anything is clipped (a cut value would not match).
         record = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "action": action,
             "kind": kind,
-            "host": _clip(host),
-            "port": port if isinstance(port, int) else _clip(port),
-            "reason": reason,
-            **{k: _clip(v) if isinstance(v, str) else v for k, v in extra.items()},
+            "host": _clip(self.redact(str(host))),
+            "port": port if isinstance(port, int) else _clip(self.redact(str(port))),
+            "reason": self.redact(reason),
+            **{k: _clip(self.redact(v)) if isinstance(v, str) else v for k, v in extra.items()},
         }
         print("EGRESS-LOG " + json.dumps(record, sort_keys=True), flush=True)
 
@@ -153,6 +154,18 @@ class EgressPolicy:
                     found.append(cred["name"])
                     break
         return found
+
+    def redact(self, text: str) -> str:
+        """Replace each forwarded credential's value found in text (by prefix, length and hash) with its name."""
+        for cred in self.credentials:
+            prefix, length = cred["prefix"], int(cred["length"])
+            start = text.find(prefix)
+            while start != -1:
+                piece = text[start : start + length]
+                if hashlib.sha256(piece.encode()).hexdigest() == cred["sha256"]:
+                    text = text[:start] + f"[credential {cred['name']}]" + text[start + length :]
+                start = text.find(prefix, start + 1)
+        return text
 
     @staticmethod
     def _contains(blob: bytes, prefix: bytes, length: int, digest: str) -> bool:
@@ -281,18 +294,13 @@ class EgressPolicy:
 
 def request_blobs(req: http.Request) -> list[bytes]:
     """Every part of a request a credential could ride in, as bytes, for the scan."""
-    parts = [
-        req.method,
-        req.scheme,
-        req.authority,
-        req.host,
-        req.path,
-        req.http_version,
-        req.url,
-        urllib.parse.unquote(req.url),
-        urllib.parse.unquote_plus(req.path),
-    ]
-    blobs = [p.encode(errors="replace") for p in parts if p]
+    # The raw fields as they will be sent (mitmproxy's `method` is upper-cased, the wire keeps the case);
+    # for HTTP/2 these are the pseudo-headers :method, :scheme, :authority and :path.
+    data = req.data
+    blobs = [bytes(b) for b in (data.method, data.scheme, data.authority, data.host.encode(), data.path) if b]
+    blobs.append(bytes(data.http_version))
+    parts = [req.url, urllib.parse.unquote(req.url), urllib.parse.unquote_plus(req.path)]
+    blobs += [p.encode(errors="replace") for p in parts if p]
     for headers in (req.headers, req.trailers):
         if headers is None:
             continue
