@@ -200,7 +200,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise BottleError(f"--warm-pool {args.warm_pool}: give a number of spares from 0 to 64")
     service = BottleService(config, _instance_backend(args))
     # From here on, text from bottles may reach the log: redact credentials, escape and clip every record.
-    guard_logging(service.redactor.text)
+    guard_logging(service.redactor.secrets)
     log = logging.getLogger("bottle_mcp")
     log.info(
         "serving manifest %s as instance %s (backend %s)",

@@ -15,6 +15,9 @@ import traceback
 from collections.abc import Callable
 
 MESSAGE_LIMIT = 2000
+# A bottle's text is clipped before it is logged, and a clip can cut a credential: a piece of one at
+# least this long, at the start or the end of anything, is redacted too.
+MIN_FRAGMENT = 8
 TRACEBACK_LIMIT = 8000
 # Every C0 control (newline and tab too: a log record is one line), DEL, the C1 range,
 # and the Unicode line and paragraph separators.
@@ -40,12 +43,27 @@ def bottle_text(data: bytes | str, limit: int = 400) -> str:
     return _clip(_CONTROL.sub(_escape, text), limit)
 
 
+def redact(text: str, secrets: list[tuple[str, str]]) -> str:
+    """Replace each secret value (value, name) with a marker; then any long prefix or suffix of one."""
+    for value, name in secrets:
+        text = text.replace(value, f"[redacted {name}]")
+    for value, name in secrets:
+        for size in range(len(value) - 1, MIN_FRAGMENT - 1, -1):
+            for piece in {value[:size], value[-size:]}:
+                if piece in text:
+                    text = text.replace(piece, f"[redacted part of {name}]")
+    return text
+
+
 class LogGuard(logging.Filter):
     """Redact credential values, escape control characters and clip every record (message and traceback)."""
 
-    def __init__(self, redact: Callable[[str], str]) -> None:
+    def __init__(self, secrets: Callable[[], list[tuple[str, str]]]) -> None:
         super().__init__()
-        self._redact = redact
+        self._secrets = secrets
+
+    def _redact(self, text: str) -> str:
+        return redact(text, self._secrets())
 
     def filter(self, record: logging.LogRecord) -> bool:
         try:
@@ -66,9 +84,12 @@ class LogGuard(logging.Filter):
         return True
 
 
-def guard_logging(redact: Callable[[str], str], logger: logging.Logger | None = None) -> LogGuard:
-    """Install a LogGuard on every handler of `logger` (the root logger by default)."""
-    guard = LogGuard(redact)
+def guard_logging(secrets: Callable[[], list[tuple[str, str]]], logger: logging.Logger | None = None) -> LogGuard:
+    """Install a LogGuard on every handler of `logger` (the root logger by default).
+
+    `secrets()` gives the (value, name) pairs to redact, as `redact.Redactor.secrets` does.
+    """
+    guard = LogGuard(secrets)
     for handler in (logger or logging.getLogger()).handlers:
         handler.addFilter(guard)
     return guard
