@@ -23,7 +23,7 @@ import pytest
 
 from bottle_mcp.backends.docker import DockerBackend
 from bottle_mcp.backends.docker.bottle import DockerBottle
-from bottle_mcp.backends.docker.egress import EgressStack
+from bottle_mcp.backends.docker.mould import Mould
 from bottle_mcp.backends.docker.netguard import host_addresses
 from bottle_mcp.labels import Instance
 from bottle_mcp.service import BottleService, ServiceConfig
@@ -100,11 +100,12 @@ async def _reach_bottle(
 ) -> AsyncIterator[tuple[BottleService, DockerBottle, dict[str, str]]]:
     (tmp / "manifest.toml").write_text(_manifest(runtime, port, allow_private))
     answers: dict[str, str] = {}
-    original = EgressStack._hardened
+    original = Mould.host_config
 
-    def with_answers(self: EgressStack, c: docker.DockerClient, **kw: Any) -> Any:
-        if kw.get("network_mode") == self.network_name:  # the sidecar: its resolver gives the host's addresses
-            gateway = c.api.inspect_network(self.network_name)["IPAM"]["Config"][0]["Gateway"]
+    def with_answers(self: Mould, c: docker.DockerClient) -> Any:
+        config = original(self, c)
+        if self.network_mode.endswith("-egress"):  # the sidecar: its resolver gives the host's addresses
+            gateway = c.api.inspect_network(self.network_mode)["IPAM"]["Config"][0]["Gateway"]
             answers["gw.reach.test"] = gateway
             answers["mapped.reach.test"] = f"::ffff:{gateway}"
             docker0 = _docker0(c)
@@ -113,11 +114,11 @@ async def _reach_bottle(
             others = [a for a in host_addresses() if "." in a and not a.startswith("127.") and a != docker0]
             if others:
                 answers["eth.reach.test"] = others[0]
-            kw["extra_hosts"] = dict(answers)
-        return original(self, c, **kw)
+            config["ExtraHosts"] = [f"{name}:{ip}" for name, ip in answers.items()]
+        return config
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(EgressStack, "_hardened", with_answers)
+    mp.setattr(Mould, "host_config", with_answers)
     svc = BottleService(ServiceConfig(manifest_path=tmp / "manifest.toml", cwd=tmp), DockerBackend(Instance.current()))
     try:
         bottle = await launch(svc, "reach")
