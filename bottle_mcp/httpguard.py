@@ -16,7 +16,7 @@ import secrets
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from .errors import BottleError
+from .errors import InvalidArgumentError
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -33,9 +33,9 @@ def new_token() -> str:
 
 
 def check_token(token: str, source: str) -> str:
-    """A token the person gave: long enough and printable, or a BottleError saying how to fix it."""
+    """A token the person gave: long enough and printable, or an InvalidArgumentError saying how to fix it."""
     if len(token) < MIN_TOKEN_LEN or not token.isascii() or not token.isprintable() or " " in token:
-        raise BottleError(
+        raise InvalidArgumentError(
             f"the HTTP token from {source} must be at least {MIN_TOKEN_LEN} printable ASCII characters without "
             "spaces; leave it unset and the server makes one, or use `python3 -c 'import secrets; "
             "print(secrets.token_urlsafe(32))'`"

@@ -340,20 +340,33 @@ class Channel:
         if self.junk > JUNK_LIMIT:
             raise ChannelError(f"more than {JUNK_LIMIT} frames served no request (the last: {what})")
 
+    def _on_hello(self, payload: bytes) -> None:
+        if self._hello.is_set():
+            raise ChannelError("a second hello")
+        hello = _json(payload)
+        if hello.get("v") != VERSION:
+            raise ChannelError(f"the supervisor speaks protocol {hello.get('v')!r}, not {VERSION}")
+        if hello.get("sealed") is not True:
+            raise ChannelError("the supervisor could not make itself non-dumpable, so the bottle could reach it")
+        pid = hello.get("pid")
+        if isinstance(pid, int) and not isinstance(pid, bool) and 1 < pid < MAX_PID:
+            self.supervisor_pid = pid
+        self._hello.set()
+        self._settled.set()
+
+    def _count_waste(self, req: _Request, kind: int, payload: bytes) -> None:
+        """Output and credit frames that serve nothing: empty, past the cap, a zero credit."""
+        if kind == T_CREDIT:
+            if payload == bytes(4):
+                self._wasted("a zero credit")
+            return
+        sent = req.outcome.stdout_bytes if kind == T_STDOUT else req.outcome.stderr_bytes
+        if not payload or sent >= req.cap:
+            self._wasted("empty output" if not payload else "output past the cap")
+
     def _on_frame(self, kind: int, rid: int, payload: bytes) -> None:
         if kind == T_HELLO:
-            if self._hello.is_set():
-                raise ChannelError("a second hello")
-            hello = _json(payload)
-            if hello.get("v") != VERSION:
-                raise ChannelError(f"the supervisor speaks protocol {hello.get('v')!r}, not {VERSION}")
-            if hello.get("sealed") is not True:
-                raise ChannelError("the supervisor could not make itself non-dumpable, so the bottle could reach it")
-            pid = hello.get("pid")
-            if isinstance(pid, int) and not isinstance(pid, bool) and 1 < pid < MAX_PID:
-                self.supervisor_pid = pid
-            self._hello.set()
-            self._settled.set()
+            self._on_hello(payload)
             return
         if not self._hello.is_set():
             raise ChannelError("a frame arrived before the hello")
@@ -363,11 +376,9 @@ class Channel:
                 self._wasted(f"a frame for finished request {rid}")
                 return
             raise ChannelError(f"a frame for request {rid}, which was never sent")
+        if kind in (T_STDOUT, T_STDERR, T_CREDIT):
+            self._count_waste(req, kind, payload)
         if kind in (T_STDOUT, T_STDERR):
-            out = req.outcome
-            sent = out.stdout_bytes if kind == T_STDOUT else out.stderr_bytes
-            if not payload or sent >= req.cap:
-                self._wasted("empty output" if not payload else "output past the cap")
             _on_output(req, kind == T_STDOUT, payload)
         elif kind == T_STARTED:
             if req.started.is_set():
@@ -378,8 +389,6 @@ class Channel:
             req.outcome.pid = pid or None
             req.started.set()
         elif kind == T_CREDIT:
-            if payload == bytes(4):
-                self._wasted("a zero credit")
             _on_credit(req, payload)
         elif kind == T_EXIT:
             _on_exit(req, payload)
