@@ -49,6 +49,24 @@ def _add_manifest(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_http_options(s: argparse.ArgumentParser) -> None:
+    s.add_argument(
+        "--http",
+        metavar="127.0.0.1:PORT",
+        default=None,
+        help="serve the same tools over Streamable HTTP at http://ADDR:PORT/mcp instead of stdio (loopback "
+        "addresses only); every request needs a bearer token, made at start and printed unless given",
+    )
+    s.add_argument(
+        "--http-token-file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="read the HTTP transport's bearer token from FILE (default: $BOTTLE_MCP_HTTP_TOKEN, else a new "
+        "random token printed on stderr at start)",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="bottle-mcp", description="Launch and drive sandboxed sub-agents over MCP (stdio)."
@@ -87,21 +105,7 @@ def _parser() -> argparse.ArgumentParser:
         help="JSON-lines file recording approval decisions (default: $BOTTLE_MCP_APPROVALS_LOG, else "
         "$XDG_STATE_HOME/bottle-mcp/approvals.jsonl, else ~/.local/state/bottle-mcp/approvals.jsonl)",
     )
-    s.add_argument(
-        "--http",
-        metavar="127.0.0.1:PORT",
-        default=None,
-        help="serve the same tools over Streamable HTTP at http://ADDR:PORT/mcp instead of stdio (loopback "
-        "addresses only); every request needs a bearer token, made at start and printed unless given",
-    )
-    s.add_argument(
-        "--http-token-file",
-        type=Path,
-        default=None,
-        metavar="FILE",
-        help="read the HTTP transport's bearer token from FILE (default: $BOTTLE_MCP_HTTP_TOKEN, else a new "
-        "random token printed on stderr at start)",
-    )
+    _add_http_options(s)
     s.add_argument(
         "--warm-pool",
         type=int,
