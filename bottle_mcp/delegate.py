@@ -36,6 +36,8 @@ from .results import (
     JobList,
     JobResult,
 )
+from .shaping import page, run_saved
+from .shaping import parse_cursor as parse_page_cursor
 
 if TYPE_CHECKING:
     from .service import BottleService
@@ -157,9 +159,11 @@ class Delegation:
             await self._service.discard(job.bottle)
             raise
 
-    async def list_jobs(self, bottle_id: str) -> JobList:
+    async def list_jobs(self, bottle_id: str, *, cursor: str | None = None, limit: int = 50) -> JobList:
         bottle = await self._service.bottle(bottle_id)
-        jobs = self.jobs.of_bottle(bottle_id)
+        every = self.jobs.of_bottle(bottle_id)
+        first = parse_page_cursor(cursor, len(every))
+        jobs = every[first : first + limit]
         gone: list[BottleGoneError] = []
 
         async def refresh(job: Job) -> None:
@@ -176,7 +180,9 @@ class Delegation:
         if gone:
             await self._service.discard(bottle)
             raise gone[0]
-        return JobList(jobs=[j.info() for j in jobs])
+        shown, _ = page([j.info() for j in jobs], 0, limit)
+        end = first + len(shown)
+        return JobList(total=len(every), next_cursor=str(end) if end < len(every) else None, jobs=shown)
 
     # -- results out ------------------------------------------------------------------------
 
@@ -285,20 +291,33 @@ class Delegation:
             }
         )
 
-    async def diff(self, bottle_id: str) -> DiffResult:
+    async def diff(self, bottle_id: str, *, output_cap: int | None = None) -> DiffResult:
         bottle = await self._service.bottle(bottle_id)
         origin = self._origin(bottle_id)
         start = origin.start or EMPTY_TREE
-        cap = self._service.output_cap
+        cap = self._service.call_output_cap(output_cap)
         _, stat, _ = await self._git(bottle, f"diff --stat {start} --")
-        _, diff, truncated = await self._git(bottle, f"diff {start} --", cap=cap)
-        _, untracked, _ = await self._git(bottle, "ls-files --others --exclude-standard")
+        try:
+            res = await run_saved(
+                bottle, f"{GIT} diff {start} --", timeout_s=120, workdir=self._plans[bottle_id].workdir, cap=cap
+            )
+        except BottleGoneError:
+            await self._service.discard(bottle)
+            raise
+        if res.exit_code not in (0, 1):
+            raise BottleError(f"git diff failed in bottle {bottle_id!r}: {res.stderr.strip()[:300]}")
+        _, untracked, _ = await self._git(bottle, "ls-files --others --exclude-standard", cap=1024**2)
+        files = [u for u in untracked.splitlines() if u]
         return DiffResult(
             bottle_id=bottle_id,
             start=origin.start,
             head=await self._head(bottle),
+            truncated=res.truncated,
+            diff_bytes=res.stdout_bytes,
+            diff_path=res.stdout_path,
+            untracked_count=len(files),
+            notes=[n.replace("output over the cap", "the diff over the cap") for n in res.notes],
             stat=stat,
-            diff=diff,
-            untracked=[u for u in untracked.splitlines() if u][:1000],
-            truncated=truncated,
+            untracked=files,
+            diff=res.stdout,
         )
