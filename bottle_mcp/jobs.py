@@ -72,7 +72,8 @@ CONTROL_TIMEOUT_S = 30.0
 RUN_SH = r"""d=$1; w=$2; cap=$3; limit=$4
 echo "$$" > "$d/pid.tmp" && mv -f "$d/pid.tmp" "$d/pid"
 export BOTTLE_MCP_JOB_DIR="$d"
-keep() { dd bs=65536 iflag=count_bytes count="$cap" status=none > "$1"; wc -c > "$1.dropped"; }
+keep() { $unbuf head -c "$cap" > "$1"; wc -c > "$1.dropped"; }
+unbuf=; command -v stdbuf >/dev/null 2>&1 && unbuf="stdbuf -o0"
 (
   i=0
   while [ "$i" -lt "$limit" ] && [ ! -e "$d/exit" ]; do sleep 1; i=$((i + 1)); done

@@ -38,7 +38,7 @@ RESULT_CHAR_LIMIT = 40_000  # what a result may reach as JSON text (hosts pass ~
 TEXT_BUDGET = 33_000  # characters of output text in one result, all streams together
 DEFAULT_OUTPUT_CAP = 16 * 1024  # per stream and call, unless the manifest or the call says otherwise
 EXEC_ROOT = PurePosixPath("/tmp/bottle-mcp-exec")
-KEEP_BYTES = 8 * 1024**2  # of each stream of one exec, kept in the bottle
+KEEP_BYTES = 4 * 1024**2  # of each stream of one exec, kept in the bottle (its tail is kept too)
 KEEP_RUNS = 8  # newest exec outputs kept in the bottle
 READ_TIMEOUT_S = 30.0
 PAGE_BUDGET = 30_000  # characters of list items in one page
@@ -107,8 +107,9 @@ def shape_cleanup(report: CleanupReport) -> CleanupReport:
 # -- exec output kept in the bottle -------------------------------------------------------------
 
 # $1 nonce, $2 run folder, $3 bytes kept per stream, $4 head bytes, $5 tail bytes, $6 the command.
-# Each stream goes through a fifo to `save`: the first $3 bytes to a file, the rest counted by dd
-# and its last $5 bytes kept, so a flood neither fills the tmpfs nor blocks the command.
+# Each stream goes through a fifo to `save`: the first $3 bytes to a file (unbuffered, so a killed
+# command loses nothing it wrote), the rest counted by dd and its last $5 bytes kept, so a flood
+# neither fills the tmpfs nor blocks the command.
 SAVE_SH = r"""n=$1; d=$2; keep=$3; h=$4; t=$5
 root=${d%/*}
 if ! mkdir -p -m 700 "$root" 2>/dev/null || ! mkdir -m 700 "$d" 2>/dev/null || ! mkfifo "$d/o" "$d/e" 2>/dev/null; then
@@ -116,8 +117,9 @@ if ! mkdir -p -m 700 "$root" 2>/dev/null || ! mkdir -m 700 "$d" 2>/dev/null || !
   exec /bin/sh -c "$6" </dev/null
 fi
 ls -1t "$root" 2>/dev/null | tail -n +KEEP_NEXT | while read -r old; do rm -rf -- "${root:?}/$old"; done
+unbuf=; command -v stdbuf >/dev/null 2>&1 && unbuf="stdbuf -o0"
 save() {
-  { LC_ALL=C dd bs=65536 iflag=count_bytes count="$keep" status=none > "$1"
+  { $unbuf head -c "$keep" > "$1"
     LC_ALL=C dd bs=65536 2> "$1.dd" | tail -c "$t" > "$1.tail"; } < "$2"
 }
 save "$d/stdout" "$d/o" &
@@ -260,9 +262,14 @@ async def run_saved(
         report = parse_report(read.stdout, nonce, run_dir)
         if report is None:
             return res.model_copy(update={"notes": [*notes, "the command's output could not be read back"]})
-    per_stream = cap if budget is None else min(cap, budget)
-    out, n1, cut1 = render_stream("stdout", report.stdout, head, tail, per_stream)
-    err, n2, cut2 = render_stream("stderr", report.stderr, head, tail, per_stream)
+    # The streams share one budget of characters (escapes count): one that needs less leaves room to the other.
+    total = max(TEXT_BUDGET, 2 * cap) if budget is None else budget
+    out, n1, cut1 = render_stream("stdout", report.stdout, head, tail, total // 2)
+    err, n2, cut2 = render_stream("stderr", report.stderr, head, tail, total // 2)
+    if cut1 and not cut2:
+        out, n1, cut1 = render_stream("stdout", report.stdout, head, tail, total - json_chars(err))
+    elif cut2 and not cut1:
+        err, n2, cut2 = render_stream("stderr", report.stderr, head, tail, total - json_chars(out))
     if cut1 or cut2:
         notes.insert(
             0,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -222,7 +221,13 @@ async def test_prepare_launch_exec_copy_list_stop_cleanup_round_trip(
     assert (await ok(client, "list_active"))["bottles"] == []
 
     report = await ok(client, "cleanup")
-    assert report == {"dry_run": False, "summary": "removed 0, kept 0, failed 0", "removed": [], "kept": [], "failed": []}
+    assert report == {
+        "dry_run": False,
+        "summary": "removed 0, kept 0, failed 0",
+        "removed": [],
+        "kept": [],
+        "failed": [],
+    }
 
 
 async def test_a_non_zero_exit_is_data_not_an_error(client: Client) -> None:
@@ -243,7 +248,7 @@ async def test_output_over_the_cap_is_cut_and_reported(client: Client) -> None:
     assert res["stdout_bytes"] > OUTPUT_CAP
     assert any("cut" in note for note in res["notes"])
     # The head and the tail are kept around a marker naming the file that holds all of it.
-    head, marker, tail = res["stdout"].partition("\n[... stdout cut here")
+    head, _, tail = res["stdout"].partition("\n[... stdout cut here")
     assert head.startswith("y\ny\n") and tail.endswith("y\n"), res["stdout"][:200]
     assert res["stdout_path"] in tail.partition("...]\n")[0]
     assert len(json.dumps(res["stdout"])) <= OUTPUT_CAP + 2
