@@ -25,7 +25,7 @@ def compact(data: Any) -> str:
 def check_result(result: CallToolResult, status_keys: list[str], what: str) -> dict[str, Any]:
     """Assert the size and status-first rules; return the structured content."""
     assert not result.is_error, f"{what}: {result.content}"
-    data = result.structured_content
+    data: dict[str, Any] | None = result.structured_content
     assert data is not None, what
     shown = compact(data)
     text = "".join(c.text for c in result.content if isinstance(c, TextContent))

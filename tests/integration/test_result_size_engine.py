@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mcp import Client
@@ -64,7 +65,7 @@ async def _bottle(client: Client) -> str:
     return str(launched.structured_content["bottle_id"])
 
 
-async def _exec(client: Client, bottle_id: str, command: str, **extra: object) -> dict[str, object]:
+async def _exec(client: Client, bottle_id: str, command: str, **extra: object) -> dict[str, Any]:
     res = await client.call_tool("exec", {"bottle_id": bottle_id, "command": command, **extra})
     return check_result(res, EXEC_STATUS, command)
 
@@ -105,19 +106,19 @@ async def test_exec_output_from_nothing_to_100_mb_fits_with_head_tail_and_the_wh
 async def test_wait_job_on_100_mb_of_output_pages_in_results_that_fit(client: Client) -> None:
     bid = await _bottle(client)
     started = await _exec(client, bid, "head -c 104857600 /dev/urandom; echo fin >&2", background=True)
-    job_id = started["job"]["job_id"]  # type: ignore[index]
+    job_id = started["job"]["job_id"]
     cursor = None
     pages = 0
     while True:
         res = await client.call_tool("wait_job", {"job_id": job_id, "timeout_s": 20, "cursor": cursor})
         data = check_result(res, ["done", "job", "next_cursor"], f"wait_job page {pages}")
         pages += 1
-        if data["done"] and not data["stdout"]["more"]:  # type: ignore[index]
+        if data["done"] and not data["stdout"]["more"]:
             break
         cursor = data["next_cursor"]
         if pages >= 3 and data["done"]:
             break
-    assert data["stdout"]["bytes_total"] == 32 * MB  # type: ignore[index]
-    assert data["stdout"]["dropped_bytes"] == 68 * MB  # type: ignore[index]
+    assert data["stdout"]["bytes_total"] == 32 * MB
+    assert data["stdout"]["dropped_bytes"] == 68 * MB
     listed = await client.call_tool("list_jobs", {"bottle_id": bid})
     check_result(listed, ["total", "next_cursor"], "list_jobs")
