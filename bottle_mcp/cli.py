@@ -131,6 +131,17 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--output-dir", type=Path, default=Path("docs"))
     g.add_argument("--check", action="store_true", help="write nothing; exit 1 if a file is out of date")
 
+    ap_ = sub.add_parser(
+        "approve",
+        help="approve one launch of a plan ahead, by its digest (for hosts that cannot ask, e.g. `claude -p`)",
+    )
+    ap_.add_argument("digest", help="the plan's 'digest' (16 hex digits), from `bottle-mcp plan` or prepare_bottle")
+    ap_.add_argument(
+        "--valid-for",
+        default="1h",
+        help="how long the approval waits for its launch, e.g. 30m, 2h, 1d (default 1h); one launch uses it up",
+    )
+
     dr = sub.add_parser("doctor", help="check that the server can work here; say what to fix if not")
     _add_manifest(dr)
     dr.add_argument("--host-root", action="append", type=Path, default=None, help="as for serve")
@@ -256,8 +267,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
     service = BottleService(ServiceConfig(manifest_path=args.manifest or default_manifest()), _instance_backend(args))
 
     async def main() -> None:
+        from .approval import approval_note
+
         try:
-            _print_json(await service.prepare(args.agent, copy_cwd=args.copy_cwd))
+            plan = await service.prepare(args.agent, copy_cwd=args.copy_cwd)
+            _print_json(plan.model_copy(update={"approval": approval_note(plan, service.manifest, None)}))
         finally:
             await service.backend.aclose()
 
@@ -454,6 +468,25 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
+def cmd_approve(args: argparse.Namespace) -> int:
+    from .preapprove import PreApprovals, preapprovals_path
+
+    m = re.fullmatch(r"([0-9]+)([smhd])", args.valid_for.strip())
+    if m is None or int(m.group(1)) == 0:
+        raise BottleError(f"--valid-for {args.valid_for!r}: write a duration such as 30m, 2h or 1d")
+    seconds = int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+    path = preapprovals_path()
+    try:
+        PreApprovals(path).add(args.digest.strip().lower(), seconds)
+    except ValueError as e:
+        raise BottleError(str(e)) from None
+    print(
+        f"Approved one launch of the plan with digest {args.digest} for the next {args.valid_for} (recorded in "
+        f"{path}). launch_bottle with that plan now launches without asking; the approvals log records it."
+    )
+    return 0
+
+
 def cmd_gen_docs(args: argparse.Namespace) -> int:
     from .docgen import generate
 
@@ -486,6 +519,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "doctor": cmd_doctor,
     "init": cmd_init,
     "gen-docs": cmd_gen_docs,
+    "approve": cmd_approve,
 }
 
 

@@ -314,6 +314,11 @@ class HostSettings(_Strict):
         description="When a person must approve a launch through the MCP client: 'never', 'always', or "
         "'elevated' (only bottles that grant more than the offline default). `serve --approve` overrides it.",
     )
+    approved_agents: list[Annotated[str, Field(pattern=NAME_PATTERN)]] = Field(
+        default_factory=list,
+        description="Agents whose launches the person approves ahead, here: they launch without a question "
+        "through the client (for hosts that cannot ask, such as `claude -p`). Each launch is still recorded.",
+    )
 
     @field_validator("output_cap", "output_cap_max")
     @classmethod

@@ -193,6 +193,10 @@ class BottlePlan(_Frozen):
     manifest_sha256: str
     image: str
     image_present: bool
+    warnings: list[str]
+    approval: str | None = Field(
+        None, description="Whether launching this plan needs a person's approval, and how to give it ahead."
+    )
     runtime: RuntimePlan
     user: str
     home: str
@@ -216,7 +220,6 @@ class BottlePlan(_Frozen):
     git: list[GitPlan]
     copy_cwd: CopyCwdPlan | None
     gates: GatePlan | None = Field(None, description="The gate sidecar of git and ssh entries, if any.")
-    warnings: list[str]
 
     @staticmethod
     def content_digest(payload: str) -> str:

@@ -21,7 +21,7 @@ from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field
 
 from . import __version__
-from .approval import ApprovalForm, LaunchDecision, ask_person, decide_launch, launch_approved
+from .approval import ApprovalForm, LaunchDecision, approval_note, ask_person, decide_launch, launch_approved
 from .doctor import DoctorReport, run_doctor
 from .errors import BottleError
 from .models import (
@@ -123,11 +123,13 @@ def build_server(service: BottleService) -> MCPServer[BottleService]:
 
         Returns the plan: plan_id, image (and whether it is present), runtime, user, capabilities,
         mounts, network, resources, skills, credentials (names only, with whether each is set),
-        SSH and git upstreams, and warnings. Next: read the warnings, then call launch_bottle with
-        the plan_id. Plans live in this server's memory only (the newest 256 are kept). An unknown
-        agent name fails with the list of known agents.
+        SSH and git upstreams, warnings, and whether a person must approve the launch (approval).
+        Next: read the warnings, then call launch_bottle with the plan_id. Plans live in this
+        server's memory only (the newest 256 are kept). An unknown agent name fails with the list
+        of known agents.
         """
-        return await service.prepare(agent, copy_cwd=copy_cwd)
+        plan = await service.prepare(agent, copy_cwd=copy_cwd)
+        return plan.model_copy(update={"approval": approval_note(plan, service.manifest, service.config.approve)})
 
     @mcp.tool(
         title="Launch a bottle",
