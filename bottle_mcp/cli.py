@@ -53,7 +53,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--version", action="version", version=f"bottle-mcp {__version__}")
     ap.add_argument("--backend", default=None, help="backend name (default: $BOTTLE_MCP_BACKEND or docker)")
-    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
+    ap.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log what the server does (info and debug) on stderr; without it only warnings and errors appear there",
+    )
+    ap.add_argument(
+        "--log-file",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="also append the full log (info and up; debug with -v) to PATH",
+    )
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     s = sub.add_parser("serve", help="run the stdio MCP server")
@@ -523,15 +535,35 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
+def setup_logging(*, verbose: bool, log_file: Path | None) -> None:
+    """Warnings and errors on stderr; info and debug only with --verbose, or in --log-file.
+
+    Agent hosts log everything a stdio server writes to stderr as an error (Claude Code does),
+    so a quiet, healthy server writes nothing there.
+    """
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    stderr = logging.StreamHandler(sys.stderr)
+    stderr.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    stderr.setFormatter(fmt)
+    root.addHandler(stderr)
+    level = logging.DEBUG if verbose else logging.INFO if log_file else logging.WARNING
+    if log_file is not None:
+        log_file.expanduser().parent.mkdir(parents=True, exist_ok=True)
+        to_file = logging.FileHandler(log_file.expanduser(), encoding="utf-8")
+        to_file.setLevel(level)
+        to_file.setFormatter(fmt)
+        root.addHandler(to_file)
+    root.setLevel(level)
+    for noisy in ("urllib3", "docker", "mcp", "httpx", "uvicorn"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    for noisy in ("urllib3", "docker", "mcp", "httpx"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    setup_logging(verbose=args.verbose, log_file=args.log_file)
     try:
         return COMMANDS[args.cmd](args)
     except BottleError as e:

@@ -134,13 +134,26 @@ class BranchResult(_Frozen):
     head: str | None
     descends_from_start: bool
     notes: list[str] = Field(default_factory=list)
-    commits: list[CommitInfo] = Field(description="New commits, newest first (at most 200).")
+    commits: list[CommitInfo] = Field(
+        description="New commits, newest first (at most 200, fewer when their subjects are long)."
+    )
     diffstat: str = Field(description="What changed, per file (long ones cut in the middle).")
 
     @field_validator("diffstat")
     @classmethod
     def _short(cls, v: str) -> str:
         return clip(v, 6000, "diffstat")
+
+    @field_validator("commits")
+    @classmethod
+    def _few(cls, v: list[CommitInfo]) -> list[CommitInfo]:
+        out, used = [], 0
+        for c in v:  # as many as fit in about 20,000 characters (newest first)
+            used += len(c.sha) + len(c.subject) + 30
+            if used > 20_000:
+                break
+            out.append(c)
+        return out
 
 
 class DiffResult(_Frozen):

@@ -155,12 +155,16 @@ def build_server(service: BottleService) -> MCPServer[BottleService]:
         step = 0
 
         async def progress(message: str) -> None:
+            # How many steps a launch takes depends on the bottle and on the warm pool, so no total
+            # is promised: each notification counts one more step.
             nonlocal step
             step += 1
-            await ctx.report_progress(step, 7, message)
+            await ctx.report_progress(step, None, message)
 
         async def launch(approved_digest: str) -> LaunchResult:
-            return await service.launch(plan_id, progress, expect_digest=approved_digest)
+            result = await service.launch(plan_id, progress, expect_digest=approved_digest)
+            await progress(f"bottle {result.bottle_id} is {result.status}")
+            return result
 
         return await launch_approved(ctx, decision, answer, launch)
 
@@ -409,9 +413,12 @@ def register_delegation_tools(mcp: MCPServer[BottleService], service: BottleServ
         """
 
         async def progress(elapsed: float, message: str) -> None:
-            await ctx.report_progress(elapsed, timeout_s or None, message)
+            await ctx.report_progress(min(elapsed, timeout_s), timeout_s or None, message)
 
-        return await delegate.wait_job(job_id, timeout_s=timeout_s, cursor=cursor, progress=progress)
+        result = await delegate.wait_job(job_id, timeout_s=timeout_s, cursor=cursor, progress=progress)
+        if timeout_s:  # the last notification reaches the total it announced, however early the wait ended
+            await ctx.report_progress(timeout_s, timeout_s, f"job {result.job.status}")
+        return result
 
     @mcp.tool(
         title="Cancel a job",
