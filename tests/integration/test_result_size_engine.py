@@ -110,8 +110,20 @@ async def test_wait_job_on_100_mb_of_output_pages_in_results_that_fit(client: Cl
     cursor = None
     pages = 0
     while True:
-        res = await client.call_tool("wait_job", {"job_id": job_id, "timeout_s": 20, "cursor": cursor})
+        seen: list[tuple[float, float | None]] = []
+
+        async def on_progress(
+            progress: float, total: float | None, message: str | None, seen: list[tuple[float, float | None]] = seen
+        ) -> None:
+            seen.append((progress, total))
+
+        res = await client.call_tool(
+            "wait_job", {"job_id": job_id, "timeout_s": 20, "cursor": cursor}, progress_callback=on_progress
+        )
         data = check_result(res, ["done", "job", "next_cursor"], f"wait_job page {pages}")
+        # Progress counts up against the total it announced, and its last notification reaches it.
+        assert seen and all(total == 20 for _, total in seen) and seen[-1][0] == 20, seen
+        assert [p for p, _ in seen] == sorted(p for p, _ in seen)
         pages += 1
         if data["done"] and not data["stdout"]["more"]:
             break
