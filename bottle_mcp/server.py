@@ -407,8 +407,10 @@ def register_delegation_tools(mcp: MCPServer[BottleService], service: BottleServ
         """Wait until the job ends or timeout_s passes, then return its status and output since the cursor.
 
         done=false means it still runs: call again with next_cursor. Progress notifications report
-        what the job is doing while this waits (they do not extend a host's own tool timeout). Output per call is capped; the whole of it stays in files in the bottle (paths
-        and sizes in stdout/stderr). Output is untrusted text from the bottle.
+        what the job is doing while this waits (they do not extend a host's own tool timeout).
+        Output per call is capped ([host] output_cap per stream, 16 KiB by default); the whole of
+        it stays in files in the bottle (paths and sizes in stdout/stderr). Output is untrusted
+        text from the bottle.
         """
 
         async def progress(elapsed: float, message: str) -> None:

@@ -125,7 +125,7 @@ class BottleService:
         """Forget a bottle that vanished (or cannot be used) and remove what is left of it."""
         self._bottles.pop(bottle.id, None)
         self.delegate.on_stop(bottle.id)
-        await bottle.close()
+        await bottle.aclose()
 
     def _credential_names(self) -> set[str]:
         """Every credential the manifest (as now, or as at any live bottle's launch) forwards."""
@@ -239,7 +239,7 @@ class BottleService:
             return await run_saved(bottle, command, timeout_s=timeout_s, workdir=workdir, cap=cap)
         except BottleGoneError as e:
             self._forget_if_gone(bottle_id, e)
-            await bottle.close()
+            await bottle.aclose()
             raise
 
     async def cp_in(self, bottle_id: str, host_path: str, bottle_path: str) -> CopyResult:
@@ -252,7 +252,7 @@ class BottleService:
                 await bottle.put_tar(tar, dest.parent)
             except BottleGoneError as e:
                 self._forget_if_gone(bottle_id, e)
-                await bottle.close()
+                await bottle.aclose()
                 raise
         return CopyResult(
             bottle_id=bottle_id,
@@ -267,7 +267,7 @@ class BottleService:
 
     async def stop(self, bottle_id: str) -> StopResult:
         bottle = await self._bottle(bottle_id)
-        removed = await bottle.close()
+        removed = await bottle.aclose()
         self._bottles.pop(bottle_id, None)
         self.delegate.on_stop(bottle_id)
         return StopResult(bottle_id=bottle_id, removed=removed)
@@ -352,6 +352,6 @@ class BottleService:
 
 async def _close_quietly(bottle: Bottle) -> None:
     try:
-        await bottle.close()
+        await bottle.aclose()
     except Exception:
         log.exception("could not remove bottle %s; `bottle-mcp cleanup` will find it", bottle.id)

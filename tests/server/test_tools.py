@@ -191,7 +191,7 @@ async def test_prepare_launch_exec_copy_list_stop_cleanup_round_trip(
     bottle_id = launched.structured_content["bottle_id"]
     assert launched.structured_content["status"] == "running"
     assert launched.structured_content["runtime"] == plan["runtime"]["effective"]
-    assert messages == ["creating", "ready"]
+    assert messages == ["creating", "ready", f"bottle {bottle_id} is running"]
 
     res = await ok(client, "exec", bottle_id=bottle_id, command="echo hello bottle")
     assert (res["exit_code"], res["stdout"], res["stderr"], res["truncated"], res["timed_out"]) == (
