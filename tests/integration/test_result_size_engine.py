@@ -6,6 +6,7 @@ the tail, and the whole output really is in the bottle at the path the result na
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -134,3 +135,67 @@ async def test_wait_job_on_100_mb_of_output_pages_in_results_that_fit(client: Cl
     assert data["stdout"]["dropped_bytes"] == 68 * MB
     listed = await client.call_tool("list_jobs", {"bottle_id": bid})
     check_result(listed, ["total", "next_cursor"], "list_jobs")
+    # A 1 MB prompt and a 128 KiB command come back as short job descriptions; cancelling one fits too.
+    agent = await client.call_tool("run_agent", {"bottle_id": bid, "prompt": "p" * 1_000_000})
+    check_result(agent, ["job_id", "status"], "run_agent")
+    long = await _exec(client, bid, "sleep 60 # " + "c" * 131_000, background=True)
+    cancelled = await client.call_tool("cancel_job", {"job_id": long["job"]["job_id"]})
+    assert check_result(cancelled, ["job", "processes_left"], "cancel_job")["job"]["status"] == "cancelled"
+
+
+async def test_diff_and_fetch_branch_of_a_huge_change_fit(
+    write_manifest: ManifestFactory, worker_image: str, tmp_path: Path
+) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    (repo / "notes.txt").write_text("start\n")
+    for args in (["init", "-q", "-b", "main"], ["add", "notes.txt"], ["commit", "-qm", "start"]):
+        subprocess.run([*git, *args], check=True, capture_output=True)  # noqa: ASYNC221 - set-up, before serving
+    manifest = write_manifest(
+        f"""
+        [host]
+        approve = "never"
+
+        [bottles.offline]
+        image = "{worker_image}"
+
+        [bottles.offline.resources]
+        memory = "512m"
+        tmp_size = "128m"
+
+        [agents.worker]
+        bottle = "offline"
+        command = ["true"]
+        """
+    )
+    service = BottleService(
+        ServiceConfig(manifest_path=manifest, cwd=repo, host_roots=[repo]), DockerBackend(Instance.current())
+    )
+    async with Client(build_server(service)) as client:
+        plan = await client.call_tool("prepare_bottle", {"agent": "worker", "copy_cwd": True})
+        plan_id = check_result(plan, ["plan_id"], "prepare")["plan_id"]
+        launched = await client.call_tool("launch_bottle", {"plan_id": plan_id})
+        bid = check_result(launched, ["bottle_id"], "launch")["bottle_id"]
+        change = (
+            "seq 1 3000000 > notes.txt && mkdir -p new && for i in $(seq 1 3000); do : > new/untracked-$i.txt; done"
+            " && git -c user.name=a -c user.email=a@example.com commit -qam \"$(head -c 3000 /dev/zero | tr '\\0' s)\""
+            " && seq 1 1000000 >> notes.txt"
+        )
+        made = await _exec(client, bid, change, timeout_s=300)
+        assert made["exit_code"] == 0, made
+        diff = check_result(
+            await client.call_tool("diff", {"bottle_id": bid}),
+            ["truncated", "diff_bytes", "diff_path", "untracked_count"],
+            "diff",
+        )
+        assert diff["truncated"] is True and diff["diff_bytes"] > 20_000_000 and diff["untracked_count"] == 3000
+        assert diff["diff"].startswith("diff --git") and diff["diff_path"] in diff["diff"]
+        kept = await _exec(client, bid, f"wc -c < {diff['diff_path']}")
+        assert int(kept["stdout"]) == 4 * MB
+        branch = check_result(
+            await client.call_tool("fetch_branch", {"bottle_id": bid, "branch": "from-bottle"}),
+            ["branch", "head"],
+            "fetch_branch",
+        )
+        assert branch["branch"] == "from-bottle" and len(branch["commits"]) == 1
