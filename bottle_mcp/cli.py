@@ -19,7 +19,7 @@ import anyio
 from pydantic import BaseModel
 
 from . import __version__
-from .errors import BottleError
+from .errors import BottleError, InvalidArgumentError
 from .labels import Instance
 
 if TYPE_CHECKING:
@@ -49,10 +49,7 @@ def _add_manifest(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog="bottle-mcp", description="Launch and drive sandboxed sub-agents over MCP (stdio)."
-    )
+def _add_global_options(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--version", action="version", version=f"bottle-mcp {__version__}")
     ap.add_argument("--backend", default=None, help="backend name (default: $BOTTLE_MCP_BACKEND or docker)")
     ap.add_argument(
@@ -73,6 +70,26 @@ def _parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="also append the full log (info and up; debug with -v) to PATH",
     )
+
+
+def _add_approve(sub: Any) -> None:
+    ap_ = sub.add_parser(
+        "approve",
+        help="approve one launch of a plan ahead, by its digest (for hosts that cannot ask, e.g. `claude -p`)",
+    )
+    ap_.add_argument("digest", help="the plan's 'digest' (16 hex digits), from `bottle-mcp plan` or prepare_bottle")
+    ap_.add_argument(
+        "--valid-for",
+        default="1h",
+        help="how long the approval waits for its launch, e.g. 30m, 2h, 1d (default 1h); one launch uses it up",
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="bottle-mcp", description="Launch and drive sandboxed sub-agents over MCP (stdio)."
+    )
+    _add_global_options(ap)
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     s = sub.add_parser("serve", help="run the stdio MCP server")
@@ -150,16 +167,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--output-dir", type=Path, default=Path("docs"))
     g.add_argument("--check", action="store_true", help="write nothing; exit 1 if a file is out of date")
 
-    ap_ = sub.add_parser(
-        "approve",
-        help="approve one launch of a plan ahead, by its digest (for hosts that cannot ask, e.g. `claude -p`)",
-    )
-    ap_.add_argument("digest", help="the plan's 'digest' (16 hex digits), from `bottle-mcp plan` or prepare_bottle")
-    ap_.add_argument(
-        "--valid-for",
-        default="1h",
-        help="how long the approval waits for its launch, e.g. 30m, 2h, 1d (default 1h); one launch uses it up",
-    )
+    _add_approve(sub)
 
     dr = sub.add_parser("doctor", help="check that the server can work here; say what to fix if not")
     _add_manifest(dr)
@@ -196,7 +204,7 @@ def parse_http_address(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     host = host.strip("[]")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise BottleError(f"--http {value!r}: write it as ADDRESS:PORT, e.g. 127.0.0.1:8765")
+        raise InvalidArgumentError(f"--http {value!r}: write it as ADDRESS:PORT, e.g. 127.0.0.1:8765")
     if host == "localhost":
         host = "127.0.0.1"
     try:
@@ -204,7 +212,7 @@ def parse_http_address(value: str) -> tuple[str, int]:
     except ValueError:
         loopback = False
     if not loopback:
-        raise BottleError(
+        raise InvalidArgumentError(
             f"--http {value!r}: the HTTP transport has no authentication, so it binds only to loopback "
             "addresses (127.0.0.1 or ::1); use stdio for everything else"
         )
@@ -226,7 +234,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         approvals_log=args.approvals_log,
     )
     if args.warm_pool is not None and not 0 <= args.warm_pool <= 64:
-        raise BottleError(f"--warm-pool {args.warm_pool}: give a number of spares from 0 to 64")
+        raise InvalidArgumentError(f"--warm-pool {args.warm_pool}: give a number of spares from 0 to 64")
     service = BottleService(config, _instance_backend(args))
     log = logging.getLogger("bottle_mcp")
     log.info(
@@ -466,7 +474,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     written = False
     if not args.print_only:
         if path.exists() and not args.force:
-            raise BottleError(
+            raise InvalidArgumentError(
                 f"{str(path)!r} already exists; pass --force to overwrite it, or --print-only to print the "
                 "registration for it"
             )

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
+from .frozen import Frozen
 from .labels import Liveness
 from .manifest import LoadedManifest
 from .results import JobInfo
@@ -29,17 +30,13 @@ class BottleSpec:
     cwd: Path = Path()
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-
-class RuntimePlan(_Frozen):
+class RuntimePlan(Frozen):
     requested: Literal["auto", "runc", "runsc"]
     effective: str = Field(description="The runtime that will really run the bottle.")
     reason: str
 
 
-class MountPlan(_Frozen):
+class MountPlan(Frozen):
     target: str
     kind: Literal["tmpfs", "volume", "bind"]
     read_only: bool
@@ -47,7 +44,7 @@ class MountPlan(_Frozen):
     purpose: str
 
 
-class NetworkPlan(_Frozen):
+class NetworkPlan(Frozen):
     mode: Literal["none", "egress"]
     egress_allow: list[str] = Field(default_factory=list)
     effective: Literal["none", "egress-proxy"] = Field(description="What the bottle will really get.")
@@ -62,7 +59,7 @@ class NetworkPlan(_Frozen):
     proxy: str = Field("", description="How the proxy is reached from inside the bottle.")
 
 
-class EgressDecision(_Frozen):
+class EgressDecision(Frozen):
     time: str
     action: Literal["allow", "deny"]
     kind: str = Field(description="CONNECT, HTTP, HTTPS (a request inside an intercepted tunnel), connect, tunnel.")
@@ -79,7 +76,7 @@ class EgressDecision(_Frozen):
         return None if v is None else clip(v, 500, "text")
 
 
-class EgressLog(_Frozen):
+class EgressLog(Frozen):
     bottle_id: str
     total: int = Field(description="Decisions recorded in all (the list holds one page of them).")
     first: int = Field(0, description="Index of the first decision listed (0 is the oldest recorded).")
@@ -88,7 +85,7 @@ class EgressLog(_Frozen):
     decisions: list[EgressDecision] = Field(description="Oldest first; by default the latest `limit`.")
 
 
-class GatePlan(_Frozen):
+class GatePlan(Frozen):
     """How the bottle reaches its git and ssh entries: only through its gate sidecar."""
 
     image: str
@@ -98,7 +95,7 @@ class GatePlan(_Frozen):
     scanner: str = Field(description="What scans pushed commits before they may leave.")
 
 
-class GateEvent(_Frozen):
+class GateEvent(Frozen):
     time: str
     kind: Literal["fetch", "hostkey", "pushed", "refused", "upstream-failed", "error"]
     remote: str
@@ -119,7 +116,7 @@ class GateEvent(_Frozen):
         return clip_list([clip(x, 300, "text") for x in v], 3000, "entries")[0]
 
 
-class GateLog(_Frozen):
+class GateLog(Frozen):
     bottle_id: str
     total: int = Field(description="Events recorded in all (the list holds one page of them).")
     first: int = Field(0, description="Index of the first event listed (0 is the oldest recorded).")
@@ -129,7 +126,7 @@ class GateLog(_Frozen):
     events: list[GateEvent] = Field(description="Oldest first; by default the latest `limit`.")
 
 
-class ResourcePlan(_Frozen):
+class ResourcePlan(Frozen):
     cpus: float
     memory: str
     memory_bytes: int
@@ -138,14 +135,14 @@ class ResourcePlan(_Frozen):
     home_size: str
 
 
-class PromptPlan(_Frozen):
+class PromptPlan(Frozen):
     source: str = Field(description="'inline' or the host file it comes from.")
     bytes: int
     sha256: str
     bottle_path: str
 
 
-class SkillPlan(_Frozen):
+class SkillPlan(Frozen):
     name: str
     host_path: str
     bottle_path: str
@@ -153,12 +150,12 @@ class SkillPlan(_Frozen):
     bytes: int
 
 
-class CredentialPlan(_Frozen):
+class CredentialPlan(Frozen):
     name: str
     present: bool = Field(description="Whether the server's environment has it now (the value is never shown).")
 
 
-class SshPlan(_Frozen):
+class SshPlan(Frozen):
     host: str
     hostname: str
     port: int
@@ -167,21 +164,21 @@ class SshPlan(_Frozen):
     host_key_pinned: bool
 
 
-class GitPlan(_Frozen):
+class GitPlan(Frozen):
     name: str
     upstream: str
     identity_file: str
     host_key_pinned: bool
 
 
-class CopyCwdPlan(_Frozen):
+class CopyCwdPlan(Frozen):
     host_repo: str = Field(description="Host repository whose .git is copied in.")
     bottle_path: str
     files: int
     bytes: int
 
 
-class BottlePlan(_Frozen):
+class BottlePlan(Frozen):
     """Everything a careful reviewer needs before a bottle starts."""
 
     plan_id: str
@@ -226,7 +223,7 @@ class BottlePlan(_Frozen):
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-class BottleInfo(_Frozen):
+class BottleInfo(Frozen):
     bottle_id: str
     agent: str
     bottle: str
@@ -239,7 +236,7 @@ class BottleInfo(_Frozen):
     instance: str
 
 
-class LaunchResult(_Frozen):
+class LaunchResult(Frozen):
     bottle_id: str
     status: str
     runtime: str
@@ -250,7 +247,7 @@ class LaunchResult(_Frozen):
     provisioned: list[str] = Field(description="What was copied in at launch.")
 
 
-class ExecResult(_Frozen):
+class ExecResult(Frozen):
     """Status first, output last: a host that shows only the start of a long result still shows the facts."""
 
     exit_code: int | None = Field(description="The command's exit status; null when it was killed on timeout.")
@@ -289,7 +286,7 @@ class ExecResult(_Frozen):
         )
 
 
-class CopyResult(_Frozen):
+class CopyResult(Frozen):
     bottle_id: str
     host_path: str
     bottle_path: str
@@ -300,7 +297,7 @@ class CopyResult(_Frozen):
     duration_ms: int
 
 
-class StopResult(_Frozen):
+class StopResult(Frozen):
     bottle_id: str
     removed: list[str]
 
@@ -308,7 +305,7 @@ class StopResult(_Frozen):
 ResourceKind = Literal["container", "volume", "network"]
 
 
-class CleanupItem(_Frozen):
+class CleanupItem(Frozen):
     kind: ResourceKind
     id: str
     name: str
@@ -317,7 +314,7 @@ class CleanupItem(_Frozen):
     instance: str
 
 
-class CleanupPlan(_Frozen):
+class CleanupPlan(Frozen):
     remove: list[CleanupItem] = Field(description="Resources whose server is gone.")
     keep: list[CleanupItem] = Field(description="Resources of live servers, or of unknown hosts; left alone.")
 
@@ -326,12 +323,12 @@ class CleanupPlan(_Frozen):
         return not self.remove
 
 
-class CleanupFailure(_Frozen):
+class CleanupFailure(Frozen):
     item: CleanupItem
     error: str
 
 
-class CleanupReport(_Frozen):
+class CleanupReport(Frozen):
     dry_run: bool
     summary: str = Field("", description="How many items were removed, kept and failed (the lists may be cut).")
     removed: list[CleanupItem]

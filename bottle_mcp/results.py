@@ -8,19 +8,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
+from .frozen import Frozen
 from .textfit import clip, clip_list
 
 JobStatus = Literal["running", "exited", "timed_out", "cancelled", "lost", "bottle_gone"]
 JobKind = Literal["agent", "exec"]
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-
-class AgentResult(_Frozen):
+class AgentResult(Frozen):
     """What an agent printing Claude Code's json / stream-json output reported at the end."""
 
     final_answer: str | None = Field(
@@ -40,7 +37,7 @@ class AgentResult(_Frozen):
         return None if v is None else clip(v, 3000, "final answer")
 
 
-class JobInfo(_Frozen):
+class JobInfo(Frozen):
     job_id: str
     status: JobStatus = Field(
         description="running; exited (see exit_code); timed_out or cancelled (its processes were killed); "
@@ -63,7 +60,7 @@ class JobInfo(_Frozen):
         return [clip(w, 1000, "command") for w in v[:64]]
 
 
-class JobOutput(_Frozen):
+class JobOutput(Frozen):
     """One stream of a job: the slice returned now and where the whole of it lives."""
 
     bytes_total: int = Field(description="Bytes of this stream kept so far in the bottle.")
@@ -73,7 +70,7 @@ class JobOutput(_Frozen):
     text: str = Field(description="Output from the cursor on, at most the output cap.")
 
 
-class JobResult(_Frozen):
+class JobResult(Frozen):
     done: bool = Field(description="False while the job runs: call wait_job again with next_cursor.")
     job: JobInfo
     waited_ms: int
@@ -87,19 +84,19 @@ class JobResult(_Frozen):
     stderr: JobOutput
 
 
-class JobList(_Frozen):
+class JobList(Frozen):
     total: int = Field(description="Jobs of this bottle in all.")
     next_cursor: str | None = Field(description="Pass it as cursor to list the next page; null on the last page.")
     jobs: list[JobInfo]
 
 
-class CancelResult(_Frozen):
+class CancelResult(Frozen):
     job: JobInfo
     processes_left: int = Field(description="Processes of the job still alive in the bottle after the kill (0).")
     notes: list[str] = Field(default_factory=list)
 
 
-class CopyOutResult(_Frozen):
+class CopyOutResult(Frozen):
     bottle_id: str
     files: int
     directories: int
@@ -116,7 +113,7 @@ class CopyOutResult(_Frozen):
         return clip_list([clip(p, 600, "path") for p in v], 8000, "paths")[0]
 
 
-class CommitInfo(_Frozen):
+class CommitInfo(Frozen):
     sha: str
     subject: str = Field(description="First line of the message (untrusted text from the bottle; long ones cut).")
 
@@ -126,7 +123,7 @@ class CommitInfo(_Frozen):
         return clip(v, 200, "subject")
 
 
-class BranchResult(_Frozen):
+class BranchResult(Frozen):
     branch: str | None = Field(description="The host branch created; null when there was nothing to bring back.")
     bottle_id: str
     host_repo: str
@@ -156,7 +153,7 @@ class BranchResult(_Frozen):
         return out
 
 
-class DiffResult(_Frozen):
+class DiffResult(Frozen):
     bottle_id: str
     start: str | None
     head: str | None

@@ -16,7 +16,6 @@ import shlex
 import tarfile
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import IO
 
@@ -127,48 +126,50 @@ class FakeBottle:
         self, command: str, *, timeout_s: float, workdir: str | None
     ) -> tuple[bytes, bytes, int, bool]:
         """The few shell words the fake understands; a trailing `>&2` sends stdout to stderr."""
-        out, err, code, timed_out = b"", b"", 0, False
         try:
             words = shlex.split(command)
         except ValueError as e:
-            words, err, code = [], f"sh: syntax error: {e}\n".encode(), 2
+            return b"", f"sh: syntax error: {e}\n".encode(), 2, False
         to_stderr = bool(words) and words[-1] == ">&2"
         if to_stderr:
             words = words[:-1]
-        if words:
-            head, args = words[0], words[1:]
-            if head == "echo":
-                out = (" ".join(args) + "\n").encode()
-            elif head == "printf":
-                out = (args[0] if args else "").encode().decode("unicode_escape").encode("latin-1")
-            elif head == "cat" and args:
-                if args[0] in self.files:
-                    out = self.files[args[0]]
-                else:
-                    err, code = f"cat: {args[0]}: No such file or directory\n".encode(), 1
-            elif head == "head" and len(args) == 3 and args[0] == "-c" and args[1].isdigit():
-                n = int(args[1])
-                if args[2] == "/dev/zero":
-                    out = bytes(n)
-                elif args[2] == "/dev/urandom":
-                    out = (secrets.token_bytes(min(n, 4096)) * (n // 4096 + 1))[:n]
-                else:
-                    out = self.files.get(args[2], b"")[:n]
-            elif head == "sleep":
-                with anyio.move_on_after(timeout_s) as scope:
-                    await anyio.sleep(float(args[0]) if args else 0)
-                timed_out = scope.cancelled_caught
-            elif head == "exit":
-                code = int(args[0]) if args else 0
-            elif head == "yes":
-                out = b"y\n" * (32 * 1024)
-            elif head == "pwd":
-                out = f"{workdir or '/workspace'}\n".encode()
-            else:
-                err, code = f"sh: {head}: not found\n".encode(), 127
+        out, err, code, timed_out = b"", b"", 0, False
+        if words and words[0] == "sleep":
+            with anyio.move_on_after(timeout_s) as scope:
+                await anyio.sleep(float(words[1]) if len(words) > 1 else 0)
+            timed_out = scope.cancelled_caught
+        elif words:
+            out, err, code = self._word(words[0], words[1:], workdir)
         if to_stderr:
             out, err = b"", err + out
         return out, err, code, timed_out
+
+    def _word(self, head: str, args: list[str], workdir: str | None) -> tuple[bytes, bytes, int]:
+        """stdout, stderr and exit status of one of the fake's commands (all but sleep)."""
+        if head == "echo":
+            return (" ".join(args) + "\n").encode(), b"", 0
+        if head == "printf":
+            return (args[0] if args else "").encode().decode("unicode_escape").encode("latin-1"), b"", 0
+        if head == "cat" and args:
+            if args[0] in self.files:
+                return self.files[args[0]], b"", 0
+            return b"", f"cat: {args[0]}: No such file or directory\n".encode(), 1
+        if head == "head" and len(args) == 3 and args[0] == "-c" and args[1].isdigit():
+            return self._head_c(int(args[1]), args[2]), b"", 0
+        if head == "exit":
+            return b"", b"", int(args[0]) if args else 0
+        if head == "yes":
+            return b"y\n" * (32 * 1024), b"", 0
+        if head == "pwd":
+            return f"{workdir or '/workspace'}\n".encode(), b"", 0
+        return b"", f"sh: {head}: not found\n".encode(), 127
+
+    def _head_c(self, n: int, source: str) -> bytes:
+        if source == "/dev/zero":
+            return bytes(n)
+        if source == "/dev/urandom":
+            return (secrets.token_bytes(min(n, 4096)) * (n // 4096 + 1))[:n]
+        return self.files.get(source, b"")[:n]
 
     async def _saved_exec(
         self, command: str, *, timeout_s: float, workdir: str | None
@@ -279,7 +280,7 @@ class FakeBackend(Backend):
         if plan.image in self.world.missing_images:
             raise ImageMissingError(plan.image, "build it first")
         bottle_id = f"b-{secrets.token_hex(4)}"
-        created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        created = L.utc_stamp()
         extra = {L.BOTTLE: bottle_id, L.AGENT: plan.agent, L.BOTTLE_DEF: plan.bottle, L.CREATED: created}
         await progress("creating")
         cid = f"c-{secrets.token_hex(6)}"
