@@ -152,7 +152,6 @@ def test_claude_code_drives_a_bottle_end_to_end_and_leaves_nothing(
     assert record["exit_code"] == 0, record["stderr"][-3000:] + record["stdout"][-3000:]
     turns = {t["step"]: t for t in record["turns"]}
     assert set(turns) >= set(range(len(SCRIPT) + 1)), sorted(turns)
-    assert "mcp__bottles__exec" in turns[len(SCRIPT)]["tools"], "the host did not offer the server's tools"
 
     def sent(step: int) -> tuple[bool, str]:
         """What the model was sent after the tool call of `step`."""
