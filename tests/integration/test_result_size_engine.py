@@ -15,6 +15,7 @@ import pytest
 from mcp import Client
 
 from bottle_mcp.backends.docker import DockerBackend
+from bottle_mcp.backends.docker.bottle import DockerBottle
 from bottle_mcp.labels import Instance
 from bottle_mcp.server import build_server
 from bottle_mcp.service import BottleService, ServiceConfig
@@ -199,3 +200,22 @@ async def test_diff_and_fetch_branch_of_a_huge_change_fit(
             "fetch_branch",
         )
         assert branch["branch"] == "from-bottle" and len(branch["commits"]) == 1
+
+
+async def test_without_the_exec_channel_a_shell_wrapper_keeps_the_output_the_same_way(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The slow way (images without python3 for the channel): fifos, head -c, dd and tail in the bottle."""
+
+    async def no_channel(self: DockerBottle, *args: object, **kwargs: object) -> None:
+        return None
+
+    monkeypatch.setattr(DockerBottle, "exec_kept", no_channel)
+    bid = await _bottle(client)
+    res = await _exec(client, bid, "seq 1 3000000; echo THE-END; echo oops >&2; exit 3")
+    assert (res["exit_code"], res["stderr"], res["truncated"]) == (3, "oops\n", True)
+    assert res["stdout"].startswith("1\n2\n") and res["stdout"].endswith("3000000\nTHE-END\n")
+    sizes = await _exec(client, bid, f"wc -c < {res['stdout_path']}; tail -c 8 {res['stdout_path']}.tail")
+    assert sizes["stdout"] == f"{4 * MB}\nTHE-END\n"
+    killed = await _exec(client, bid, "seq 1 300000; echo LAST; sleep 60", timeout_s=3)
+    assert killed["timed_out"] is True and killed["stdout"].endswith("LAST\n")
