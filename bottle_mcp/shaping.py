@@ -7,11 +7,14 @@ characters as JSON, its status fields come first and the bulky text last (a prev
 the facts), and big output is cut in the middle, keeping its head and its tail, with a marker
 that says how much was cut and where all of it is kept in the bottle.
 
-Foreground `exec` output is written to files in the bottle (under EXEC_ROOT, a folder of the
-bottle's /tmp tmpfs, so bounded by its size) by a small shell wrapper; the newest KEEP_RUNS
-runs are kept, each stream up to KEEP_BYTES plus its last bytes. The wrapper then prints the
-head and the tail the caller asked for, base64-encoded behind a per-call nonce, so that the
-output of the command itself can never be mistaken for the wrapper's report.
+Foreground `exec` (and `diff`) output is written to files in the bottle, under EXEC_ROOT (a
+folder of the bottle's /tmp tmpfs, so bounded by its size): the newest KEEP_RUNS runs are kept,
+each stream up to KEEP_BYTES plus its last bytes. The fast way is the bottle's exec channel: its
+supervisor keeps the files as the output streams and sends only the head and the tail (see
+data/supervisor.py, `keep`), at no extra process in the bottle. Without a channel a shell
+wrapper does the same with fifos, `head -c`, `dd` and `tail`, then prints the head and the tail
+base64-encoded behind a per-call nonce, so that the command's own output can never be mistaken
+for the wrapper's report (about 20 processes: slow under gVisor, but only a fallback).
 """
 
 from __future__ import annotations
@@ -37,7 +40,6 @@ from .textfit import fit, json_chars
 
 RESULT_CHAR_LIMIT = 40_000  # what a result may reach as JSON text (hosts pass ~50,000 whole)
 TEXT_BUDGET = 33_000  # characters of output text in one result, all streams together
-DEFAULT_OUTPUT_CAP = 16 * 1024  # per stream and call, unless the manifest or the call says otherwise
 EXEC_ROOT = PurePosixPath("/tmp/bottle-mcp-exec")
 KEEP_BYTES = 4 * 1024**2  # of each stream of one exec, kept in the bottle (its tail is kept too)
 KEEP_RUNS = 8  # newest exec outputs kept in the bottle
