@@ -57,7 +57,7 @@ class JobInfo(Frozen):
     @field_validator("command")
     @classmethod
     def _short_words(cls, v: list[str]) -> list[str]:
-        return [clip(w, 1000, "command") for w in v[:64]]
+        return clip_list([clip(w, 1000, "command") for w in v], 3000, "words")[0]
 
 
 class JobOutput(Frozen):
