@@ -12,6 +12,7 @@ import pytest
 
 from bottle_mcp import labels as L
 from bottle_mcp.backends.docker import DockerBackend
+from bottle_mcp.backends.docker.mould import pids_cgroup_limit
 from bottle_mcp.errors import (
     BottleGoneError,
     BottleNotFoundError,
@@ -54,7 +55,12 @@ async def test_bottle_is_hardened_as_the_plan_says(service: BottleService, docke
     assert {"no-new-privileges:true", "no-new-privileges"} & set(hc["SecurityOpt"])  # Podman drops ":true"
     assert hc["ReadonlyRootfs"] is True
     assert hc["NetworkMode"] == "none"
-    assert hc["PidsLimit"] == 128
+    if launched.runtime == "runsc":
+        # gVisor: the cgroup bounds the sandbox's threads; the bottle's processes are counted inside.
+        assert hc["PidsLimit"] == pids_cgroup_limit("runsc", 128)
+        assert {"Name": "nproc", "Soft": 128, "Hard": 128} in hc["Ulimits"]
+    else:
+        assert hc["PidsLimit"] == 128
     assert hc["Memory"] == 256 * 1024**2
     assert hc["Privileged"] is False
     # No host path is mounted (Podman lists the named workspace volume among its binds).
