@@ -19,7 +19,7 @@ import anyio
 from pydantic import BaseModel
 
 from . import __version__
-from .errors import BottleError
+from .errors import BottleError, InvalidArgumentError
 from .labels import Instance
 
 if TYPE_CHECKING:
@@ -49,10 +49,25 @@ def _add_manifest(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog="bottle-mcp", description="Launch and drive sandboxed sub-agents over MCP (stdio)."
+def _add_http_options(s: argparse.ArgumentParser) -> None:
+    s.add_argument(
+        "--http",
+        metavar="127.0.0.1:PORT",
+        default=None,
+        help="serve the same tools over Streamable HTTP at http://ADDR:PORT/mcp instead of stdio (loopback "
+        "addresses only); every request needs a bearer token, made at start and printed unless given",
     )
+    s.add_argument(
+        "--http-token-file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="read the HTTP transport's bearer token from FILE (default: $BOTTLE_MCP_HTTP_TOKEN, else a new "
+        "random token printed on stderr at start)",
+    )
+
+
+def _add_global_options(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--version", action="version", version=f"bottle-mcp {__version__}")
     ap.add_argument("--backend", default=None, help="backend name (default: $BOTTLE_MCP_BACKEND or docker)")
     ap.add_argument(
@@ -60,7 +75,39 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="Docker context to use (beats $DOCKER_HOST and $DOCKER_CONTEXT, as with the docker CLI)",
     )
-    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
+    ap.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log what the server does (info and debug) on stderr; without it only warnings and errors appear there",
+    )
+    ap.add_argument(
+        "--log-file",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="also append the full log (info and up; debug with -v) to PATH",
+    )
+
+
+def _add_approve(sub: Any) -> None:
+    ap_ = sub.add_parser(
+        "approve",
+        help="approve one launch of a plan ahead, by its digest (for hosts that cannot ask, e.g. `claude -p`)",
+    )
+    ap_.add_argument("digest", help="the plan's 'digest' (16 hex digits), from `bottle-mcp plan` or prepare_bottle")
+    ap_.add_argument(
+        "--valid-for",
+        default="1h",
+        help="how long the approval waits for its launch, e.g. 30m, 2h, 1d (default 1h); one launch uses it up",
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="bottle-mcp", description="Launch and drive sandboxed sub-agents over MCP (stdio)."
+    )
+    _add_global_options(ap)
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     s = sub.add_parser("serve", help="run the stdio MCP server")
@@ -87,13 +134,7 @@ def _parser() -> argparse.ArgumentParser:
         help="JSON-lines file recording approval decisions (default: $BOTTLE_MCP_APPROVALS_LOG, else "
         "$XDG_STATE_HOME/bottle-mcp/approvals.jsonl, else ~/.local/state/bottle-mcp/approvals.jsonl)",
     )
-    s.add_argument(
-        "--http",
-        metavar="127.0.0.1:PORT",
-        default=None,
-        help="serve the same tools over Streamable HTTP at http://ADDR:PORT/mcp instead of stdio "
-        "(loopback addresses only: there is no authentication)",
-    )
+    _add_http_options(s)
     s.add_argument(
         "--warm-pool",
         type=int,
@@ -138,6 +179,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--output-dir", type=Path, default=Path("docs"))
     g.add_argument("--check", action="store_true", help="write nothing; exit 1 if a file is out of date")
 
+    _add_approve(sub)
+
     dr = sub.add_parser("doctor", help="check that the server can work here; say what to fix if not")
     _add_manifest(dr)
     dr.add_argument("--host-root", action="append", type=Path, default=None, help="as for serve")
@@ -173,7 +216,7 @@ def parse_http_address(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     host = host.strip("[]")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise BottleError(f"--http {value!r}: write it as ADDRESS:PORT, e.g. 127.0.0.1:8765")
+        raise InvalidArgumentError(f"--http {value!r}: write it as ADDRESS:PORT, e.g. 127.0.0.1:8765")
     if host == "localhost":
         host = "127.0.0.1"
     try:
@@ -181,19 +224,51 @@ def parse_http_address(value: str) -> tuple[str, int]:
     except ValueError:
         loopback = False
     if not loopback:
-        raise BottleError(
-            f"--http {value!r}: the HTTP transport has no authentication, so it binds only to loopback "
-            "addresses (127.0.0.1 or ::1); use stdio for everything else"
+        raise InvalidArgumentError(
+            f"--http {value!r}: the HTTP transport binds only to loopback addresses (127.0.0.1 or ::1); "
+            "use stdio for everything else"
         )
     return host, int(port)
 
 
+def _http_token(args: argparse.Namespace) -> tuple[str, bool]:
+    """The bearer token: from --http-token-file, else $BOTTLE_MCP_HTTP_TOKEN, else a new one (made=True)."""
+    from .httpguard import TOKEN_ENV, check_token, new_token
+
+    if args.http_token_file is not None:
+        try:
+            text = args.http_token_file.read_text().strip()
+        except OSError as e:
+            raise InvalidArgumentError(f"--http-token-file {str(args.http_token_file)!r}: {e.strerror}") from None
+        return check_token(text, f"--http-token-file {str(args.http_token_file)!r}"), False
+    if os.environ.get(TOKEN_ENV):
+        return check_token(os.environ[TOKEN_ENV].strip(), f"${TOKEN_ENV}"), False
+    return new_token(), True
+
+
+async def _serve_http(mcp: Any, host: str, port: int, token: str) -> None:
+    import uvicorn
+    from mcp.server.transport_security import TransportSecuritySettings
+
+    from .httpguard import HttpGuard, local_names
+
+    hosts, origins = local_names(host, port)
+    app = mcp.streamable_http_app(
+        host=host,
+        transport_security=TransportSecuritySettings(allowed_hosts=hosts, allowed_origins=origins),
+    )
+    guarded = HttpGuard(app, token=token, hosts=hosts, origins=origins)
+    await uvicorn.Server(uvicorn.Config(guarded, host=host, port=port, log_level="info")).serve()
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    from .logsafe import guard_logging
     from .manifest import parse_size
     from .server import build_server
     from .service import BottleService, ServiceConfig
 
     http = parse_http_address(args.http) if args.http else None
+    token, token_made = _http_token(args) if http is not None else ("", False)
     config = ServiceConfig(
         manifest_path=args.manifest or default_manifest(),
         host_roots=args.host_root,
@@ -203,8 +278,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         approvals_log=args.approvals_log,
     )
     if args.warm_pool is not None and not 0 <= args.warm_pool <= 64:
-        raise BottleError(f"--warm-pool {args.warm_pool}: give a number of spares from 0 to 64")
+        raise InvalidArgumentError(f"--warm-pool {args.warm_pool}: give a number of spares from 0 to 64")
     service = BottleService(config, _instance_backend(args))
+    # From here on, text from bottles may reach the log: redact credentials, escape and clip every record.
+    guard_logging(service.redactor.secrets)
     log = logging.getLogger("bottle_mcp")
     log.info(
         "serving manifest %s as instance %s (backend %s)",
@@ -219,9 +296,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if http is not None:
         host, port = http
-        log.info("serving over Streamable HTTP at http://%s:%d/mcp", host, port)
+        url = f"http://{'[::1]' if host == '::1' else host}:{port}/mcp"
+        log.info("serving over Streamable HTTP at %s (bearer token required)", url)
+        if token_made:
+            # For the person configuring the client: stderr, never the log's formatter (it is not a bottle's).
+            print(
+                f"bottle-mcp: every request to {url} needs the header 'Authorization: Bearer {token}'\n"
+                f"bottle-mcp: e.g. claude mcp add --transport http bottle-mcp {url} "
+                f'--header "Authorization: Bearer {token}"',
+                file=sys.stderr,
+                flush=True,
+            )
         # uvicorn handles SIGINT/SIGTERM; the server's lifespan removes its bottles on the way out.
-        _run(lambda: build_server(service).run_streamable_http_async(host=host, port=port))
+        _run(lambda: _serve_http(build_server(service), host, port, token))
         return 0
 
     async def main() -> None:
@@ -263,8 +350,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
     service = BottleService(ServiceConfig(manifest_path=args.manifest or default_manifest()), _instance_backend(args))
 
     async def main() -> None:
+        from .approval import approval_note
+
         try:
-            _print_json(await service.prepare(args.agent, copy_cwd=args.copy_cwd))
+            plan = await service.prepare(args.agent, copy_cwd=args.copy_cwd)
+            _print_json(plan.model_copy(update={"approval": approval_note(plan, service.manifest, None)}))
         finally:
             await service.backend.aclose()
 
@@ -440,7 +530,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     written = False
     if not args.print_only:
         if path.exists() and not args.force:
-            raise BottleError(
+            raise InvalidArgumentError(
                 f"{str(path)!r} already exists; pass --force to overwrite it, or --print-only to print the "
                 "registration for it"
             )
@@ -477,6 +567,25 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
+def cmd_approve(args: argparse.Namespace) -> int:
+    from .preapprove import PreApprovals, preapprovals_path
+
+    m = re.fullmatch(r"([0-9]+)([smhd])", args.valid_for.strip())
+    if m is None or int(m.group(1)) == 0:
+        raise BottleError(f"--valid-for {args.valid_for!r}: write a duration such as 30m, 2h or 1d")
+    seconds = int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+    path = preapprovals_path()
+    try:
+        PreApprovals(path).add(args.digest.strip().lower(), seconds)
+    except ValueError as e:
+        raise BottleError(str(e)) from None
+    print(
+        f"Approved one launch of the plan with digest {args.digest} for the next {args.valid_for} (recorded in "
+        f"{path}). launch_bottle with that plan now launches without asking; the approvals log records it."
+    )
+    return 0
+
+
 def cmd_gen_docs(args: argparse.Namespace) -> int:
     from .docgen import generate
 
@@ -509,7 +618,34 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "doctor": cmd_doctor,
     "init": cmd_init,
     "gen-docs": cmd_gen_docs,
+    "approve": cmd_approve,
 }
+
+
+def setup_logging(*, verbose: bool, log_file: Path | None) -> None:
+    """Warnings and errors on stderr; info and debug only with --verbose, or in --log-file.
+
+    Agent hosts log everything a stdio server writes to stderr as an error (Claude Code does),
+    so a quiet, healthy server writes nothing there.
+    """
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    stderr = logging.StreamHandler(sys.stderr)
+    stderr.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    stderr.setFormatter(fmt)
+    root.addHandler(stderr)
+    level = logging.DEBUG if verbose else logging.INFO if log_file else logging.WARNING
+    if log_file is not None:
+        log_file.expanduser().parent.mkdir(parents=True, exist_ok=True)
+        to_file = logging.FileHandler(log_file.expanduser(), encoding="utf-8")
+        to_file.setLevel(level)
+        to_file.setFormatter(fmt)
+        root.addHandler(to_file)
+    root.setLevel(level)
+    for noisy in ("urllib3", "docker", "mcp", "httpx", "uvicorn"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -517,13 +653,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.context:
         # Read once, when the engine's address is resolved (backends/docker/endpoint.py).
         os.environ[ENV_CONTEXT] = args.context
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    for noisy in ("urllib3", "docker", "mcp", "httpx"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    setup_logging(verbose=args.verbose, log_file=args.log_file)
     try:
         return COMMANDS[args.cmd](args)
     except BottleError as e:

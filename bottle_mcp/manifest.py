@@ -8,6 +8,7 @@ Every problem is reported with the file, the TOML path and a fix.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
 import re
 import tomllib
@@ -59,11 +60,17 @@ def parse_size(value: str | int) -> int:
     return size
 
 
-def format_size(n: int) -> str:
-    for unit, factor in (("g", 1024**3), ("m", 1024**2), ("k", 1024)):
-        if n >= factor and n % factor == 0:
+_FORMAT_UNITS = (("g", "GiB", 1024**3), ("m", "MiB", 1024**2), ("k", "KiB", 1024))
+
+
+def format_size(n: int, *, approx: bool = False) -> str:
+    """A size as the manifest writes it ('512m', exact), or, with `approx`, for reading ('1.5 MiB')."""
+    for unit, long_unit, factor in _FORMAT_UNITS:
+        if approx and n >= factor:
+            return f"{n / factor:.1f} {long_unit}"
+        if not approx and n >= factor and n % factor == 0:
             return f"{n // factor}{unit}"
-    return str(n)
+    return f"{n} B" if approx else str(n)
 
 
 Size = Annotated[str | int, Field(description="A size such as '512m', '2g' or a number of bytes.")]
@@ -144,6 +151,27 @@ def _egress_port(entry: str) -> str:
     return entry
 
 
+_PRIVATE_RULE = re.compile(
+    r"^(?:\[(?P<v6>[0-9a-fA-F:.]+(?:/\d{1,3})?)\]|(?P<v4>[0-9.]+(?:/\d{1,2})?))(?::(?P<port>\d{1,5}))?$"
+)
+
+
+def _private_rule(entry: str) -> str:
+    """'10.20.0.0/16:443', '10.0.0.5', '[fd00::/8]:443' (the proxy parses the same form: egress_addrs.py)."""
+    m = _PRIVATE_RULE.match(entry)
+    how = "write a CIDR with an optional port, e.g. '10.20.0.0/16', '10.20.0.0/16:443' or '[fd00::/8]:443'"
+    if m is None:
+        raise ValueError(f"{entry!r}: {how} (IPv6 in brackets)")
+    try:
+        ipaddress.ip_network(m.group("v6") or m.group("v4"), strict=False)
+    except ValueError as e:
+        raise ValueError(f"{entry!r}: {e}; {how}") from None
+    port = m.group("port")
+    if port is not None and not 1 <= int(port) <= 65535:
+        raise ValueError(f"{entry!r} has port {port}; ports run from 1 to 65535")
+    return entry
+
+
 class Egress(_Strict):
     """Hosts the bottle may reach through the egress proxy (see docs/security.md)."""
 
@@ -165,6 +193,13 @@ class Egress(_Strict):
     )
     upstream_ca: str | None = Field(
         None, description="PEM file of an extra CA the proxy trusts for upstream TLS (relative to the manifest)."
+    )
+    allow_private: list[Annotated[str, AfterValidator(_private_rule)]] = Field(
+        default_factory=list,
+        description="Non-public destinations the proxy may connect to (by default it refuses loopback, private, "
+        "link-local, CGNAT, multicast, reserved ranges and every address of the host and the engine's networks): "
+        "CIDRs, each optionally with ':port', IPv6 in brackets, e.g. ['10.20.0.0/16:443', '[fd00::/8]']. "
+        "Names must still be in allow; each entry shows in the plan as an elevation.",
     )
 
 
@@ -340,19 +375,34 @@ class HostSettings(_Strict):
         "a table {path = ..., keep_exec = true}. Empty: the server's start folder.",
     )
     skills_dir: str = Field("~/.claude/skills", description="Where skills live on the host.")
-    output_cap: Size = Field("1m", description="Most bytes of stdout (and of stderr) one exec returns.")
+    output_cap: Size = Field(
+        "16k",
+        description="Bytes of stdout (and of stderr) one exec, wait_job or diff returns by default; more is cut in "
+        "the middle (head and tail kept) and kept whole in the bottle. The default fits what agent hosts pass "
+        "to the model whole.",
+    )
+    output_cap_max: Size = Field(
+        "1m", description="The most a call may ask for with its own output_cap argument (at most 64m)."
+    )
     max_bottles: int = Field(64, ge=1, le=1000, description="Most live bottles per server.")
     approve: ApprovePolicy = Field(
         "elevated",
         description="When a person must approve a launch through the MCP client: 'never', 'always', or "
         "'elevated' (only bottles that grant more than the offline default). `serve --approve` overrides it.",
     )
+    approved_agents: list[Annotated[str, Field(pattern=NAME_PATTERN)]] = Field(
+        default_factory=list,
+        description="Agents whose launches the person approves ahead, here: they launch without a question "
+        "through the client (for hosts that cannot ask, such as `claude -p`). Each launch is still recorded.",
+    )
 
-    @field_validator("output_cap")
+    @field_validator("output_cap", "output_cap_max")
     @classmethod
     def _cap(cls, v: str | int) -> str | int:
         if parse_size(v) > 64 * 1024**2:
-            raise ValueError("output_cap is at most 64m")
+            raise ValueError("output caps are at most 64m")
+        if parse_size(v) < 1024:
+            raise ValueError("output caps are at least 1k")
         return v
 
 
@@ -487,59 +537,73 @@ def _cross_check(lm: LoadedManifest) -> list[tuple[str, str]]:
             )
     for name, bottle in m.bottles.items():
         where = f"bottles.{name}"
-        if bottle.network == "egress" and not (bottle.egress and bottle.egress.allow):
-            problems.append((f"{where}.egress.allow", "network = 'egress' needs at least one allowed host"))
-        if bottle.network == "none" and bottle.egress and bottle.egress.allow:
+        problems += _check_egress(lm, where, bottle)
+        problems += _check_upstreams(lm, where, bottle)
+    return problems
+
+
+def _check_egress(lm: LoadedManifest, where: str, bottle: BottleDef) -> list[tuple[str, str]]:
+    """A bottle's network, egress and build settings against each other and the host's files."""
+    problems: list[tuple[str, str]] = []
+    if bottle.network == "egress" and not (bottle.egress and bottle.egress.allow):
+        problems.append((f"{where}.egress.allow", "network = 'egress' needs at least one allowed host"))
+    if bottle.network == "none" and bottle.egress and bottle.egress.allow:
+        problems.append(
+            (
+                f"{where}.network",
+                "an egress allow-list is declared but network = 'none'; set network = 'egress'",
+            )
+        )
+    if bottle.egress is not None:
+        hosts = {a.split(":")[0] for a in bottle.egress.allow}
+        for i, p in enumerate(bottle.egress.passthrough):
+            if not any(p == h or (h.startswith("*.") and p.endswith(h[1:])) for h in hosts):
+                problems.append((f"{where}.egress.passthrough[{i}]", f"{p!r} is not in egress.allow; add it there"))
+        ca = bottle.egress.upstream_ca
+        if ca is not None and not lm.resolve(ca).is_file():
+            problems.append((f"{where}.egress.upstream_ca", f"file {str(lm.resolve(ca))!r} does not exist"))
+    if bottle.build is not None:
+        ctx = lm.resolve(bottle.build.context)
+        if not (ctx / bottle.build.dockerfile).is_file():
             problems.append(
                 (
-                    f"{where}.network",
-                    "an egress allow-list is declared but network = 'none'; set network = 'egress'",
+                    f"{where}.build.context",
+                    f"no {bottle.build.dockerfile} in {str(ctx)!r}; fix the folder",
                 )
             )
-        if bottle.egress is not None:
-            hosts = {a.split(":")[0] for a in bottle.egress.allow}
-            for i, p in enumerate(bottle.egress.passthrough):
-                if not any(p == h or (h.startswith("*.") and p.endswith(h[1:])) for h in hosts):
-                    problems.append((f"{where}.egress.passthrough[{i}]", f"{p!r} is not in egress.allow; add it there"))
-            ca = bottle.egress.upstream_ca
-            if ca is not None and not lm.resolve(ca).is_file():
-                problems.append((f"{where}.egress.upstream_ca", f"file {str(lm.resolve(ca))!r} does not exist"))
-        if bottle.build is not None:
-            ctx = lm.resolve(bottle.build.context)
-            if not (ctx / bottle.build.dockerfile).is_file():
-                problems.append(
-                    (
-                        f"{where}.build.context",
-                        f"no {bottle.build.dockerfile} in {str(ctx)!r}; fix the folder",
-                    )
+    return problems
+
+
+def _check_upstreams(lm: LoadedManifest, where: str, bottle: BottleDef) -> list[tuple[str, str]]:
+    """A bottle's git and ssh upstreams: unique names, no git upstream reachable around the gate, key files."""
+    problems: list[tuple[str, str]] = []
+    seen: dict[str, int] = {}
+    for i, g in enumerate(bottle.git):
+        if g.name in seen:
+            problems.append(
+                (
+                    f"{where}.git[{i}].name",
+                    f"{g.name!r} is already used by git[{seen[g.name]}]; names are unique",
                 )
-        seen: dict[str, int] = {}
-        for i, g in enumerate(bottle.git):
-            if g.name in seen:
-                problems.append(
-                    (
-                        f"{where}.git[{i}].name",
-                        f"{g.name!r} is already used by git[{seen[g.name]}]; names are unique",
-                    )
+            )
+        seen.setdefault(g.name, i)
+    ssh_targets = {(s.hostname.lower(), s.port): i for i, s in enumerate(bottle.ssh)}
+    for i, g in enumerate(bottle.git):
+        if g.host_port in ssh_targets:
+            host, port = g.host_port
+            problems.append(
+                (
+                    f"{where}.git[{i}].upstream",
+                    f"{host}:{port} is also reachable through ssh[{ssh_targets[g.host_port]}]; an agent could "
+                    "bypass the git gate's checks that way. Remove one of the two entries",
                 )
-            seen.setdefault(g.name, i)
-        ssh_targets = {(s.hostname.lower(), s.port): i for i, s in enumerate(bottle.ssh)}
-        for i, g in enumerate(bottle.git):
-            if g.host_port in ssh_targets:
-                host, port = g.host_port
-                problems.append(
-                    (
-                        f"{where}.git[{i}].upstream",
-                        f"{host}:{port} is also reachable through ssh[{ssh_targets[g.host_port]}]; an agent could "
-                        "bypass the git gate's checks that way. Remove one of the two entries",
-                    )
-                )
-        for kind, i, identity_file in bottle.key_files():
-            key = lm.resolve(identity_file)
-            if not key.is_file():
-                problems.append(
-                    (f"{where}.{kind}[{i}].identity_file", f"key file {str(key)!r} does not exist; fix the path")
-                )
+            )
+    for kind, i, identity_file in bottle.key_files():
+        key = lm.resolve(identity_file)
+        if not key.is_file():
+            problems.append(
+                (f"{where}.{kind}[{i}].identity_file", f"key file {str(key)!r} does not exist; fix the path")
+            )
     return problems
 
 

@@ -11,11 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field, field_validator
 
+from .frozen import Frozen
 from .labels import Liveness
 from .manifest import LoadedManifest
 from .results import JobInfo
+from .textfit import clip, clip_list
 
 
 @dataclass(frozen=True)
@@ -28,17 +30,13 @@ class BottleSpec:
     cwd: Path = Path()
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-
-class RuntimePlan(_Frozen):
+class RuntimePlan(Frozen):
     requested: Literal["auto", "runc", "runsc"]
     effective: str = Field(description="The runtime that will really run the bottle.")
     reason: str
 
 
-class MountPlan(_Frozen):
+class MountPlan(Frozen):
     target: str
     kind: Literal["tmpfs", "volume", "bind"]
     read_only: bool
@@ -46,7 +44,7 @@ class MountPlan(_Frozen):
     purpose: str
 
 
-class NetworkPlan(_Frozen):
+class NetworkPlan(Frozen):
     mode: Literal["none", "egress"]
     egress_allow: list[str] = Field(default_factory=list)
     effective: Literal["none", "egress-proxy"] = Field(description="What the bottle will really get.")
@@ -59,9 +57,14 @@ class NetworkPlan(_Frozen):
         default_factory=dict, description="Where each forwarded credential may go; anywhere else is refused."
     )
     proxy: str = Field("", description="How the proxy is reached from inside the bottle.")
+    allow_private: list[str] = Field(
+        default_factory=list,
+        description="Non-public destinations (CIDR[:port]) the proxy may connect to; every other non-public "
+        "address, and every address of the host and the engine's networks, is refused.",
+    )
 
 
-class EgressDecision(_Frozen):
+class EgressDecision(Frozen):
     time: str
     action: Literal["allow", "deny"]
     kind: str = Field(description="CONNECT, HTTP, HTTPS (a request inside an intercepted tunnel), connect, tunnel.")
@@ -77,17 +80,22 @@ class EgressDecision(_Frozen):
         default_factory=dict, description="Original length of each field that was clipped (the bottle chose it)."
     )
 
+    @field_validator("host", "reason", "method", "path")
+    @classmethod
+    def _short(cls, v: str | None) -> str | None:
+        return None if v is None else clip(v, 500, "text")
 
-class EgressLog(_Frozen):
+
+class EgressLog(Frozen):
     bottle_id: str
+    total: int = Field(description="Decisions recorded in all (the list holds one page of them).")
+    first: int = Field(0, description="Index of the first decision listed (0 is the oldest recorded).")
+    next_cursor: str | None = Field(None, description="Pass it as cursor for the next page; null: nothing newer.")
     allow: list[str] = Field(description="The allow-list in force.")
     decisions: list[EgressDecision] = Field(
-        description="Oldest first: a window of at most `limit` records that fits the output cap (by default the "
-        "latest); allowed decisions one by one, denials aggregated with a count."
+        description="Oldest first; by default the latest `limit` that fit. Allowed decisions one by one, denials "
+        "aggregated per distinct decision with a count."
     )
-    total: int = Field(description="Records held in all (the window may show only some).")
-    cursor: int = Field(0, description="Index of the first record shown.")
-    next_cursor: int | None = Field(None, description="Pass as cursor for the records after these; None at the end.")
     denied: int = Field(0, description="Denied requests in all (each aggregated record counts its repeats).")
     dropped: int = Field(
         0,
@@ -105,7 +113,7 @@ class EgressRecords:
     dropped: int = 0
 
 
-class GatePlan(_Frozen):
+class GatePlan(Frozen):
     """How the bottle reaches its git and ssh entries: only through its gate sidecar."""
 
     image: str
@@ -115,7 +123,7 @@ class GatePlan(_Frozen):
     scanner: str = Field(description="What scans pushed commits before they may leave.")
 
 
-class GateEvent(_Frozen):
+class GateEvent(Frozen):
     time: str
     kind: Literal["fetch", "hostkey", "pushed", "refused", "upstream-failed", "error"]
     remote: str
@@ -128,6 +136,16 @@ class GateEvent(_Frozen):
         default_factory=dict, description="Original length (characters or items) of each field that was clipped."
     )
 
+    @field_validator("detail")
+    @classmethod
+    def _short(cls, v: str) -> str:
+        return clip(v, 1000, "detail")
+
+    @field_validator("refs", "findings")
+    @classmethod
+    def _few(cls, v: list[str]) -> list[str]:
+        return clip_list([clip(x, 300, "text") for x in v], 3000, "entries")[0]
+
 
 @dataclass(frozen=True)
 class GateRecords:
@@ -137,20 +155,18 @@ class GateRecords:
     dropped: int = 0
 
 
-class GateLog(_Frozen):
+class GateLog(Frozen):
     bottle_id: str
+    total: int = Field(description="Events recorded in all (the list holds one page of them).")
+    first: int = Field(0, description="Index of the first event listed (0 is the oldest recorded).")
+    next_cursor: str | None = Field(None, description="Pass it as cursor for the next page; null: nothing newer.")
     git_remotes: dict[str, str] = Field(description="Remote name -> upstream URL.")
     ssh_hosts: dict[str, str] = Field(description="ssh alias -> host:port it reaches.")
-    events: list[GateEvent] = Field(
-        description="Oldest first: a window of at most `limit` events that fits the output cap (by default the latest)."
-    )
-    total: int
-    cursor: int = Field(0, description="Index of the first event shown.")
-    next_cursor: int | None = Field(None, description="Pass as cursor for the events after these; None at the end.")
+    events: list[GateEvent] = Field(description="Oldest first; by default the latest `limit` that fit.")
     dropped: int = Field(0, description="Refused pushes the gate only counted (beyond what its log keeps).")
 
 
-class ResourcePlan(_Frozen):
+class ResourcePlan(Frozen):
     cpus: float
     memory: str
     memory_bytes: int
@@ -163,14 +179,14 @@ class ResourcePlan(_Frozen):
     )
 
 
-class PromptPlan(_Frozen):
+class PromptPlan(Frozen):
     source: str = Field(description="'inline' or the host file it comes from.")
     bytes: int
     sha256: str
     bottle_path: str
 
 
-class SkillPlan(_Frozen):
+class SkillPlan(Frozen):
     name: str
     host_path: str
     bottle_path: str
@@ -178,12 +194,12 @@ class SkillPlan(_Frozen):
     bytes: int
 
 
-class CredentialPlan(_Frozen):
+class CredentialPlan(Frozen):
     name: str
     present: bool = Field(description="Whether the server's environment has it now (the value is never shown).")
 
 
-class SshPlan(_Frozen):
+class SshPlan(Frozen):
     host: str
     hostname: str
     port: int
@@ -192,21 +208,21 @@ class SshPlan(_Frozen):
     host_key_pinned: bool
 
 
-class GitPlan(_Frozen):
+class GitPlan(Frozen):
     name: str
     upstream: str
     identity_file: str
     host_key_pinned: bool
 
 
-class CopyCwdPlan(_Frozen):
+class CopyCwdPlan(Frozen):
     host_repo: str = Field(description="Host repository whose .git is copied in.")
     bottle_path: str
     files: int
     bytes: int
 
 
-class BottlePlan(_Frozen):
+class BottlePlan(Frozen):
     """Everything a careful reviewer needs before a bottle starts."""
 
     plan_id: str
@@ -218,6 +234,10 @@ class BottlePlan(_Frozen):
     manifest_sha256: str
     image: str
     image_present: bool
+    warnings: list[str]
+    approval: str | None = Field(
+        None, description="Whether launching this plan needs a person's approval, and how to give it ahead."
+    )
     runtime: RuntimePlan
     user: str
     home: str
@@ -241,14 +261,13 @@ class BottlePlan(_Frozen):
     git: list[GitPlan]
     copy_cwd: CopyCwdPlan | None
     gates: GatePlan | None = Field(None, description="The gate sidecar of git and ssh entries, if any.")
-    warnings: list[str]
 
     @staticmethod
     def content_digest(payload: str) -> str:
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-class BottleInfo(_Frozen):
+class BottleInfo(Frozen):
     bottle_id: str
     agent: str
     bottle: str
@@ -261,7 +280,7 @@ class BottleInfo(_Frozen):
     instance: str
 
 
-class LaunchResult(_Frozen):
+class LaunchResult(Frozen):
     bottle_id: str
     status: str
     runtime: str
@@ -272,18 +291,27 @@ class LaunchResult(_Frozen):
     provisioned: list[str] = Field(description="What was copied in at launch.")
 
 
-class ExecResult(_Frozen):
+class ExecResult(Frozen):
+    """Status first, output last: a host that shows only the start of a long result still shows the facts."""
+
     exit_code: int | None = Field(description="The command's exit status; null when it was killed on timeout.")
-    stdout: str
-    stderr: str
-    truncated: bool = Field(description="True when stdout or stderr went over the cap; the rest was dropped.")
+    timed_out: bool
+    truncated: bool = Field(
+        description="True when stdout or stderr went over the cap: the middle was cut (head and tail kept) and "
+        "the whole stream is in stdout_path / stderr_path in the bottle."
+    )
     stdout_bytes: int = Field(description="Bytes the command wrote to stdout in all.")
     stderr_bytes: int
     output_cap_bytes: int
-    timed_out: bool
     duration_ms: int
-    notes: list[str] = Field(default_factory=list, description="How the output was made safe, if it was.")
+    stdout_path: str | None = Field(
+        None, description="File in the bottle holding the whole stdout (read it with exec or cp_out)."
+    )
+    stderr_path: str | None = Field(None, description="File in the bottle holding the whole stderr.")
     job: JobInfo | None = Field(None, description="With background=true: the job; follow it with wait_job.")
+    notes: list[str] = Field(default_factory=list, description="How the output was cut or made safe, if it was.")
+    stdout: str
+    stderr: str
 
     @classmethod
     def started_in_background(cls, job: JobInfo) -> ExecResult:
@@ -302,7 +330,7 @@ class ExecResult(_Frozen):
         )
 
 
-class CopyResult(_Frozen):
+class CopyResult(Frozen):
     bottle_id: str
     host_path: str
     bottle_path: str
@@ -313,7 +341,7 @@ class CopyResult(_Frozen):
     duration_ms: int
 
 
-class StopResult(_Frozen):
+class StopResult(Frozen):
     bottle_id: str
     removed: list[str]
 
@@ -321,7 +349,7 @@ class StopResult(_Frozen):
 ResourceKind = Literal["container", "volume", "network"]
 
 
-class CleanupItem(_Frozen):
+class CleanupItem(Frozen):
     kind: ResourceKind
     id: str
     name: str
@@ -330,7 +358,7 @@ class CleanupItem(_Frozen):
     instance: str
 
 
-class CleanupPlan(_Frozen):
+class CleanupPlan(Frozen):
     remove: list[CleanupItem] = Field(description="Resources whose server is gone.")
     keep: list[CleanupItem] = Field(description="Resources of live servers, or of unknown hosts; left alone.")
 
@@ -339,13 +367,14 @@ class CleanupPlan(_Frozen):
         return not self.remove
 
 
-class CleanupFailure(_Frozen):
+class CleanupFailure(Frozen):
     item: CleanupItem
     error: str
 
 
-class CleanupReport(_Frozen):
+class CleanupReport(Frozen):
     dry_run: bool
+    summary: str = Field("", description="How many items were removed, kept and failed (the lists may be cut).")
     removed: list[CleanupItem]
     kept: list[CleanupItem]
     failed: list[CleanupFailure]

@@ -15,6 +15,9 @@ from typing import Any, TypeVar
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult
+from pydantic import ValidationError
+
+from .argerrors import describe
 
 LifespanResultT = TypeVar("LifespanResultT")
 
@@ -63,12 +66,18 @@ class RedactingServer(MCPServer[LifespanResultT]):
         super().__init__(*args, **kwargs)
         self._redactor = redactor
 
+    def redact(self, text: str) -> str:
+        """`text` with every forwarded credential's value replaced by a marker."""
+        return self._redactor.text(text)
+
     async def call_tool(
         self, name: str, arguments: dict[str, Any], context: Context[LifespanResultT, Any] | None = None
     ) -> Any:
         try:
             result = await super().call_tool(name, arguments, context)
         except ToolError as e:
+            if isinstance(e.__cause__, ValidationError):  # bad arguments: say so in sentences
+                e.args = (describe(name, e.__cause__, self._tool_input_schema(name)),)
             e.args = tuple(self._redactor.text(a) if isinstance(a, str) else a for a in e.args)
             raise
         if isinstance(result, CallToolResult) and self._redactor.secrets():

@@ -8,31 +8,74 @@ come back as frames, and a kill request ends its whole session.
 
 Frames, both ways: a 9-byte header (type: u8, request id: u32, payload
 length: u32, big-endian) and the payload. Server to bottle: OPEN (JSON: cmd,
-cwd, env, stdin, cap), STDIN (bytes; empty = end of input), KILL. Bottle to
+cwd, env, stdin, cap, keep), STDIN (bytes; empty = end of input), KILL. Bottle to
 server: HELLO (JSON), STARTED (JSON: pid), STDOUT, STDERR, CREDIT (u32: stdin
 bytes consumed), EXIT (JSON: code, out, err). The server trusts none of it
 beyond this bottle: it bounds, validates and times everything itself.
 
+With `keep` ({dir, bytes, head, tail, runs}), the command's output is also written to
+DIR/stdout and DIR/stderr (their first `bytes`; the last `tail` bytes of a longer stream go to
+FILE.tail), only the first `head` bytes of each stream are streamed, and at the end the last
+`tail` bytes not yet sent follow: the server gets the head and the tail, and the whole stays in
+the bottle. The newest `runs` folders beside DIR are kept, older ones removed.
+
 Standard library only: the bottle's image needs nothing but python3.
+
+Its first act is to make itself not dumpable: the kernel (and gVisor) then
+closes its /proc entries (fd, mem, environ) to the bottle's own user and refuses
+ptrace, so no other process in the bottle can reopen its standard input or
+output to read the server's requests or answer in its place. The hello says
+whether that worked; the server uses no channel whose supervisor is exposed.
+
+gVisor keeps a non-dumpable process's memory and ptrace closed but not its
+/proc/PID/fd, so every frame is also sealed: the server's first frame (KEY,
+sent at launch, before anything of the agent runs) carries a random key, and
+each frame after it, both ways, ends with a 16-byte HMAC-SHA256 tag over its
+direction, its sequence number, header and payload. Bytes that something else
+in the bottle writes into the channel, or frames it takes out of it, break the
+sequence: the side that notices ends the channel. The server's requests (OPEN)
+are also enciphered (XOR with a SHAKE-256 stream keyed by the key and the
+sequence number), so one taken out of the channel reads as noise; input data
+(STDIN) is sealed but not enciphered: it is going into the bottle anyway.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import json
-import os
-import selectors
-import signal
-import struct
-import subprocess
-import sys
-import time
-from typing import IO, Any
+
+def _seal() -> bool:
+    """prctl(PR_SET_DUMPABLE, 0); True when the process is no longer dumpable."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE
+        return int(libc.prctl(3, 0, 0, 0, 0)) == 0  # PR_GET_DUMPABLE
+    except (ImportError, OSError, AttributeError):
+        return False
+
+
+SEALED = _seal()
+
+import contextlib  # noqa: E402 - after the seal, which comes first
+import fcntl  # noqa: E402
+import hashlib  # noqa: E402
+import hmac  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import selectors  # noqa: E402
+import shutil  # noqa: E402
+import signal  # noqa: E402
+import struct  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from typing import IO, Any  # noqa: E402
 
 VERSION = 1
 HEADER = struct.Struct(">BII")
-T_OPEN, T_STDIN, T_KILL = 1, 2, 3
+T_OPEN, T_STDIN, T_KILL, T_KEY = 1, 2, 3, 4
+TAG = 16
+KEY_SIZE = 32
 T_HELLO, T_STARTED, T_STDOUT, T_STDERR, T_EXIT, T_CREDIT = 10, 11, 12, 13, 14, 15
 MAX_IN_FRAME = 8 << 20
 F_SETPIPE_SZ = 1031
@@ -43,11 +86,64 @@ IN_CHUNK = 1 << 20
 DRAIN_S = 0.1
 
 
+class Keeper:
+    """A command's output kept in files in the bottle, and the last bytes of each stream."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.dir = str(spec["dir"])
+        self.limit = max(0, int(spec["bytes"]))
+        self.head = max(0, int(spec["head"]))
+        self.tail = max(0, int(spec["tail"]))
+        self.files: dict[int, IO[bytes] | None] = {T_STDOUT: None, T_STDERR: None}
+        self.written = {T_STDOUT: 0, T_STDERR: 0}
+        self.last = {T_STDOUT: bytearray(), T_STDERR: bytearray()}
+        try:
+            parent = os.path.dirname(self.dir)
+            os.makedirs(parent, mode=0o700, exist_ok=True)
+            os.mkdir(self.dir, 0o700)
+            # Held open while the command runs; closed in close().
+            out = open(self.dir + "/stdout", "wb")  # noqa: SIM115
+            err = open(self.dir + "/stderr", "wb")  # noqa: SIM115
+            self.files = {T_STDOUT: out, T_STDERR: err}
+            runs = sorted(os.scandir(parent), key=lambda e: e.stat().st_mtime, reverse=True)
+            for old in runs[max(1, int(spec.get("runs", 8))) :]:
+                shutil.rmtree(old.path, ignore_errors=True)
+        except OSError:
+            self.close()
+
+    def add(self, kind: int, data: bytes) -> None:
+        f = self.files[kind]
+        room = self.limit - self.written[kind]
+        if f is not None and room > 0:
+            try:
+                f.write(data[:room])
+                self.written[kind] += min(room, len(data))
+            except OSError:  # the tmpfs is full: keep what is there
+                self.files[kind] = None
+        last = self.last[kind]
+        last += data
+        if len(last) > self.tail:
+            del last[: len(last) - self.tail]
+
+    def close(self, totals: dict[int, int] | None = None) -> None:
+        for kind, f in self.files.items():
+            if f is None:
+                continue
+            with contextlib.suppress(OSError):
+                f.close()
+                if totals is not None and totals[kind] > self.written[kind]:
+                    name = "stdout" if kind == T_STDOUT else "stderr"
+                    with open(f"{self.dir}/{name}.tail", "wb") as t:
+                        t.write(self.last[kind])
+        self.files = {T_STDOUT: None, T_STDERR: None}
+
+
 class Command:
-    def __init__(self, rid: int, proc: subprocess.Popen[bytes], cap: int) -> None:
+    def __init__(self, rid: int, proc: subprocess.Popen[bytes], cap: int, keeper: Keeper | None = None) -> None:
         self.rid = rid
         self.proc = proc
         self.cap = cap
+        self.keeper = keeper
         self.sent = {T_STDOUT: 0, T_STDERR: 0}
         self.total = {T_STDOUT: 0, T_STDERR: 0}
         self.open_pipes = 0
@@ -70,9 +166,29 @@ class Supervisor:
         self.sel.register(0, selectors.EVENT_READ, ("in", None))
         self.sel.register(self.wake_r, selectors.EVENT_READ, ("wake", None))
         self.running = True
+        self.key = b""
+        self.seq_in = self.seq_out = 0
+
+    def tag(self, direction: bytes, seq: int, frame: bytes) -> bytes:
+        return hmac.new(self.key, direction + seq.to_bytes(8, "big") + frame, hashlib.sha256).digest()[:TAG]
+
+    def read_key(self) -> None:
+        want = HEADER.size + KEY_SIZE
+        first = b""
+        while len(first) < want:
+            data = os.read(0, want - len(first))
+            if not data:
+                sys.exit("the channel ended before its key")
+            first += data
+        kind, _, size = HEADER.unpack_from(first)
+        if kind != T_KEY or size != KEY_SIZE:
+            sys.exit("the channel did not start with its key")
+        self.key = first[HEADER.size :]
 
     def send(self, kind: int, rid: int, payload: bytes = b"") -> None:
-        data = memoryview(HEADER.pack(kind, rid, len(payload)) + payload)
+        frame = HEADER.pack(kind, rid, len(payload)) + payload
+        data = memoryview(frame + self.tag(b"S", self.seq_out, frame))
+        self.seq_out += 1
         while data:
             data = data[os.write(1, data) :]
 
@@ -91,10 +207,19 @@ class Supervisor:
             kind, rid, size = HEADER.unpack_from(self.inbuf)
             if size > MAX_IN_FRAME:
                 sys.exit("frame too large")
-            if len(self.inbuf) < HEADER.size + size:
+            if len(self.inbuf) < HEADER.size + size + TAG:
                 return
-            payload = bytes(self.inbuf[HEADER.size : HEADER.size + size])
-            del self.inbuf[: HEADER.size + size]
+            frame = bytes(self.inbuf[: HEADER.size + size])
+            tag = bytes(self.inbuf[HEADER.size + size : HEADER.size + size + TAG])
+            del self.inbuf[: HEADER.size + size + TAG]
+            if not hmac.compare_digest(tag, self.tag(b"C", self.seq_in, frame)):
+                # Something else in the bottle wrote into the channel or took frames out of it.
+                self.running = False
+                return
+            payload = frame[HEADER.size :]
+            if kind == T_OPEN:
+                payload = unmask(self.key, self.seq_in, payload)
+            self.seq_in += 1
             self.on_frame(kind, rid, payload)
 
     def on_frame(self, kind: int, rid: int, payload: bytes) -> None:
@@ -133,7 +258,9 @@ class Supervisor:
             self.send(T_STDERR, rid, msg)
             self.send_json(T_EXIT, rid, {"code": 126, "out": 0, "err": len(msg)})
             return
-        cmd = Command(rid, proc, max(0, int(req.get("cap", 0))))
+        keeper = Keeper(req["keep"]) if isinstance(req.get("keep"), dict) else None
+        cap = keeper.head if keeper is not None else max(0, int(req.get("cap", 0)))
+        cmd = Command(rid, proc, cap, keeper)
         self.cmds[rid] = cmd
         self.send_json(T_STARTED, rid, {"pid": proc.pid})
         for pipe, kind in ((proc.stdout, T_STDOUT), (proc.stderr, T_STDERR)):
@@ -190,6 +317,8 @@ class Supervisor:
             self.close_pipe(pipe, cmd)
             return
         cmd.total[kind] += len(data)
+        if cmd.keeper is not None:
+            cmd.keeper.add(kind, data)
         room = cmd.cap - cmd.sent[kind]
         if room > 0:
             part = data[:room]
@@ -226,12 +355,20 @@ class Supervisor:
                 with contextlib.suppress(OSError):
                     f.close()
         del self.cmds[cmd.rid]
+        if cmd.keeper is not None:
+            cmd.keeper.close(cmd.total)
+            for kind in (T_STDOUT, T_STDERR):  # the tail not sent yet
+                unsent = cmd.total[kind] - cmd.sent[kind]
+                last = cmd.keeper.last[kind]
+                if unsent > 0 and last:
+                    self.send(kind, cmd.rid, bytes(last[-min(unsent, len(last)) :]))
         self.send_json(T_EXIT, cmd.rid, {"code": cmd.code, "out": cmd.total[T_STDOUT], "err": cmd.total[T_STDERR]})
 
     # -- main loop ------------------------------------------------------------------
 
     def run(self) -> None:
-        self.send_json(T_HELLO, 0, {"v": VERSION, "pid": os.getpid()})
+        self.read_key()
+        self.send_json(T_HELLO, 0, {"v": VERSION, "pid": os.getpid(), "sealed": SEALED})
         while self.running:
             waiting = [c.exited_at for c in self.cmds.values() if c.exited_at is not None]
             timeout = max(0.0, min(waiting) + DRAIN_S - time.monotonic()) if waiting else None
@@ -250,6 +387,14 @@ class Supervisor:
             self.reap()
         for cmd in list(self.cmds.values()):
             kill_session(cmd.proc.pid)
+
+
+def unmask(key: bytes, seq: int, data: bytes) -> bytes:
+    """XOR with the server's key stream for this frame (the same function enciphers and deciphers)."""
+    if not data:
+        return data
+    stream = hashlib.shake_256(key + b"E" + seq.to_bytes(8, "big")).digest(len(data))
+    return (int.from_bytes(data, "big") ^ int.from_bytes(stream, "big")).to_bytes(len(data), "big")
 
 
 def kill_session(pid: int) -> None:

@@ -510,12 +510,12 @@ async def test_a_push_of_many_long_ref_names_leaves_a_clipped_bounded_gate_log(g
     saved = service.config.output_cap
     service.config.output_cap = 16 * 1024
     try:
-        log = await service.gate_log(gated.bottle_id, cursor=0, limit=5000)
+        log = await service.gate_log(gated.bottle_id, cursor="0", limit=1000)
         assert len(log.model_dump_json()) <= 16 * 1024
         events = []
-        cursor: int | None = 0
+        cursor: str | None = "0"
         while cursor is not None:  # every event once, each page within the cap
-            page = await service.gate_log(gated.bottle_id, cursor=cursor, limit=5000)
+            page = await service.gate_log(gated.bottle_id, cursor=cursor, limit=1000)
             assert len(page.model_dump_json()) <= 16 * 1024
             events += page.events
             cursor = page.next_cursor

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from bottle_mcp.auditlog import page
 from bottle_mcp.backends.docker.egress import (
     LOG_PREFIX,
     allow_rules,
@@ -21,7 +20,6 @@ from bottle_mcp.backends.docker.egress import (
 )
 from bottle_mcp.errors import ManifestError
 from bottle_mcp.manifest import LoadedManifest, load_manifest
-from bottle_mcp.models import EgressDecision
 
 from ..conftest import ManifestFactory
 
@@ -165,21 +163,3 @@ def test_denials_are_aggregated_fields_clipped_and_rotated_allowed_decisions_cou
     assert records.decisions[0].lengths["path"] == 502
     assert records.denied == 705
     assert records.dropped == 2 + 5  # allowed 1 and 2 rotated out of the log; 5 denials only counted
-
-
-def test_a_page_holds_to_the_cap_and_a_cursor_reaches_the_rest() -> None:
-    items = [
-        EgressDecision(time=str(n), action="deny", kind="HTTP", host="h" * 150, port=80, reason="r" * 150)
-        for n in range(100)
-    ]
-    shown, start, after = page(items, cursor=None, limit=1000, cap=4096)
-    assert shown and shown[-1] is items[-1] and after is None and start == 100 - len(shown)
-    assert sum(len(d.model_dump_json()) for d in shown) <= 4096
-    seen: list[EgressDecision] = []
-    cursor: int | None = 0
-    while cursor is not None:
-        part, start, cursor = page(items, cursor=cursor, limit=1000, cap=4096)
-        assert sum(len(d.model_dump_json()) for d in part) <= 4096
-        seen += part
-    assert seen == items
-    assert page(items, cursor=10, limit=3, cap=1 << 20)[1:] == (10, 13)

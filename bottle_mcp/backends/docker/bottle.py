@@ -17,7 +17,15 @@ from typing import IO, TypeVar
 
 import anyio
 
-from ...errors import BottleError, BottleGoneError, EngineError, EngineNotFoundError, EngineUnreachableError, PathError
+from ...errors import (
+    BottleGoneError,
+    CopyError,
+    EngineError,
+    EngineNotFoundError,
+    EngineUnreachableError,
+    PathError,
+)
+from ...logsafe import bottle_text
 from ...models import BottleInfo, EgressRecords, ExecResult, GateRecords
 from ...output import safe_text, trim_partial_utf8
 from . import disk
@@ -30,8 +38,7 @@ from .gates import GateStack
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# How often a bottle may start a new channel after the last one failed, before it
-# stays on one engine exec per command.
+# How often the launch may try to start the channel before the bottle uses engine execs.
 CHANNEL_ATTEMPTS = 3
 
 BIG_TAR = 4 << 20
@@ -79,6 +86,9 @@ class DockerBottle:
         self._channel: Channel | None = None
         self._channel_attempts = 0
         self._channel_lock = anyio.Lock()
+        self.channel_notes: list[str] = []
+        self._channel_lost: str | None = None  # why the channel ended; the bottle then uses engine execs
+        self._loss_reported = False
 
     @property
     def channel_alive(self) -> bool:
@@ -115,8 +125,22 @@ class DockerBottle:
             self._channel_attempts = 1
 
     async def _live_channel(self) -> Channel | None:
-        if not self.channel_alive:
-            await self.start_channel()
+        """The running channel, or None. A channel that ended is never replaced.
+
+        A new supervisor would be reachable by the bottle's processes (through /proc) for the moment
+        between its start and its seal, and once the agent has the bottle something may be waiting
+        for exactly that moment. So channels start at launch only; after one ends, every command
+        uses an engine exec of its own.
+        """
+        channel = self._channel
+        if channel is not None and not channel.alive and self._channel_lost is None:
+            self._channel_lost = channel.dead or "closed"
+            self._channel = None  # its supervisor was killed when it ended (Channel.close)
+            if not self._loss_reported:
+                self.channel_notes.append(
+                    f"this bottle's exec channel ended ({bottle_text(self._channel_lost, 200)}); this and later "
+                    "commands run through one engine exec each"
+                )
         return self._channel if self.channel_alive else None
 
     async def _run(
@@ -131,6 +155,9 @@ class DockerBottle:
     ) -> tuple[ExecOutcome, list[str]]:
         """Run over the channel if possible, else one engine exec. Returns the outcome and notes about it."""
         channel = None if via_engine else await self._live_channel()
+        fallback_notes: list[str] = []
+        if not via_engine:
+            fallback_notes, self.channel_notes = self.channel_notes, []
         if channel is not None:
             try:
                 out, broken = await channel.run(
@@ -139,14 +166,16 @@ class DockerBottle:
             except ChannelError:
                 pass  # nothing was started: use an engine exec
             else:
-                notes = []
+                notes = fallback_notes
                 if out.timed_out:
                     out.exit_code = None  # as with an engine exec: a killed command has no exit code to report
                 elif broken:
                     out.exit_code = None
+                    self._loss_reported = True
                     notes.append(
-                        "the bottle's exec channel broke during the command (something in the bottle ended it); "
-                        "the command's processes were killed and its outcome is unknown"
+                        f"the bottle's exec channel broke during the command ({bottle_text(broken, 200)}; "
+                        "something in the bottle ended or stopped it); the command's processes were killed and "
+                        "its outcome is unknown; later commands run through one engine exec each"
                     )
                 return out, notes
         stream = ExecStream(
@@ -171,7 +200,7 @@ class DockerBottle:
             raise
         if out.timed_out:
             await self._engine.run(stream.kill)
-        return out, []
+        return out, fallback_notes
 
     @property
     def id(self) -> str:
@@ -221,6 +250,36 @@ class DockerBottle:
             notes=notes,
         )
 
+    async def exec_kept(
+        self, command: str, *, timeout_s: float, workdir: str | None, keep: dict[str, object], wire_cap: int
+    ) -> tuple[ExecOutcome, list[str]] | None:
+        """Run over the exec channel with the output kept in the bottle (see the supervisor's `keep`).
+
+        None when the bottle has no live channel: the caller keeps the output another way.
+        """
+        channel = await self._live_channel()
+        if channel is None:
+            return None
+        try:
+            out, broken = await channel.run(
+                command, timeout_s=timeout_s, workdir=workdir, output_cap=wire_cap, env=self.env, keep=keep
+            )
+        except ChannelError:
+            return None
+        notes = []
+        if out.timed_out:
+            out.exit_code = None
+            notes.append(f"timed out after {timeout_s:g} s; the command's process group was killed")
+        elif broken:
+            out.exit_code = None
+            notes.append(
+                "the bottle's exec channel broke during the command (something in the bottle ended it); "
+                "the command's processes were killed and its outcome is unknown"
+            )
+        elif out.exit_code is None:
+            await self._raise_if_gone()
+        return out, notes
+
     async def put_tar(self, tar: IO[bytes], dest_dir: PurePosixPath, *, via_engine: bool = False) -> None:
         """Unpack `tar` into `dest_dir`; `via_engine` uses its own engine exec even when the channel runs."""
         script = f"set -- {shlex.quote(str(dest_dir))}; {UNPACK}"
@@ -232,7 +291,7 @@ class DockerBottle:
         if out.exit_code != 0:
             await self._raise_if_gone()
             detail, _ = safe_text(bytes(out.stderr or out.stdout))
-            raise BottleError(
+            raise CopyError(
                 f"unpacking into {str(dest_dir)!r} failed inside bottle {self.id!r} "
                 f"(exit {out.exit_code}): {detail.strip()[:500]}. Pick a folder the bottle's user can write, "
                 "such as the workspace."
@@ -278,9 +337,7 @@ class DockerBottle:
             )
         if out.exit_code != 0:
             await self._raise_if_gone()
-            raise BottleError(
-                f"packing {str(path)!r} failed inside bottle {self.id!r} (exit {out.exit_code}): {detail}"
-            )
+            raise CopyError(f"packing {str(path)!r} failed inside bottle {self.id!r} (exit {out.exit_code}): {detail}")
         return bytes(out.stdout)
 
     async def read_tar(self, path: PurePosixPath, consume: Callable[[IO[bytes]], T], *, max_bytes: int) -> T:
@@ -346,9 +403,7 @@ class DockerBottle:
             raise failure[0]
         if out.exit_code != 0 and not out.aborted:
             await self._raise_if_gone()
-            raise BottleError(
-                f"packing {str(path)!r} failed inside bottle {self.id!r} (exit {out.exit_code}): {detail}"
-            )
+            raise CopyError(f"packing {str(path)!r} failed inside bottle {self.id!r} (exit {out.exit_code}): {detail}")
         return result[0]
 
     async def _raise_if_gone(self) -> None:

@@ -389,7 +389,9 @@ def scan_refs(updates: list[tuple[str, str, str]], scanner: Scanner) -> Result:
     return result
 
 
-def scan_push(repo: Path, result: Result, scanner: Scanner) -> Result:
+# One pass read top to bottom (headers, trees, baselines, blobs), each stage feeding the next
+# through local maps; split up, those maps would have to travel as arguments.
+def scan_push(repo: Path, result: Result, scanner: Scanner) -> Result:  # noqa: C901, PLR0912, PLR0915
     """Scan every object the push adds (see the module's description); findings go into `result`."""
     started = time.monotonic()
     carried = new_objects(repo)
