@@ -13,13 +13,15 @@ import shlex
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path, PurePosixPath
+from typing import IO, TypeVar
 
 import anyio
 
 from .agents import agent_invocation
 from .backends.base import Bottle
-from .copyout import confine_host_dest, extract_tar
+from .copyout import ExtractStats, confine_host_dest, extract_stream
 from .errors import (
     AgentCommandError,
     BottleError,
@@ -47,7 +49,8 @@ from .shaping import parse_cursor as parse_page_cursor
 
 log = logging.getLogger(__name__)
 
-CP_OUT_LIMIT = 256 * 1024**2  # the tar is held in memory on its way out
+T = TypeVar("T")
+CP_OUT_LIMIT = 4 * 1024**3  # streamed: only the bottle's own disk limit makes a copy this large
 BUNDLE_DIR = PurePosixPath("/tmp/bottle-mcp-out")
 GIT = "git -c safe.directory='*'"
 
@@ -59,6 +62,7 @@ class Delegation:
         *,
         output_cap: Callable[[], int],
         host_roots: Callable[[], list[Path]],
+        keeps_exec: Callable[[Path], bool] = lambda root: False,
         redact: Callable[[str], str] = lambda s: s,
         call_output_cap: Callable[[int | None], int] | None = None,
     ) -> None:
@@ -67,6 +71,7 @@ class Delegation:
         self._output_cap = output_cap
         self._call_output_cap = call_output_cap or (lambda asked: asked or output_cap())
         self._host_roots = host_roots
+        self._keeps_exec = keeps_exec
         self._redact = redact
 
     # -- jobs -----------------------------------------------------------------------------
@@ -154,10 +159,10 @@ class Delegation:
     async def cp_out(self, bottle_id: str, bottle_path: str, host_path: str) -> CopyOutResult:
         entry = await self.live.get(bottle_id)
         src = check_bottle_path(bottle_path)
-        dest, _root = confine_host_dest(host_path, self._host_roots())
+        dest, root = confine_host_dest(host_path, self._host_roots())
         started = time.monotonic()
-        data = await self._get_tar(entry.bottle, src)
-        stats = await anyio.to_thread.run_sync(extract_tar, data, src.name, dest)
+        extract = partial(_extract, top=src.name, dest=dest, keep_exec=self._keeps_exec(root))
+        stats = await self._read_tar(entry.bottle, src, extract)
         return CopyOutResult(
             bottle_id=bottle_id,
             bottle_path=str(src),
@@ -170,9 +175,9 @@ class Delegation:
             duration_ms=int((time.monotonic() - started) * 1000),
         )
 
-    async def _get_tar(self, bottle: Bottle, src: PurePosixPath) -> bytes:
+    async def _read_tar(self, bottle: Bottle, src: PurePosixPath, consume: Callable[[IO[bytes]], T]) -> T:
         async with self.live.guard(bottle):
-            return await bottle.get_tar(src, max_bytes=CP_OUT_LIMIT)
+            return await bottle.read_tar(src, consume, max_bytes=CP_OUT_LIMIT)
 
     async def _sh(
         self, entry: LiveBottle, command: str, *, timeout_s: float, cap: int, workdir: str | None
@@ -233,13 +238,12 @@ class Delegation:
         )
         if res.exit_code != 0:
             raise GitError(f"making a git bundle in bottle {bottle_id!r} failed: {res.stderr.strip()[:300]}")
-        try:
-            data = await self._get_tar(entry.bottle, bundle)
-        finally:
-            await self._sh(entry, f"rm -f {shlex.quote(str(bundle))}", timeout_s=30, cap=4096, workdir=None)
         with tempfile.TemporaryDirectory(prefix="bottle-mcp-bundle-") as tmp:
             local = Path(tmp) / name
-            await anyio.to_thread.run_sync(extract_tar, data, name, local)
+            try:
+                await self._read_tar(entry.bottle, bundle, partial(_extract, top=name, dest=local, keep_exec=False))
+            finally:
+                await self._sh(entry, f"rm -f {shlex.quote(str(bundle))}", timeout_s=30, cap=4096, workdir=None)
             imported = await anyio.to_thread.run_sync(import_bundle, origin.host_repo, local, branch, origin.start)
         notes = []
         if not imported.descends_from_start:
@@ -284,3 +288,7 @@ class Delegation:
             untracked=files,
             diff=res.stdout,
         )
+
+
+def _extract(stream: IO[bytes], *, top: str, dest: Path, keep_exec: bool) -> ExtractStats:
+    return extract_stream(stream, top, dest, keep_exec=keep_exec)

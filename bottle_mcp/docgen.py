@@ -24,6 +24,7 @@ from .manifest import (
     HostSettings,
     Manifest,
     Resources,
+    RootDef,
     SshEntry,
     manifest_json_schema,
 )
@@ -203,6 +204,7 @@ Rules that apply everywhere:
 TABLES: list[tuple[str, type[BaseModel]]] = [
     ("(top level)", Manifest),
     ("[host]", HostSettings),
+    ("[host] roots (table form)", RootDef),
     ("[bottles.NAME]", BottleDef),
     ("[bottles.NAME.build]", Build),
     ("[bottles.NAME.resources]", Resources),

@@ -36,10 +36,12 @@ from .models import (
 )
 from .paths import TarEntry, check_bottle_path, confine_host_path, packed_tar
 from .redact import Redactor
-from .shaping import page, parse_cursor, run_saved
+from .shaping import PAGE_BUDGET, page, parse_cursor, run_saved
 from .textfit import clip_list
 
 log = logging.getLogger(__name__)
+
+LOG_RESULT_OVERHEAD = 4096  # a log result's fields besides its records (the allow-list is clipped to 4000)
 
 MAX_PLANS = 256
 SHUTDOWN_BUDGET_S = 1.8
@@ -221,9 +223,10 @@ class Lifecycle:
     async def egress_log(self, bottle_id: str, *, limit: int = 100, cursor: str | None = None) -> EgressLog:
         entry = await self.live.get(bottle_id)
         async with self.live.guard(entry.bottle):
-            allow, decisions = await entry.bottle.egress_log()
+            allow, records = await entry.bottle.egress_log()
+        decisions = records.decisions
         first = parse_cursor(cursor, len(decisions), default=len(decisions) - limit)
-        shown, next_cursor = page(decisions, first, limit)
+        shown, next_cursor = page(decisions, first, limit, self._log_budget())
         return EgressLog(
             bottle_id=bottle_id,
             total=len(decisions),
@@ -231,14 +234,21 @@ class Lifecycle:
             next_cursor=next_cursor,
             allow=clip_list(allow, 4000, "hosts")[0],
             decisions=shown,
+            denied=records.denied,
+            dropped=records.dropped,
         )
+
+    def _log_budget(self) -> int:
+        """Characters of records a log result may hold: the page budget, within the output cap."""
+        return max(min(PAGE_BUDGET, self.output_cap - LOG_RESULT_OVERHEAD), 1024)
 
     async def gate_log(self, bottle_id: str, *, limit: int = 100, cursor: str | None = None) -> GateLog:
         entry = await self.live.get(bottle_id)
         async with self.live.guard(entry.bottle):
-            remotes, ssh_hosts, events = await entry.bottle.gate_log()
+            remotes, ssh_hosts, records = await entry.bottle.gate_log()
+        events = records.events
         first = parse_cursor(cursor, len(events), default=len(events) - limit)
-        shown, next_cursor = page(events, first, limit)
+        shown, next_cursor = page(events, first, limit, self._log_budget())
         return GateLog(
             bottle_id=bottle_id,
             total=len(events),
@@ -247,6 +257,7 @@ class Lifecycle:
             git_remotes=remotes,
             ssh_hosts=ssh_hosts,
             events=shown,
+            dropped=records.dropped,
         )
 
     async def list_active(self) -> list[BottleInfo]:

@@ -80,6 +80,10 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+UNLIMITED = "unlimited"
+MIN_DISK = 16 * 1024**2
+
+
 class Resources(_Strict):
     """Limits the engine enforces on the bottle."""
 
@@ -88,12 +92,37 @@ class Resources(_Strict):
     pids: int = Field(256, ge=16, le=65536, description="Most processes and threads at once.")
     tmp_size: Size = Field("256m", description="Size of the tmpfs at /tmp.")
     home_size: Size = Field("256m", description="Size of the tmpfs holding the user's home directory.")
+    disk: Size = Field(
+        "10g",
+        description=(
+            "Hard limit on what the bottle can write to the host's disk (its workspace), enforced by the kernel; "
+            "'unlimited' for none (required where the engine cannot enforce a limit)."
+        ),
+    )
 
     @field_validator("memory", "tmp_size", "home_size")
     @classmethod
     def _size(cls, v: str | int) -> str | int:
         parse_size(v)
         return v
+
+    @field_validator("disk")
+    @classmethod
+    def _disk(cls, v: str | int) -> str | int:
+        if v == UNLIMITED:
+            return v
+        try:
+            size = parse_size(v)
+        except ValueError as e:
+            raise ValueError(f"{e}, or 'unlimited'") from None
+        if size < MIN_DISK:
+            raise ValueError(f"disk {v!r} is below the smallest workspace file system of 16m; give at least '64m'")
+        return v
+
+    @property
+    def disk_bytes(self) -> int | None:
+        """The disk limit in bytes; None when unlimited."""
+        return None if self.disk == UNLIMITED else parse_size(self.disk)
 
     @field_validator("memory")
     @classmethod
@@ -326,12 +355,24 @@ class AgentDef(_Strict):
         return self
 
 
+class RootDef(_Strict):
+    """A host folder the server may copy from and into, with what a copy out may keep."""
+
+    path: str = Field(description="The folder, relative to the manifest.")
+    keep_exec: bool = Field(
+        False,
+        description="Keep the executable bits of files cp_out writes here (dropped by default, so that nothing "
+        "a bottle wrote runs by a double click or a PATH lookup).",
+    )
+
+
 class HostSettings(_Strict):
     """What the server may touch on the host."""
 
-    roots: list[str] = Field(
+    roots: list[str | RootDef] = Field(
         default_factory=list,
-        description="Folders cp_in may read from (relative to the manifest). Empty: the server's start folder.",
+        description="Folders cp_in may read from and cp_out may write into (relative to the manifest): a path, or "
+        "a table {path = ..., keep_exec = true}. Empty: the server's start folder.",
     )
     skills_dir: str = Field("~/.claude/skills", description="Where skills live on the host.")
     output_cap: Size = Field(
@@ -398,8 +439,15 @@ class LoadedManifest:
         return bottle.image or f"bottle-mcp/{bottle_name}:latest"
 
     def host_roots(self, default: Path) -> list[Path]:
-        roots = [self.resolve(r) for r in self.manifest.host.roots] or [default]
+        roots = [self.resolve(r if isinstance(r, str) else r.path) for r in self.manifest.host.roots] or [default]
         return [r.resolve() for r in roots]
+
+    def keeps_exec(self, root: Path) -> bool:
+        """Whether the manifest keeps executable bits of files copied out into `root`."""
+        return any(
+            isinstance(r, RootDef) and r.keep_exec and self.resolve(r.path).resolve() == root
+            for r in self.manifest.host.roots
+        )
 
     def skills_dir(self) -> Path:
         return self.resolve(self.manifest.host.skills_dir)

@@ -74,6 +74,11 @@ class EgressDecision(Frozen):
     method: str | None = None
     path: str | None = None
     tls: str | None = Field(None, description="For CONNECT: 'intercept' or 'passthrough'.")
+    count: int = Field(1, description="How many times this very decision was made (denials are aggregated).")
+    last_time: str | None = Field(None, description="When an aggregated denial was last made.")
+    lengths: dict[str, int] = Field(
+        default_factory=dict, description="Original length of each field that was clipped (the bottle chose it)."
+    )
 
     @field_validator("host", "reason", "method", "path")
     @classmethod
@@ -87,7 +92,25 @@ class EgressLog(Frozen):
     first: int = Field(0, description="Index of the first decision listed (0 is the oldest recorded).")
     next_cursor: str | None = Field(None, description="Pass it as cursor for the next page; null: nothing newer.")
     allow: list[str] = Field(description="The allow-list in force.")
-    decisions: list[EgressDecision] = Field(description="Oldest first; by default the latest `limit`.")
+    decisions: list[EgressDecision] = Field(
+        description="Oldest first; by default the latest `limit` that fit. Allowed decisions one by one, denials "
+        "aggregated per distinct decision with a count."
+    )
+    denied: int = Field(0, description="Denied requests in all (each aggregated record counts its repeats).")
+    dropped: int = Field(
+        0,
+        description="Decisions no longer held: allowed ones rotated out of the proxy's log, or denials beyond "
+        "the table of distinct ones (only counted).",
+    )
+
+
+@dataclass(frozen=True)
+class EgressRecords:
+    """What a bottle's egress proxy holds: decisions (clipped, denials aggregated) and what it only counted."""
+
+    decisions: list[EgressDecision]
+    denied: int = 0
+    dropped: int = 0
 
 
 class GatePlan(Frozen):
@@ -109,6 +132,9 @@ class GateEvent(Frozen):
     commits: int | None = Field(None, description="New commits scanned and pushed.")
     detail: str = ""
     findings: list[str] = Field(default_factory=list, description="Why a push was refused (secrets redacted).")
+    lengths: dict[str, int] = Field(
+        default_factory=dict, description="Original length (characters or items) of each field that was clipped."
+    )
 
     @field_validator("detail")
     @classmethod
@@ -121,6 +147,14 @@ class GateEvent(Frozen):
         return clip_list([clip(x, 300, "text") for x in v], 3000, "entries")[0]
 
 
+@dataclass(frozen=True)
+class GateRecords:
+    """What a bottle's gate holds: its events (clipped) and how many refused pushes it only counted."""
+
+    events: list[GateEvent]
+    dropped: int = 0
+
+
 class GateLog(Frozen):
     bottle_id: str
     total: int = Field(description="Events recorded in all (the list holds one page of them).")
@@ -128,7 +162,8 @@ class GateLog(Frozen):
     next_cursor: str | None = Field(None, description="Pass it as cursor for the next page; null: nothing newer.")
     git_remotes: dict[str, str] = Field(description="Remote name -> upstream URL.")
     ssh_hosts: dict[str, str] = Field(description="ssh alias -> host:port it reaches.")
-    events: list[GateEvent] = Field(description="Oldest first; by default the latest `limit`.")
+    events: list[GateEvent] = Field(description="Oldest first; by default the latest `limit` that fit.")
+    dropped: int = Field(0, description="Refused pushes the gate only counted (beyond what its log keeps).")
 
 
 class ResourcePlan(Frozen):
@@ -138,6 +173,10 @@ class ResourcePlan(Frozen):
     pids: int
     tmp_size: str
     home_size: str
+    disk: str = Field("unlimited", description="Hard limit on what the bottle can write to the host's disk.")
+    disk_enforced_by: str | None = Field(
+        None, description="How the engine enforces the disk limit; None when nothing does (see the warnings)."
+    )
 
 
 class PromptPlan(Frozen):

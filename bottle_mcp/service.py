@@ -28,6 +28,7 @@ class BottleService(Lifecycle):
             self.live,
             output_cap=lambda: self.output_cap,
             host_roots=self.host_roots,
+            keeps_exec=lambda root: self.manifest.keeps_exec(root),  # noqa: PLW0108 - the manifest is reloaded
             redact=self.redactor.text,
             call_output_cap=self.call_output_cap,
         )

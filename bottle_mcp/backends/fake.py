@@ -15,11 +15,13 @@ import secrets
 import shlex
 import tarfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import IO
+from typing import IO, TypeVar
 
 import anyio
+import anyio.to_thread
 
 from .. import labels as L
 from ..errors import BottleGoneError, ImageMissingError, PathError, PlanError
@@ -31,9 +33,9 @@ from ..models import (
     CleanupItem,
     CleanupPlan,
     CleanupReport,
-    EgressDecision,
+    EgressRecords,
     ExecResult,
-    GateEvent,
+    GateRecords,
     MountPlan,
     NetworkPlan,
     ResourceKind,
@@ -42,6 +44,8 @@ from ..models import (
 from ..output import safe_text, trim_partial_utf8
 from ..planning import BackendPlan, resources
 from .base import Backend, Bottle, Progress, _no_progress
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -78,11 +82,11 @@ class FakeBottle:
     def info(self) -> BottleInfo:
         return self._info
 
-    async def egress_log(self) -> tuple[list[str], list[EgressDecision]]:
-        return [], []  # the fake runs nothing, so nothing leaves it
+    async def egress_log(self) -> tuple[list[str], EgressRecords]:
+        return [], EgressRecords([])  # the fake runs nothing, so nothing leaves it
 
-    async def gate_log(self) -> tuple[dict[str, str], dict[str, str], list[GateEvent]]:
-        return {}, {}, []  # the fake has no gate: nothing is pushed anywhere
+    async def gate_log(self) -> tuple[dict[str, str], dict[str, str], GateRecords]:
+        return {}, {}, GateRecords([])  # the fake has no gate: nothing is pushed anywhere
 
     def _alive(self) -> None:
         obj = self.world.objects.get(self.container_id)
@@ -232,6 +236,10 @@ class FakeBottle:
             raise PathError(f"{prefix!r} does not exist in bottle {self.id!r}")
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w") as tf:
+            if prefix not in chosen:  # a folder: its own entry first, as tar makes it
+                folder = tarfile.TarInfo(path.name)
+                folder.type = tarfile.DIRTYPE
+                tf.addfile(folder)
             for name, data in sorted(chosen.items()):
                 info = tarfile.TarInfo(str(PurePosixPath(path.name) / PurePosixPath(name).relative_to(path)))
                 info.size = len(data)
@@ -239,6 +247,10 @@ class FakeBottle:
         if buf.tell() > max_bytes:
             raise PathError(f"{prefix!r} is larger than the copy limit of {max_bytes} bytes")
         return buf.getvalue()
+
+    async def read_tar(self, path: PurePosixPath, consume: Callable[[IO[bytes]], T], *, max_bytes: int) -> T:
+        data = await self.get_tar(path, max_bytes=max_bytes)
+        return await anyio.to_thread.run_sync(consume, io.BytesIO(data))
 
     async def aclose(self) -> list[str]:
         removed = []

@@ -22,7 +22,7 @@ from mcp.types import CallToolResult, TextContent
 
 from bottle_mcp.backends.fake import FakeBackend, FakeBottle, FakeWorld
 from bottle_mcp.labels import Instance
-from bottle_mcp.models import EgressDecision, GateEvent
+from bottle_mcp.models import EgressDecision, EgressRecords, GateEvent, GateRecords
 from bottle_mcp.results import BranchResult, CommitInfo, CopyOutResult
 from bottle_mcp.server import build_server
 from bottle_mcp.service import BottleService, ServiceConfig
@@ -113,11 +113,11 @@ async def test_logs_of_thousands_of_entries_page_with_cursors_and_fit(
     bid = await _bottle(client)
     for count in (0, 1, 3000):
 
-        async def egress(self: FakeBottle, count: int = count) -> tuple[list[str], list[EgressDecision]]:
-            return [f"host{i}.example.com" for i in range(2000)], [_decision(i) for i in range(count)]
+        async def egress(self: FakeBottle, count: int = count) -> tuple[list[str], EgressRecords]:
+            return [f"host{i}.example.com" for i in range(2000)], EgressRecords([_decision(i) for i in range(count)])
 
-        async def gate(self: FakeBottle, count: int = count) -> tuple[dict[str, str], dict[str, str], list[GateEvent]]:
-            return {"origin": "git@example.com:a/b.git"}, {}, [_event(i) for i in range(count)]
+        async def gate(self: FakeBottle, count: int = count) -> tuple[dict[str, str], dict[str, str], GateRecords]:
+            return {"origin": "git@example.com:a/b.git"}, {}, GateRecords([_event(i) for i in range(count)])
 
         monkeypatch.setattr(FakeBottle, "egress_log", egress)
         monkeypatch.setattr(FakeBottle, "gate_log", gate)

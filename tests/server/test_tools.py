@@ -546,6 +546,8 @@ async def test_egress_log_of_an_offline_bottle_is_empty_and_of_others_is_refused
         "next_cursor": None,
         "allow": [],
         "decisions": [],
+        "denied": 0,
+        "dropped": 0,
     }
     other = make_service(manifest_path, world)
     theirs = (await other.launch((await other.prepare("worker")).plan_id)).bottle_id

@@ -7,10 +7,13 @@ one engine exec each (`execstream.py`): same results, same guarantees.
 from __future__ import annotations
 
 import logging
+import os
 import shlex
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import PurePosixPath
-from typing import IO
+from typing import IO, TypeVar
 
 import anyio
 
@@ -23,8 +26,9 @@ from ...errors import (
     PathError,
 )
 from ...logsafe import bottle_text
-from ...models import BottleInfo, EgressDecision, ExecResult, GateEvent
+from ...models import BottleInfo, EgressRecords, ExecResult, GateRecords
 from ...output import safe_text, trim_partial_utf8
+from . import disk
 from .channel import Channel, ChannelError
 from .egress import EgressStack
 from .engine import Engine
@@ -32,6 +36,7 @@ from .execstream import ExecOutcome, ExecStream
 from .gates import GateStack
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # How often the launch may try to start the channel before the bottle uses engine execs.
 CHANNEL_ATTEMPTS = 3
@@ -292,17 +297,17 @@ class DockerBottle:
                 "such as the workspace."
             )
 
-    async def egress_log(self) -> tuple[list[str], list[EgressDecision]]:
+    async def egress_log(self) -> tuple[list[str], EgressRecords]:
         """The allow-list and the proxy's decisions so far (empty for a bottle without egress)."""
         if self.egress is None:
-            return [], []
-        return self.egress.allow, await self.egress.decisions()
+            return [], EgressRecords([])
+        return self.egress.allow, await self.egress.records()
 
-    async def gate_log(self) -> tuple[dict[str, str], dict[str, str], list[GateEvent]]:
+    async def gate_log(self) -> tuple[dict[str, str], dict[str, str], GateRecords]:
         """Git remotes -> upstreams, ssh aliases -> host:port, and the gate's events (empty without a gate)."""
         if self.gate is None:
-            return {}, {}, []
-        return self.gate.git_remotes, self.gate.ssh_hosts, await self.gate.events()
+            return {}, {}, GateRecords([])
+        return self.gate.git_remotes, self.gate.ssh_hosts, await self.gate.records()
 
     async def get_tar(self, path: PurePosixPath, *, max_bytes: int) -> bytes:
         stream = ExecStream(
@@ -334,6 +339,72 @@ class DockerBottle:
             await self._raise_if_gone()
             raise CopyError(f"packing {str(path)!r} failed inside bottle {self.id!r} (exit {out.exit_code}): {detail}")
         return bytes(out.stdout)
+
+    async def read_tar(self, path: PurePosixPath, consume: Callable[[IO[bytes]], T], *, max_bytes: int) -> T:
+        """Stream a tar of `path` made in the bottle into `consume` (run in a worker thread) as it comes.
+
+        At most a pipe's worth of the tar is in this process at any time. Raises PathError as get_tar
+        does; `consume` sees a truncated stream when the tar is over `max_bytes` or the bottle fails.
+        """
+        sink = _PipeSink(max_bytes)
+        stream = ExecStream(
+            self._engine,
+            self.container_id,
+            self.id,
+            ["/bin/sh", "-c", PACK, "bottle-get", str(path)],
+            user=self.user,
+            workdir=None,
+            timeout_s=600,
+            output_cap=64 * 1024,  # stderr only: stdout goes to the sink
+            stdout_sink=sink.write,
+        )
+        result: list[T] = []
+        failure: list[BaseException] = []
+
+        def produce() -> None:
+            try:
+                stream.run()
+            finally:
+                sink.close()
+
+        def read() -> None:
+            with os.fdopen(sink.read_fd, "rb", buffering=1 << 16) as reader:
+                try:
+                    result.append(consume(reader))
+                except Exception as e:
+                    failure.append(e)
+                    return  # closing the pipe stops the bottle's side
+                while reader.read(1 << 16):  # whatever follows the archive's end: let the command finish
+                    pass
+
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(partial(anyio.to_thread.run_sync, produce, abandon_on_cancel=False))
+                tg.start_soon(partial(anyio.to_thread.run_sync, read, abandon_on_cancel=False))
+        except BaseException:
+            stream.abort.set()
+            raise
+        out = stream.outcome
+        detail, _ = safe_text(bytes(out.stderr))
+        detail = detail.strip()[:500]
+        if out.exit_code == 3:
+            raise PathError(f"{str(path)!r} does not exist in bottle {self.id!r}: {detail}")
+        if out.exit_code == 4:
+            raise PathError(
+                f"refusing to copy {str(path)!r} out of bottle {self.id!r}: {detail}; "
+                "name the real path instead of a symlink"
+            )
+        if out.stdout_bytes > max_bytes:
+            raise PathError(
+                f"{str(path)!r} in bottle {self.id!r} is larger than the copy limit of {max_bytes} bytes; "
+                "copy a smaller file or folder"
+            )
+        if failure:
+            raise failure[0]
+        if out.exit_code != 0 and not out.aborted:
+            await self._raise_if_gone()
+            raise CopyError(f"packing {str(path)!r} failed inside bottle {self.id!r} (exit {out.exit_code}): {detail}")
+        return result[0]
 
     async def _raise_if_gone(self) -> None:
         try:
@@ -369,14 +440,40 @@ class DockerBottle:
             if await self._engine.remove_resource("container", self.container_id):
                 removed.append(f"container {self.container_id[:12]}")
             # The engine may still hold the volume for a moment after the container goes: retried.
-            if await self._engine.remove_resource("volume", self.volume):
-                removed.append(f"volume {self.volume}")
+            removed += await disk.remove_volumes(self._engine, self.volume)
             if egress_error is not None:
                 raise egress_error
             if gate_error is not None:
                 raise gate_error
         self._closed = True
         return removed
+
+
+class _PipeSink:
+    """The write end of a pipe the exec's stdout goes into; refuses (returns False) past `max_bytes`."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.read_fd, self._write_fd = os.pipe()
+        self._max = max_bytes
+        self._seen = 0
+        self._closed = False
+
+    def write(self, data: bytes) -> bool:
+        self._seen += len(data)
+        if self._closed or self._seen > self._max:
+            return False
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self._write_fd, view) :]
+        except OSError:  # the reader stopped: stop the command
+            return False
+        return True
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            os.close(self._write_fd)
 
 
 def _size(f: IO[bytes]) -> int:
