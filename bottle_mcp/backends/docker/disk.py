@@ -26,7 +26,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
 
 import anyio
 import docker
@@ -37,6 +36,7 @@ from ...manifest import LoadedManifest
 from ..base import Diagnosis
 from .egress import EGRESS_IMAGE
 from .engine import Engine
+from .mould import Mould
 
 log = logging.getLogger(__name__)
 
@@ -70,22 +70,23 @@ class DiskSupport:
     reason: str
 
 
-def _helper_host_config(c: docker.DockerClient, disk_volume: str | None) -> Any:
-    mounts = [docker.types.Mount(target="/disk", source=disk_volume, type="volume")] if disk_volume else []
-    return c.api.create_host_config(
-        init=True,
-        read_only=True,
-        cap_drop=["ALL"],
-        cap_add=["MKNOD"],
-        security_opt=["no-new-privileges:true"],
-        devices=["/dev/loop-control:/dev/loop-control:rwm"],
-        device_cgroup_rules=["b 7:* rwm"],
+def _helper(name: str | None, labels: dict[str, str], args: list[str], disk_volume: str | None) -> Mould:
+    mounts = (docker.types.Mount(target="/disk", source=disk_volume, type="volume"),) if disk_volume else ()
+    return Mould(
+        image=HELPER_IMAGE,
+        entrypoint=["python3", "-c", helper_script()],
+        command=args,
+        name=name,
+        user="0:0",
+        labels=labels,
         network_mode="none",
-        runtime="runc",
-        pids_limit=64,
-        mem_limit=256 * 1024**2,
+        pids=64,
+        memory=256 * 1024**2,
         mounts=mounts,
-        log_config=docker.types.LogConfig(type="json-file", config=CONTAINER_LOG),
+        capabilities_added=("MKNOD",),
+        devices=("/dev/loop-control:/dev/loop-control:rwm",),
+        device_cgroup_rules=("b 7:* rwm",),
+        log_max_size=CONTAINER_LOG["max-size"],
     )
 
 
@@ -93,23 +94,8 @@ async def _run_helper(
     engine: Engine, name: str | None, labels: dict[str, str], args: list[str], disk_volume: str | None, want: str
 ) -> tuple[str, str]:
     """Start the helper; return (its container id, the first line starting with `want`)."""
-    script = helper_script()
-
-    def create(c: docker.DockerClient) -> str:
-        created = c.api.create_container(
-            image=HELPER_IMAGE,
-            entrypoint=["python3", "-c", script],
-            command=args,
-            name=name,
-            user="0:0",
-            labels=labels,
-            host_config=_helper_host_config(c, disk_volume),
-        )
-        cid = str(created["Id"])
-        c.api.start(cid)
-        return cid
-
-    cid = await engine.call("start the disk helper", create)
+    mould = _helper(name, labels, args, disk_volume)
+    cid = await engine.call("start the disk helper", mould.run)
     try:
         return cid, await _wait_for_line(engine, cid, want)
     except BaseException:
