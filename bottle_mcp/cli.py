@@ -9,7 +9,7 @@ import os
 import re
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -23,6 +23,7 @@ from .labels import Instance
 
 if TYPE_CHECKING:
     from .backends.base import Backend
+    from .service import BottleService
 
 T = TypeVar("T")
 
@@ -94,6 +95,15 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="keep N started spare bottles per bottle definition (overrides each bottle's warm_pool)",
     )
+    s.add_argument(
+        "--on-exit",
+        choices=["keep", "remove"],
+        default=None,
+        help="when the client goes away (stdin closes, or SIGINT/SIGTERM/SIGHUP): keep the bottles and their "
+        "jobs for [host] keep_for, for the next server of this manifest to adopt, or remove them (overrides "
+        "the manifest's [host] on_exit)",
+    )
+    s.add_argument("--keep-for", default=None, help="how long kept bottles live without a server, e.g. 20s, 1h")
 
     p = sub.add_parser("plan", help="print the launch plan for an agent as JSON (the preflight)")
     _add_manifest(p)
@@ -182,18 +192,27 @@ def parse_http_address(value: str) -> tuple[str, int]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .manifest import parse_size
+    from .manifest import load_manifest, parse_duration, parse_size
     from .server import build_server
     from .service import BottleService, ServiceConfig
 
     http = parse_http_address(args.http) if args.http else None
+    manifest_path = args.manifest or default_manifest()
+    keep_for_s = None
+    if args.keep_for is not None:
+        try:
+            keep_for_s = parse_duration(args.keep_for)
+        except ValueError as e:
+            raise BottleError(f"--keep-for: {e}") from None
     config = ServiceConfig(
-        manifest_path=args.manifest or default_manifest(),
+        manifest_path=manifest_path,
         host_roots=args.host_root,
         output_cap=parse_size(args.output_cap) if args.output_cap else None,
         warm_pool=args.warm_pool,
         approve=args.approve,
         approvals_log=args.approvals_log,
+        on_exit=args.on_exit or load_manifest(manifest_path).manifest.host.on_exit,
+        keep_for_s=keep_for_s,
     )
     if args.warm_pool is not None and not 0 <= args.warm_pool <= 64:
         raise BottleError(f"--warm-pool {args.warm_pool}: give a number of spares from 0 to 64")
@@ -217,37 +236,53 @@ def cmd_serve(args: argparse.Namespace) -> int:
         _run(lambda: build_server(service).run_streamable_http_async(host=host, port=port))
         return 0
 
+    keep = service.keep
+    if keep.keeping:
+        log.info("when the client goes away, bottles are kept for %d s for the next server", keep.keep_for_s)
+    elif keep.on_exit == "keep" and keep.keep_for_s > 0:
+        log.warning("bottles cannot be kept on this backend; they are removed when the client goes away")
+
     async def main() -> None:
         mcp = build_server(service)
-        async with anyio.create_task_group() as tg:
-
-            async def on_signal() -> None:
-                with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-                    async for signum in signals:
-                        log.info("signal %d: shutting down", signum)
-                        tg.cancel_scope.cancel()
-                        return
-
-            async def report_leftovers() -> None:
-                try:
-                    plan = await service.backend.prepare_cleanup()
-                except BottleError as e:
-                    log.warning("could not look for leftovers at start: %s", e)
-                    return
-                if plan.remove:
-                    log.warning(
-                        "%d resource(s) left by servers that are gone (e.g. %s); the cleanup tool removes them",
-                        len(plan.remove),
-                        plan.remove[0].name,
-                    )
-
-            tg.start_soon(on_signal)
-            tg.start_soon(report_leftovers)
-            await mcp.run_stdio_async()
-            tg.cancel_scope.cancel()
+        # Hosts stop a stdio server with a burst of signals (Claude Code: SIGINT, SIGTERM 100 ms later,
+        # SIGKILL at 500 ms). The receiver stays open until the way out is over, so the later signals
+        # are caught and ignored instead of killing the server halfway through.
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_on_signals, signals, tg.cancel_scope)
+                tg.start_soon(_report_leftovers, service)
+                await mcp.run_stdio_async()
+                tg.cancel_scope.cancel()
 
     _run(main)
     return 0
+
+
+async def _on_signals(signals: AsyncIterator[int], scope: anyio.CancelScope) -> None:
+    log = logging.getLogger("bottle_mcp")
+    async for signum in signals:
+        if not scope.cancel_called:
+            log.info("signal %d: the client went away; shutting down", signum)
+            scope.cancel()
+        else:
+            log.info("signal %d: already shutting down", signum)
+
+
+async def _report_leftovers(service: BottleService) -> None:
+    from .keep import spare_kept
+
+    log = logging.getLogger("bottle_mcp")
+    try:
+        plan = await spare_kept(service.backend, await service.backend.prepare_cleanup())
+    except BottleError as e:
+        log.warning("could not look for leftovers at start: %s", e)
+        return
+    if plan.remove:
+        log.warning(
+            "%d resource(s) left by servers that are gone (e.g. %s); the cleanup tool removes them",
+            len(plan.remove),
+            plan.remove[0].name,
+        )
 
 
 def cmd_plan(args: argparse.Namespace) -> int:

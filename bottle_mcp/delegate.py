@@ -87,6 +87,17 @@ class Delegation:
         self._plans.pop(bottle_id, None)
         self._origins.pop(bottle_id, None)
 
+    def origin_of(self, bottle_id: str) -> RepoOrigin | None:
+        return self._origins.get(bottle_id)
+
+    def adopt(self, bottle: Bottle, plan: BottlePlan, origin: RepoOrigin | None, jobs: list[Job]) -> None:
+        """Take over a kept bottle's plan, repository origin and jobs (see keep.py)."""
+        self._plans[bottle.id] = plan
+        if origin is not None:
+            self._origins[bottle.id] = origin
+        for job in jobs:
+            self.jobs.adopt(job)
+
     def credential_names(self) -> set[str]:
         return {c.name for plan in self._plans.values() for c in plan.credentials}
 
@@ -108,7 +119,7 @@ class Delegation:
         if invocation.prompt_on_stdin:
             shown += ["<", "(the prompt, on stdin)"]
         try:
-            return await self.jobs.start(
+            info = await self.jobs.start(
                 bottle,
                 kind="agent",
                 script=script,
@@ -120,12 +131,14 @@ class Delegation:
         except BottleGoneError:
             await self._service.discard(bottle)
             raise
+        self._service.keep.on_job(bottle.id, self.jobs.get(info.job_id))
+        return info
 
     async def exec_background(self, bottle: Bottle, command: str, *, timeout_s: float, workdir: str | None) -> JobInfo:
         plan = self._plans.get(bottle.id)
         where = workdir or (plan.workdir if plan else "/")
         try:
-            return await self.jobs.start(
+            info = await self.jobs.start(
                 bottle,
                 kind="exec",
                 script=command + "\n",
@@ -136,6 +149,8 @@ class Delegation:
         except BottleGoneError:
             await self._service.discard(bottle)
             raise
+        self._service.keep.on_job(bottle.id, self.jobs.get(info.job_id))
+        return info
 
     async def wait_job(
         self, job_id: str, *, timeout_s: float, cursor: str | None, progress: Progress = _no_progress

@@ -373,6 +373,10 @@ class JobManager:
             )
         return int(pid)
 
+    def adopt(self, job: Job) -> None:
+        """Track a job a previous server started (its bottle was kept and adopted)."""
+        self._jobs[job.job_id] = job
+
     def _trim(self) -> None:
         finished = [j for j in self._jobs.values() if j.done]
         for j in finished[: max(0, len(self._jobs) - MAX_JOBS_KEPT)]:

@@ -59,6 +59,23 @@ def parse_size(value: str | int) -> int:
     return size
 
 
+_DURATION_RE = re.compile(r"^\s*([0-9]+)\s*([smhd]?)\s*$")
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_KEEP_S = 7 * 86400
+
+
+def parse_duration(value: str | int) -> int:
+    """`"20s"`, `"90m"`, `"1h"`, `"2d"`, `"0"` or a number of seconds -> seconds."""
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"duration must not be negative, got {value}")
+        return value
+    m = _DURATION_RE.match(value)
+    if not m:
+        raise ValueError(f"{value!r} is not a duration; write it like '20s', '30m', '1h', '2d' or '0'")
+    return int(m.group(1)) * _DURATION_UNITS[m.group(2).lower()]
+
+
 def format_size(n: int) -> str:
     for unit, factor in (("g", 1024**3), ("m", 1024**2), ("k", 1024)):
         if n >= factor and n % factor == 0:
@@ -306,12 +323,30 @@ class HostSettings(_Strict):
         description="When a person must approve a launch through the MCP client: 'never', 'always', or "
         "'elevated' (only bottles that grant more than the offline default). `serve --approve` overrides it.",
     )
+    keep_for: str | int = Field(
+        "1h",
+        description="How long the bottles and their running jobs are kept when the client goes away (stdin closes, "
+        "or the host stops the server with signals), for a later server of the same manifest to adopt; then they "
+        "remove themselves. A duration such as '20s', '30m', '1h' (at most '7d'); '0' removes them at once.",
+    )
+    on_exit: Literal["keep", "remove"] = Field(
+        "keep",
+        description="What `serve` does with its bottles when the client goes away: 'keep' them for keep_for, or "
+        "'remove' them. `serve --on-exit` overrides it.",
+    )
 
     @field_validator("output_cap")
     @classmethod
     def _cap(cls, v: str | int) -> str | int:
         if parse_size(v) > 64 * 1024**2:
             raise ValueError("output_cap is at most 64m")
+        return v
+
+    @field_validator("keep_for")
+    @classmethod
+    def _keep_for(cls, v: str | int) -> str | int:
+        if parse_duration(v) > MAX_KEEP_S:
+            raise ValueError("keep_for is at most '7d'")
         return v
 
 

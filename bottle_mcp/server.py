@@ -85,6 +85,11 @@ def build_server(service: BottleService) -> MCPServer[BottleService]:
         async with anyio.create_task_group() as tg:
             tg.start_soon(service.keep_warm)
             try:
+                await service.keep.adopt_all()
+            except Exception:
+                log.exception("could not look for kept bottles to adopt")
+            tg.start_soon(service.keep.refresh_forever)
+            try:
                 yield service
             finally:
                 tg.cancel_scope.cancel()  # the pools remove their spares while the bottles are removed
@@ -275,7 +280,9 @@ def build_server(service: BottleService) -> MCPServer[BottleService]:
         Returns bottles (bottle_id, agent, status, runtime, image, created_at, owner) and this
         server's instance id. owner: 'this-server' (yours to drive with exec/cp_in/stop_bottle),
         'other-server' (a live server's: leave it), 'orphaned' (its server is gone: call cleanup),
-        'unknown' (made on another host).
+        'kept' (its server's client went away; kept until kept_until for the next server of the same
+        manifest, which adopts it with its jobs; note says why this server does not), 'unknown' (made
+        on another host). Bottles this server adopted are 'this-server'.
         """
         return ActiveBottles(bottles=await service.list_active(), this_server=service.instance.id)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import anyio
 
 from .backends.base import Backend, Bottle, Progress, _no_progress
-from .delegate import Delegation
+from .delegate import Delegation, RepoOrigin
 from .errors import (
     BottleGoneError,
     BottleNotFoundError,
@@ -25,6 +25,8 @@ from .errors import (
     StalePlanError,
     UnknownPlanError,
 )
+from .jobs import Job
+from .keep import KeepManager, OnExit
 from .labels import Instance
 from .manifest import ApprovePolicy, LoadedManifest, load_manifest, parse_size
 from .models import (
@@ -57,6 +59,10 @@ class ServiceConfig:
     warm_pool: int | None = None  # spares per bottle definition; None: each bottle's warm_pool in the manifest
     approve: ApprovePolicy | None = None  # None: from the manifest's [host] approve
     approvals_log: Path | None = None  # None: the user's state folder (see approval.default_log_path)
+    # What happens to the bottles when the client goes away (keep.py). None: a library user, who
+    # keeps nothing and adopts nothing; `serve` sets it from --on-exit or the manifest's [host] on_exit.
+    on_exit: OnExit | None = None
+    keep_for_s: int | None = None  # None: the manifest's [host] keep_for
 
 
 class BottleService:
@@ -69,6 +75,7 @@ class BottleService:
         self._bottles: dict[str, Bottle] = {}
         self._launching = 0
         self.delegate = Delegation(self)
+        self.keep = KeepManager(self, config.on_exit, config.keep_for_s)
         self.redactor = Redactor(self._credential_names)
 
     # -- helpers ---------------------------------------------------------------------
@@ -93,7 +100,9 @@ class BottleService:
         bottle = self._bottles.get(bottle_id)
         if bottle is not None:
             return bottle
-        for info in await self.backend.list_active():
+        for info in await self.list_active():
+            if info.bottle_id == bottle_id and info.note:
+                raise BottleNotFoundError(bottle_id, f"this server does not drive it: {info.note}")
             if info.bottle_id == bottle_id:
                 raise BottleNotFoundError(
                     bottle_id,
@@ -111,6 +120,18 @@ class BottleService:
         self._bottles.pop(bottle.id, None)
         self.delegate.on_stop(bottle.id)
         await bottle.close()
+        await self.keep.on_stop(bottle.id)
+
+    def owned_ids(self) -> set[str]:
+        return set(self._bottles)
+
+    def register_adopted(
+        self, bottle: Bottle, plan: BottlePlan, origin: tuple[str, str | None] | None, jobs: list[Job]
+    ) -> None:
+        """Drive a kept bottle as this server's own (keep.py found it, took its lease and moved its deadline)."""
+        self._bottles[bottle.id] = bottle
+        repo = RepoOrigin(host_repo=Path(origin[0]), start=origin[1]) if origin else None
+        self.delegate.adopt(bottle, plan, repo, jobs)
 
     def _credential_names(self) -> set[str]:
         """Every credential the manifest (as now, or as at any live bottle's launch) forwards."""
@@ -178,6 +199,10 @@ class BottleService:
         self._bottles[bottle.id] = bottle
         try:
             await self.delegate.on_launch(bottle, plan)
+            origin = self.delegate.origin_of(bottle.id)
+            await self.keep.on_launch(
+                bottle, plan, (str(origin.host_repo), origin.start) if origin is not None else None
+            )
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await self.discard(bottle)
@@ -253,6 +278,7 @@ class BottleService:
         removed = await bottle.close()
         self._bottles.pop(bottle_id, None)
         self.delegate.on_stop(bottle_id)
+        await self.keep.on_stop(bottle_id)
         return StopResult(bottle_id=bottle_id, removed=removed)
 
     async def egress_log(self, bottle_id: str, *, limit: int = 200) -> EgressLog:
@@ -268,10 +294,10 @@ class BottleService:
         )
 
     async def list_active(self) -> list[BottleInfo]:
-        return await self.backend.list_active()
+        return await self.keep.annotate(await self.backend.list_active())
 
     async def cleanup(self, *, dry_run: bool = False) -> CleanupReport:
-        plan = await self.backend.prepare_cleanup()
+        plan = await self.keep.spare_kept(await self.backend.prepare_cleanup())
         if dry_run:
             return CleanupReport(dry_run=True, removed=plan.remove, kept=plan.keep, failed=[])
         return await self.backend.cleanup(plan)
@@ -297,10 +323,11 @@ class BottleService:
         return list(self._bottles.values())
 
     async def aclose(self) -> None:
-        """Remove this server's bottles, in parallel, within the host's shutdown budget."""
+        """Keep (keep.py) or remove this server's bottles, in parallel, within the host's shutdown budget."""
         bottles = list(self._bottles.values())
         self._bottles.clear()
         with anyio.CancelScope(shield=True):
+            bottles = await self.keep.leave(bottles)
             if bottles:
                 log.info("removing %d bottle(s) on shutdown", len(bottles))
                 started = time.monotonic()

@@ -47,6 +47,7 @@ from . import egress, gates
 from .bottle import DockerBottle
 from .channel import Channel
 from .engine import Engine
+from .keeper import DockerKeeper
 from .pool import SPARE_PREFIX, PoolTarget, Spare, Started, WarmPool, pool_key
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ class DockerBackend(Backend):
         self.gate_network = gate_network or os.environ.get(gates.GATE_NETWORK_ENV) or None
         self._runtimes_seen: tuple[float, set[str]] | None = None
         self.pool = WarmPool(lambda cid, bid, user: Channel.open(self.engine, cid, bid, user))
+        self.keeper = DockerKeeper(self.engine, instance)  # kept bottles: see keep.py
 
     async def keep_warm(self, manifest: LoadedManifest, sizes: dict[str, int]) -> None:
         targets: list[PoolTarget] = []

@@ -292,6 +292,12 @@ class DockerBottle:
     async def check_alive(self) -> None:
         await self._raise_if_gone()
 
+    def detach(self) -> None:
+        """Let go of the bottle without removing it (it is kept for a later server): end the exec channel."""
+        if self._channel is not None:
+            self._channel.close("the server let go of the bottle")
+        self._closed = True
+
     async def close(self) -> list[str]:
         if self._closed:
             return []
