@@ -23,6 +23,7 @@ from .labels import Instance
 
 if TYPE_CHECKING:
     from .backends.base import Backend
+    from .models import BottleInfo
     from .service import BottleService
 
 T = TypeVar("T")
@@ -112,6 +113,20 @@ def _parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("ls", help="list live bottles on the backend")
     ls.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    st = sub.add_parser("stop", help="remove kept bottles (and their sidecars, networks and volumes) now, on purpose")
+    st.add_argument("bottles", nargs="*", metavar="BOTTLE", help="bottle ids (see `bottle-mcp ls`)")
+    st.add_argument("--all", action="store_true", help="every bottle kept for this user that no running server drives")
+
+    sh = sub.add_parser(
+        "shell", help="an interactive shell in a bottle (a terminal, as the bottle's user, with its limits and network)"
+    )
+    sh.add_argument("bottle", metavar="BOTTLE", help="a bottle id (see `bottle-mcp ls`)")
+    sh.add_argument("-c", dest="command", default=None, help="run this command (with a terminal) instead of a shell")
+
+    lg = sub.add_parser("logs", help="print a job's output (stdout, and stderr on stderr)")
+    lg.add_argument("job", metavar="JOB", help="a job id (from exec background=true or run_agent)")
+    lg.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
 
     c = sub.add_parser("cleanup", help="remove what server instances that are gone left behind")
     c.add_argument("--dry-run", action="store_true", help="only list what would be removed")
@@ -301,25 +316,127 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
+    from .keep import annotate, describe_left
+
     backend = _instance_backend(args)
-    rows = _run(backend.list_active)
+
+    async def main() -> list[BottleInfo]:
+        try:
+            return await annotate(backend, await backend.list_active(), set(), None)
+        finally:
+            await backend.aclose()
+
+    rows = _run(main)
     if args.json:
         _print_json([r.model_dump(mode="json") for r in rows])
         return 0
     if not rows:
         print("no bottles")
         return 0
-    fmt = "{:<12} {:<12} {:<10} {:<8} {:<7} {:<13} {}"
-    print(fmt.format("BOTTLE", "AGENT", "STATUS", "RUNTIME", "", "OWNER", "CREATED"))
+    fmt = "{:<12} {:<12} {:<10} {:<8} {:<13} {:<14} {}"
+    print(fmt.format("BOTTLE", "AGENT", "STATUS", "RUNTIME", "OWNER", "KEPT", "CREATED"))
     for r in rows:
-        print(fmt.format(r.bottle_id, r.agent, r.status, r.runtime, "", r.owner, r.created_at))
+        left = describe_left(r.kept_until) if r.kept_until else ""
+        print(fmt.format(r.bottle_id, r.agent, r.status, r.runtime, r.owner, left, r.created_at))
     return 0
+
+
+def cmd_shell(args: argparse.Namespace) -> int:
+    backend = _instance_backend(args)
+    engine = getattr(backend, "engine", None)
+    if engine is None:
+        raise BottleError(f"the {backend.name} backend has no shell; `bottle-mcp shell` needs the docker backend")
+    from .backends.docker.terminal import open_shell
+
+    try:
+        return open_shell(engine, args.bottle, args.command)
+    finally:
+        engine.close()
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from .joblog import show_job
+    from .keep import find_job
+
+    found = find_job(args.job)
+    if found is None:
+        raise BottleError(
+            f"no job {args.job!r} in this user's records; jobs are recorded by servers that keep their bottles "
+            "([host] keep_for above 0), so list_jobs through the server that started it"
+        )
+    rec, job = found
+    backend = _instance_backend(args)
+    keeper = getattr(backend, "keeper", None)
+    if keeper is None:
+        raise BottleError(f"the {backend.name} backend cannot reach job output from here")
+
+    def write(stream: Any) -> Callable[[str], None]:
+        def w(text: str) -> None:
+            stream.write(text)
+            stream.flush()
+
+        return w
+
+    async def main() -> str:
+        try:
+            bottle = await keeper.reattach(rec.bottle_id, {}, channel=False)
+            return await show_job(bottle, job, follow=args.follow, out=write(sys.stdout), err=write(sys.stderr))
+        finally:
+            await backend.aclose()
+
+    state = _run(main)
+    print(f"[job {args.job} in bottle {rec.bottle_id}: {state}]", file=sys.stderr)
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from .keep import all_records, delete_record, lease_holder
+
+    if not args.all and not args.bottles:
+        raise BottleError("name the bottles to remove (bottle-mcp stop BOTTLE...), or pass --all")
+    backend = _instance_backend(args)
+    keeper = getattr(backend, "keeper", None)
+    if keeper is None:
+        raise BottleError(f"the {backend.name} backend keeps no bottles; there is nothing to stop here")
+    failures = 0
+
+    async def main() -> None:
+        nonlocal failures
+        try:
+            infos = {i.bottle_id: i for i in await backend.list_active()}
+            targets = list(all_records()) if args.all else list(args.bottles)
+            for bottle_id in targets:
+                holder = lease_holder(bottle_id)
+                info = infos.get(bottle_id)
+                if holder is not None or (info is not None and info.owner == "other-server"):
+                    if not args.all:
+                        who = holder or "another server"
+                        print(
+                            f"bottle-mcp: {bottle_id} is driven by a running server ({who}); "
+                            "stop it with that server's stop_bottle, or end that server first",
+                            file=sys.stderr,
+                        )
+                        failures += 1
+                    continue
+                removed = await keeper.remove_bottle(bottle_id)
+                delete_record(bottle_id)
+                if removed:
+                    print(f"removed {bottle_id}: {', '.join(removed)}")
+                elif not args.all:
+                    print(f"bottle-mcp: no bottle {bottle_id!r} on the engine", file=sys.stderr)
+                    failures += 1
+        finally:
+            await backend.aclose()
+
+    _run(main)
+    return 1 if failures else 0
 
 
 CLEANUP_BATCH = 16
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
+    from .keep import spare_kept
     from .models import CleanupPlan, CleanupReport
     from .progress import Bar, wants_bar
 
@@ -327,7 +444,7 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
 
     async def main() -> CleanupReport:
         try:
-            plan = await backend.prepare_cleanup()
+            plan = await spare_kept(backend, await backend.prepare_cleanup())
             if args.dry_run:
                 return CleanupReport(dry_run=True, removed=plan.remove, kept=plan.keep, failed=[])
             if args.json or not wants_bar(sys.stderr) or len(plan.remove) <= CLEANUP_BATCH:
@@ -355,7 +472,8 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
         for item in report.removed:
             print(f"{verb} {item.kind} {item.name} (bottle {item.bottle_id})")
         for item in report.kept:
-            print(f"kept {item.kind} {item.name}: its server is {item.owner}")
+            why = "kept for the next server" if item.owner == "kept" else f"its server is {item.owner}"
+            print(f"kept {item.kind} {item.name}: {why}")
         for f in report.failed:
             print(f"FAILED {f.item.kind} {f.item.name}: {f.error}", file=sys.stderr)
         print(f"{verb} {len(report.removed)}, kept {len(report.kept)}, failed {len(report.failed)}")
@@ -515,6 +633,9 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "plan": cmd_plan,
     "ls": cmd_ls,
     "cleanup": cmd_cleanup,
+    "stop": cmd_stop,
+    "shell": cmd_shell,
+    "logs": cmd_logs,
     "images": cmd_images,
     "schema": cmd_schema,
     "demo": cmd_demo,

@@ -50,6 +50,8 @@ RECORD_VERSION = 1
 # A kept bottle whose deadline is this close is left to its reaper rather than adopted.
 ADOPT_MARGIN_S = 3
 EXIT_BUDGET_S = 0.3
+# On the way out with on_exit = "remove": what the server has not removed by then, its reapers do.
+REMOVE_GRACE_S = 5
 
 
 class Keeper(Protocol):
@@ -60,7 +62,7 @@ class Keeper(Protocol):
     async def extend(self, bottle_id: str, until: int) -> bool: ...
     async def disarm(self, bottle_id: str) -> None: ...
     async def deadlines(self) -> dict[str, int]: ...
-    async def reattach(self, bottle_id: str, env: dict[str, str]) -> Bottle: ...
+    async def reattach(self, bottle_id: str, env: dict[str, str], *, channel: bool = True) -> Bottle: ...
     async def remove_bottle(self, bottle_id: str) -> list[str]: ...
 
 
@@ -222,9 +224,14 @@ class KeepManager:
         return parse_duration(self._service.manifest.manifest.host.keep_for)
 
     @property
+    def armed(self) -> bool:
+        """Whether bottles launched now get a record, a lease and a deadline (keep_for above zero)."""
+        return self.keeper is not None and self.keep_for_s > 0
+
+    @property
     def keeping(self) -> bool:
         """Whether bottles launched now are kept when the client goes away."""
-        return self.keeper is not None and self.on_exit == "keep" and self.keep_for_s > 0
+        return self.armed and self.on_exit == "keep"
 
     def _manifest_id(self) -> tuple[str, str]:
         lm = self._service.manifest
@@ -234,7 +241,7 @@ class KeepManager:
 
     async def on_launch(self, bottle: Bottle, plan: BottlePlan, origin: tuple[str, str | None] | None) -> None:
         """Record, lease and arm a bottle just launched; a failure leaves it unkept (removed at exit)."""
-        if not self.keeping or self.keeper is None:
+        if not self.armed or self.keeper is None:
             return
         path, sha = self._manifest_id()
         owner = self._service.instance.owner
@@ -323,9 +330,15 @@ class KeepManager:
         """On the way out: keep what can be kept; return the bottles that must be removed now.
 
         Safe under SIGKILL at any point: the records and deadlines were written long before, and
-        the last deadline move is one atomic engine call per bottle.
+        the last deadline move is one atomic engine call per bottle. When removing, the deadlines
+        move to a few seconds from now first, so a removal the host cuts short is finished by
+        the reapers.
         """
-        if self.on_exit != "keep" or self.keeper is None or self.keep_for_s <= 0:
+        if self.keeper is None or not self._armed:
+            return bottles
+        if self.on_exit == "remove":
+            with anyio.CancelScope(shield=True), anyio.move_on_after(EXIT_BUDGET_S):
+                await self._extend_all(int(time.time()) + REMOVE_GRACE_S)
             return bottles
         kept = [b for b in bottles if b.id in self._armed]
         if kept:
@@ -417,32 +430,39 @@ class KeepManager:
 
     async def annotate(self, infos: list[BottleInfo]) -> list[BottleInfo]:
         """list_active rows with kept bottles marked, and why this server leaves them alone."""
-        keeper = self.keeper or _any_keeper(self._service.backend)
-        deadlines = await keeper.deadlines() if keeper is not None else {}
-        records = all_records() if deadlines else {}
-        owned = self._service.owned_ids()
-        path, sha = self._manifest_id() if self._serving else ("", "")
-        out: list[BottleInfo] = []
-        for info in infos:
-            if info.bottle_id in owned:
-                out.append(info.model_copy(update={"owner": "this-server"}))
-                continue
-            until = deadlines.get(info.bottle_id)
-            if until is None or info.owner in ("this-server", "unknown"):
-                out.append(info)
-                continue
-            update: dict[str, Any] = {"kept_until": iso(until)}
-            holder = lease_holder(info.bottle_id)
-            if holder is not None and info.owner == "orphaned":
-                update |= {"owner": "other-server", "note": f"adopted by the server {holder}, which still runs"}
-            elif info.owner == "orphaned":
-                update |= {"owner": "kept", "note": _why_not_mine(records.get(info.bottle_id), path, sha)}
-            out.append(info.model_copy(update=update))
-        return out
+        manifest = self._manifest_id() if self._serving else None
+        return await annotate(self._service.backend, infos, self._service.owned_ids(), manifest)
 
     async def spare_kept(self, plan: CleanupPlan) -> CleanupPlan:
         """A cleanup plan that leaves kept bottles (deadline not passed) to their reapers."""
         return await spare_kept(self._service.backend, plan)
+
+
+async def annotate(
+    backend: Backend, infos: list[BottleInfo], owned: set[str], manifest: tuple[str, str] | None
+) -> list[BottleInfo]:
+    """Mark kept bottles (with their deadline) and say why a server with `manifest` leaves them alone."""
+    keeper = _any_keeper(backend)
+    deadlines = await keeper.deadlines() if keeper is not None else {}
+    records = all_records() if deadlines else {}
+    path, sha = manifest or ("", "")
+    out: list[BottleInfo] = []
+    for info in infos:
+        if info.bottle_id in owned:
+            out.append(info.model_copy(update={"owner": "this-server"}))
+            continue
+        until = deadlines.get(info.bottle_id)
+        if until is None or info.owner in ("this-server", "unknown"):
+            out.append(info)
+            continue
+        update: dict[str, Any] = {"kept_until": iso(until)}
+        holder = lease_holder(info.bottle_id)
+        if holder is not None and info.owner == "orphaned":
+            update |= {"owner": "other-server", "note": f"adopted by the server {holder}, which still runs"}
+        elif info.owner == "orphaned":
+            update |= {"owner": "kept", "note": _why_not_mine(records.get(info.bottle_id), path, sha)}
+        out.append(info.model_copy(update=update))
+    return out
 
 
 def _any_keeper(backend: Backend) -> Keeper | None:
@@ -480,8 +500,10 @@ async def spare_kept(backend: Backend, plan: CleanupPlan) -> CleanupPlan:
     return CleanupPlan(remove=remove, keep=plan.keep + spared)
 
 
-def describe_left(until: int) -> str:
-    left = max(0, until - int(time.time()))
+def describe_left(kept_until: str) -> str:
+    """'14m05s left' for an ISO deadline as list_active gives it."""
+    until = datetime.strptime(kept_until, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
+    left = max(0, int(until - time.time()))
     if left >= 3600:
         return f"{left // 3600}h{left % 3600 // 60:02d}m left"
     if left >= 60:

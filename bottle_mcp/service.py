@@ -334,7 +334,7 @@ class BottleService:
                 with anyio.move_on_after(SHUTDOWN_BUDGET_S * 3) as scope:
                     async with anyio.create_task_group() as tg:
                         for b in bottles:
-                            tg.start_soon(_close_quietly, b)
+                            tg.start_soon(self._remove_quietly, b)
                 took = time.monotonic() - started
                 if scope.cancelled_caught:
                     log.warning("gave up removing bottles after %.1f s; `bottle-mcp cleanup` will find them", took)
@@ -342,9 +342,10 @@ class BottleService:
                     log.info("removed %d bottle(s) in %.2f s", len(bottles), took)
             await self.backend.aclose()
 
-
-async def _close_quietly(bottle: Bottle) -> None:
-    try:
-        await bottle.close()
-    except Exception:
-        log.exception("could not remove bottle %s; `bottle-mcp cleanup` will find it", bottle.id)
+    async def _remove_quietly(self, bottle: Bottle) -> None:
+        try:
+            await bottle.close()
+        except Exception:
+            log.exception("could not remove bottle %s; its reaper or `bottle-mcp cleanup` will", bottle.id)
+            return
+        await self.keep.on_stop(bottle.id)

@@ -68,7 +68,7 @@ async def test_supervisor_delegates_a_task_and_brings_the_work_back(
     params = StdioServerParameters(
         command=sys.executable,
         # The human running this server chose not to be asked (approval has its own tests).
-        args=["-m", "bottle_mcp", "serve", "--manifest", str(manifest), "--approve", "never"],
+        args=["-m", "bottle_mcp", "serve", "--manifest", str(manifest), "--approve", "never", "--on-exit", "remove"],
         env=env,
         cwd=str(host_repo),
     )

@@ -6,7 +6,15 @@ servers a state folder of their own (XDG_STATE_HOME), so records and leases are 
 
 from __future__ import annotations
 
+import json
+import os
+import pty
+import select
+import signal
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import docker
@@ -27,6 +35,7 @@ def keep_manifest(write_manifest: ManifestFactory, worker_image: str, tmp_path: 
         [host]
         skills_dir = "{tmp_path}"
         keep_for = "{KEEP_FOR}s"
+        approve = "never"
 
         [bottles.offline]
         image = "{worker_image}"
@@ -43,8 +52,11 @@ def keep_manifest(write_manifest: ManifestFactory, worker_image: str, tmp_path: 
 
 
 @pytest.fixture
-def state_env(tmp_path: Path) -> dict[str, str]:
-    return {"XDG_STATE_HOME": str(tmp_path / "state")}
+def state_env(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """A state folder of the test's own; whatever it kept is removed at the end, pass or fail."""
+    env = {"XDG_STATE_HOME": str(tmp_path / "state")}
+    yield env
+    cli("stop", "--all", env=env)
 
 
 def objects_of(client: docker.DockerClient, bottle_id: str) -> list[str]:
@@ -114,4 +126,262 @@ def test_next_server_adopts_a_kept_bottle_with_its_file_job_output_and_exit_code
         assert stopped["removed"]
     finally:
         close_client(b)
+    assert wait_until_gone(docker_client, bid, 10) == []
+
+
+def host_signals(server: RawServer) -> bool:
+    """Stop a server the way Claude Code does: SIGINT, SIGTERM 100 ms later, SIGKILL 500 ms after the SIGINT.
+
+    True when the server had exited before the SIGKILL was due.
+    """
+    server.proc.send_signal(signal.SIGINT)
+    time.sleep(0.1)
+    server.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.4)
+    exited = server.proc.poll() is not None
+    if not exited:
+        server.proc.kill()
+    server.proc.wait(timeout=10)
+    return exited
+
+
+def cli(*args: str, env: dict[str, str], stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bottle_mcp", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **env},
+        input=stdin,
+        check=False,
+    )
+
+
+def test_the_hosts_signal_sequence_keeps_the_bottle_the_next_server_adopts_and_nothing_outlives_the_grace(
+    keep_manifest: Path, tmp_path: Path, state_env: dict[str, str], docker_client: docker.DockerClient
+) -> None:
+    a = RawServer(keep_manifest, tmp_path, env=state_env)
+    try:
+        (bid,) = a.launch(1)
+        job_id = a.ok(
+            "exec", {"bottle_id": bid, "command": "sleep 2; echo done-while-away; exit 3", "background": True}
+        )["job"]["job_id"]
+    finally:
+        host_signals(a)
+    stderr = a.proc.stderr.read().decode()  # type: ignore[union-attr]
+    assert "kept 1 bottle(s)" in stderr, stderr[-2000:]
+    assert any(n.startswith("bottle-mcp-keep-") for n in objects_of(docker_client, bid))
+
+    # No server runs: the person sees the kept bottle with its time left, and the job's output.
+    listed = cli("ls", env=state_env)
+    row = next(line for line in listed.stdout.splitlines() if line.startswith(bid))
+    assert " kept " in row and "s left" in row, listed.stdout
+    time.sleep(3)
+    logs = cli("logs", job_id, env=state_env)
+    assert logs.returncode == 0, logs.stderr
+    assert logs.stdout == "done-while-away\n" and "exited 3" in logs.stderr
+    dry = json.loads(cli("cleanup", "--dry-run", "--json", env=state_env).stdout)
+    assert bid not in {i["bottle_id"] for i in dry["removed"]}
+
+    b = RawServer(keep_manifest, tmp_path, env=state_env)
+    try:
+        done = b.ok("wait_job", {"job_id": job_id, "timeout_s": 30})
+        assert (done["job"]["exit_code"], done["stdout"]["text"]) == (3, "done-while-away\n")
+    finally:
+        host_signals(b)  # kept again; and this time no server comes back
+    left = wait_until_gone(docker_client, bid, KEEP_FOR + 15)
+    assert left == [], f"still there after the grace period: {left}"
+
+
+@pytest.fixture
+def egress_manifest(write_manifest: ManifestFactory, worker_image: str, tmp_path: Path) -> Path:
+    return write_manifest(
+        f"""
+        [host]
+        skills_dir = "{tmp_path}"
+        keep_for = "{KEEP_FOR}s"
+        approve = "never"
+
+        [bottles.net]
+        image = "{worker_image}"
+        network = "egress"
+
+        [bottles.net.resources]
+        memory = "256m"
+        pids = 256
+
+        [bottles.net.egress]
+        allow = ["allowed.test"]
+
+        [agents.worker]
+        bottle = "net"
+        command = ["true"]
+        """
+    )
+
+
+def test_a_kept_bottle_with_sidecars_removes_itself_networks_and_volumes_when_no_server_comes(
+    egress_manifest: Path, tmp_path: Path, state_env: dict[str, str], docker_client: docker.DockerClient
+) -> None:
+    a = RawServer(egress_manifest, tmp_path, env=state_env)
+    try:
+        (bid,) = a.launch(1)
+    finally:
+        close_client(a)
+    flt = {"label": [f"{L.BOTTLE}={bid}"]}
+    assert docker_client.api.networks(filters=flt), "an egress bottle has a network of its own"
+    assert len(docker_client.api.containers(filters=flt)) >= 4  # bottle, proxy, forwarder, reaper
+    # cleanup leaves a kept bottle alone while its time runs.
+    report = json.loads(cli("cleanup", "--json", env=state_env).stdout)
+    assert bid not in {i["bottle_id"] for i in report["removed"]}
+    assert objects_of(docker_client, bid)
+    left = wait_until_gone(docker_client, bid, KEEP_FOR + 15)
+    assert left == [], f"still there after the grace period: {left}"
+
+
+def test_a_changed_manifest_leaves_kept_bottles_alone_and_says_what_differs(
+    keep_manifest: Path, tmp_path: Path, state_env: dict[str, str], docker_client: docker.DockerClient
+) -> None:
+    a = RawServer(keep_manifest, tmp_path, env=state_env)
+    try:
+        (bid,) = a.launch(1)
+    finally:
+        close_client(a)
+    keep_manifest.write_text(keep_manifest.read_text() + "\n# edited after the launch\n")
+    b = RawServer(keep_manifest, tmp_path, env=state_env)
+    try:
+        row = next(x for x in b.ok("list_active", {})["bottles"] if x["bottle_id"] == bid)
+        assert row["owner"] == "kept" and row["kept_until"]
+        assert "changed" in row["note"] and str(keep_manifest.resolve()) in row["note"]
+        refused = b.call("exec", {"bottle_id": bid, "command": "true"})
+        assert refused["isError"] and "changed" in refused["content"][0]["text"]
+        b.ok("cleanup", {})
+        assert objects_of(docker_client, bid), "cleanup removed a kept bottle"
+    finally:
+        close_client(b)
+    # Removed on purpose by the person.
+    stopped = cli("stop", bid, env=state_env)
+    assert stopped.returncode == 0 and f"removed {bid}" in stopped.stdout, stopped.stderr
+    assert wait_until_gone(docker_client, bid, 10) == []
+
+
+def test_two_servers_never_drive_one_bottle(
+    keep_manifest: Path, tmp_path: Path, state_env: dict[str, str], docker_client: docker.DockerClient
+) -> None:
+    a = RawServer(keep_manifest, tmp_path, env=state_env)
+    b: RawServer | None = None
+    c: RawServer | None = None
+    try:
+        (bid,) = a.launch(1)
+        b = RawServer(keep_manifest, tmp_path, env=state_env)
+        assert next(x for x in b.ok("list_active", {})["bottles"] if x["bottle_id"] == bid)["owner"] == "other-server"
+        assert b.call("exec", {"bottle_id": bid, "command": "true"})["isError"]
+        close_client(b)
+        close_client(a)  # kept
+        b = RawServer(keep_manifest, tmp_path, env=state_env)  # adopts
+        assert b.ok("exec", {"bottle_id": bid, "command": "echo mine"})["stdout"] == "mine\n"
+        c = RawServer(keep_manifest, tmp_path, env=state_env)  # finds it leased by b
+        row = next(x for x in c.ok("list_active", {})["bottles"] if x["bottle_id"] == bid)
+        assert row["owner"] == "other-server" and "adopted by" in row["note"]
+        assert c.call("exec", {"bottle_id": bid, "command": "true"})["isError"]
+        more = b.launch(1)
+    finally:
+        for s in (c, b, a):
+            if s is not None and s.proc.poll() is None:
+                close_client(s)
+    # Both kept now; the person removes every bottle kept for them on purpose.
+    stopped = cli("stop", "--all", env=state_env)
+    assert stopped.returncode == 0, stopped.stderr
+    for gone in (bid, *more):
+        assert wait_until_gone(docker_client, gone, 10) == []
+
+
+def test_tools_work_on_an_adopted_copy_cwd_bottle_and_a_job_started_before(
+    keep_manifest: Path, tmp_path: Path, state_env: dict[str, str], docker_client: docker.DockerClient
+) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    (repo / "hello.txt").write_text("hello\n")
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "start"], check=True)
+    a = RawServer(keep_manifest, repo, env=state_env)
+    try:
+        plan = a.ok("prepare_bottle", {"agent": "worker", "copy_cwd": True})
+        bid = a.ok("launch_bottle", {"plan_id": plan["plan_id"]})["bottle_id"]
+        long_job = a.ok("exec", {"bottle_id": bid, "command": "sleep 300", "background": True})["job"]["job_id"]
+    finally:
+        close_client(a)
+    b = RawServer(keep_manifest, repo, env=state_env)
+    try:
+        (repo / "input.txt").write_text("from the host\n")
+        b.ok("cp_in", {"bottle_id": bid, "host_path": str(repo / "input.txt"), "bottle_path": "/workspace/input.txt"})
+        commit = (
+            "git -c user.name=a -c user.email=a@example.invalid add input.txt && "
+            "git -c user.name=a -c user.email=a@example.invalid commit -qm 'add input'"
+        )
+        assert b.ok("exec", {"bottle_id": bid, "command": commit})["exit_code"] == 0
+        diff = b.ok("diff", {"bottle_id": bid})
+        assert "input.txt" in diff["stat"]
+        b.ok("cp_out", {"bottle_id": bid, "bottle_path": "/workspace/input.txt", "host_path": str(repo / "back.txt")})
+        assert (repo / "back.txt").read_text() == "from the host\n"
+        branch = b.ok("fetch_branch", {"bottle_id": bid, "branch": "from-kept"})
+        assert [c["subject"] for c in branch["commits"]] == ["add input"]
+        cancelled = b.ok("cancel_job", {"job_id": long_job})
+        assert cancelled["job"]["status"] == "cancelled" and cancelled["processes_left"] == 0
+        assert b.ok("stop_bottle", {"bottle_id": bid})["removed"]
+    finally:
+        close_client(b)
+    assert wait_until_gone(docker_client, bid, 10) == []
+
+
+def _pty_run(argv: list[str], env: dict[str, str], line: bytes, timeout_s: float = 30) -> tuple[str, int]:
+    """Run argv on a pseudo-terminal, type `line` once a prompt shows, return what it printed and its status."""
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: becomes the command
+        os.environ.update(env)
+        os.execv(argv[0], argv)
+    out = b""
+    typed = False
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if ready:
+            try:
+                data = os.read(fd, 4096)
+            except OSError:
+                break
+            if not data:
+                break
+            out += data
+        if not typed and b"$ " in out:
+            os.write(fd, line)
+            typed = True
+    os.close(fd)
+    _, status = os.waitpid(pid, 0)
+    return out.decode(errors="replace"), os.waitstatus_to_exitcode(status)
+
+
+def test_shell_gives_a_terminal_as_the_bottles_user_on_live_and_kept_bottles(
+    keep_manifest: Path, tmp_path: Path, state_env: dict[str, str], docker_client: docker.DockerClient
+) -> None:
+    argv = [sys.executable, "-m", "bottle_mcp", "shell"]
+    probe = (
+        b"test -t 0 && echo TTY=yes; echo R=$((6*7)) U=$(id -u) "
+        b"NET=$(tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | tr '\\n' ,); exit 5\r"
+    )
+    a = RawServer(keep_manifest, tmp_path, env=state_env)
+    try:
+        (bid,) = a.launch(1)
+        user = docker_client.api.inspect_container(f"bottle-mcp-worker-{bid}")["Config"]["User"].split(":")[0]
+        out, code = _pty_run([*argv, bid], state_env, probe)
+        assert code == 5, out
+        assert "TTY=yes" in out and "R=42" in out and f"U={user}" in out, out
+    finally:
+        close_client(a)
+    out, code = _pty_run([*argv, bid], state_env, probe)  # kept now
+    assert code == 5 and "R=42" in out and f"U={user}" in out, out
+    assert "NET=lo,\r" in out, out  # the bottle's own network namespace: loopback only
+    assert cli("stop", bid, env=state_env).returncode == 0
     assert wait_until_gone(docker_client, bid, 10) == []

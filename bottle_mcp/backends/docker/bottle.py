@@ -104,6 +104,10 @@ class DockerBottle:
                 return False
             return True
 
+    def no_channel(self) -> None:
+        """Use one engine exec per command from now on."""
+        self._channel_attempts = CHANNEL_ATTEMPTS
+
     def adopt_channel(self, channel: Channel | None) -> None:
         """Take over a channel started before this handle existed (a warm pool's)."""
         if channel is not None and channel.alive:

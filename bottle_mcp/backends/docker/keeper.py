@@ -177,8 +177,12 @@ class DockerKeeper:
                 out[bottle] = until
         return out
 
-    async def reattach(self, bottle_id: str, env: dict[str, str]) -> KeptBottle:
-        """A handle on a kept bottle found by its label; BottleError when it is not there or not running."""
+    async def reattach(self, bottle_id: str, env: dict[str, str], *, channel: bool = True) -> KeptBottle:
+        """A handle on a kept bottle found by its label; BottleError when it is not there or not running.
+
+        Without `channel`, commands use one engine exec each (for a short look that should leave
+        no supervisor behind).
+        """
         rows = await self.engine.call(
             "find a kept bottle",
             lambda c: c.api.containers(
@@ -214,7 +218,10 @@ class DockerKeeper:
             instance=lab.get(L.INSTANCE, "?"),
         )
         user = str(inspected["Config"].get("User") or "0")
-        return KeptBottle(self, container_id=cid, volume=volume, info=info, user=user, env=env)
+        handle = KeptBottle(self, container_id=cid, volume=volume, info=info, user=user, env=env)
+        if not channel:
+            handle.no_channel()
+        return handle
 
     async def remove_bottle(self, bottle_id: str) -> list[str]:
         """Remove every container, volume and network labelled with this bottle id (its reaper too)."""
