@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import sys
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
 from pathlib import Path
@@ -264,7 +265,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # are caught and ignored instead of killing the server halfway through.
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(_on_signals, signals, tg.cancel_scope)
+                tg.start_soon(_on_signals, signals, tg.cancel_scope, service)
                 tg.start_soon(_report_leftovers, service)
                 await mcp.run_stdio_async()
                 tg.cancel_scope.cancel()
@@ -273,14 +274,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _on_signals(signals: AsyncIterator[int], scope: anyio.CancelScope) -> None:
+async def _on_signals(signals: AsyncIterator[int], scope: anyio.CancelScope, service: BottleService) -> None:
     log = logging.getLogger("bottle_mcp")
     async for signum in signals:
-        if not scope.cancel_called:
-            log.info("signal %d: the client went away; shutting down", signum)
-            scope.cancel()
-        else:
-            log.info("signal %d: already shutting down", signum)
+        log.info("signal %d: the client went away; shutting down", signum)
+        # The SDK reads stdin in a worker thread that no cancellation reaches, and a host that signals
+        # keeps the pipe open: once the bottles are kept or removed, nothing is left to wait for.
+        threading.Thread(target=_exit_when_closed, args=(service,), daemon=True).start()
+        scope.cancel()
+        return
+
+
+def _exit_when_closed(service: BottleService) -> None:
+    if service.closed.wait(timeout=60):
+        logging.getLogger("bottle_mcp").info("shut down")
+        logging.shutdown()
+        os._exit(0)
 
 
 async def _report_leftovers(service: BottleService) -> None:

@@ -9,6 +9,7 @@ be driven only by the server that launched it.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -74,6 +75,7 @@ class BottleService:
         self._plans: OrderedDict[str, tuple[BottlePlan, BottleSpec]] = OrderedDict()
         self._bottles: dict[str, Bottle] = {}
         self._launching = 0
+        self.closed = threading.Event()  # set once aclose has kept or removed every bottle
         self.delegate = Delegation(self)
         self.keep = KeepManager(self, config.on_exit, config.keep_for_s)
         self.redactor = Redactor(self._credential_names)
@@ -341,6 +343,7 @@ class BottleService:
                 else:
                     log.info("removed %d bottle(s) in %.2f s", len(bottles), took)
             await self.backend.aclose()
+        self.closed.set()
 
     async def _remove_quietly(self, bottle: Bottle) -> None:
         try:
