@@ -29,7 +29,7 @@ import os
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import anyio
 from pydantic import BaseModel, ValidationError
@@ -37,11 +37,10 @@ from pydantic import BaseModel, ValidationError
 from .backends.base import Backend, Bottle
 from .errors import BottleError, EngineError
 from .jobs import Job
+from .labels import Instance
+from .manifest import LoadedManifest
 from .models import BottleInfo, BottlePlan, CleanupPlan
 from .results import JobKind
-
-if TYPE_CHECKING:
-    from .service import BottleService
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +63,22 @@ class Keeper(Protocol):
     async def deadlines(self) -> dict[str, int]: ...
     async def reattach(self, bottle_id: str, env: dict[str, str], *, channel: bool = True) -> Bottle: ...
     async def remove_bottle(self, bottle_id: str) -> list[str]: ...
+
+
+class KeepHost(Protocol):
+    """What keeping needs from the server (the service): its backend, identity, manifest and live bottles."""
+
+    backend: Backend
+    instance: Instance
+
+    @property
+    def manifest(self) -> LoadedManifest: ...
+
+    def owned_ids(self) -> set[str]: ...
+
+    def register_adopted(
+        self, bottle: Bottle, plan: BottlePlan, origin: tuple[str, str | None] | None, jobs: list[Job]
+    ) -> None: ...
 
 
 def keeper_of(backend: Backend) -> Keeper | None:
@@ -206,7 +221,7 @@ def refresh_interval(keep_for_s: int) -> float:
 class KeepManager:
     """This server's side of keeping: leases, records, deadlines, adoption and the way out."""
 
-    def __init__(self, service: BottleService, on_exit: OnExit | None, keep_for_s: int | None) -> None:
+    def __init__(self, service: KeepHost, on_exit: OnExit | None, keep_for_s: int | None) -> None:
         self._service = service
         self.on_exit: OnExit = on_exit or "remove"
         self._serving = on_exit is not None  # a library user (no `serve`) keeps nothing and adopts nothing

@@ -231,8 +231,8 @@ def build_server(service: BottleService) -> MCPServer[BottleService]:
         """Stop a bottle this server launched and remove it with its workspace volume.
 
         Returns what was removed. Its files are lost: copy out what you need first (exec cat).
-        Bottles of other servers cannot be stopped from here; the server also removes all of its
-        bottles when it shuts down.
+        Bottles of other servers cannot be stopped from here. When the client goes away the server
+        keeps its bottles for [host] keep_for (or removes them, per [host] on_exit).
         """
         return await service.stop(bottle_id)
 

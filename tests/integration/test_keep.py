@@ -25,7 +25,10 @@ from bottle_mcp import labels as L
 from ..conftest import ManifestFactory
 from ..reliability.stdio import RawServer
 
-KEEP_FOR = 20
+# Long enough for a loaded machine to start the next server in time; tests that wait for the end of
+# the grace period pass a short one to the last server with --keep-for.
+KEEP_FOR = 60
+SHORT = 12
 
 
 @pytest.fixture
@@ -183,13 +186,13 @@ def test_the_hosts_signal_sequence_keeps_the_bottle_the_next_server_adopts_and_n
     dry = json.loads(cli("cleanup", "--dry-run", "--json", env=state_env).stdout)
     assert bid not in {i["bottle_id"] for i in dry["removed"]}
 
-    b = RawServer(keep_manifest, tmp_path, env=state_env)
+    b = RawServer(keep_manifest, tmp_path, "--keep-for", f"{SHORT}s", env=state_env)
     try:
         done = b.ok("wait_job", {"job_id": job_id, "timeout_s": 30})
         assert (done["job"]["exit_code"], done["stdout"]["text"]) == (3, "done-while-away\n")
     finally:
-        host_signals(b)  # kept again; and this time no server comes back
-    left = wait_until_gone(docker_client, bid, KEEP_FOR + 15)
+        host_signals(b)  # kept again (for SHORT seconds); and this time no server comes back
+    left = wait_until_gone(docker_client, bid, SHORT + 15)
     assert left == [], f"still there after the grace period: {left}"
 
 
@@ -223,7 +226,7 @@ def egress_manifest(write_manifest: ManifestFactory, worker_image: str, tmp_path
 def test_a_kept_bottle_with_sidecars_removes_itself_networks_and_volumes_when_no_server_comes(
     egress_manifest: Path, tmp_path: Path, state_env: dict[str, str], docker_client: docker.DockerClient
 ) -> None:
-    a = RawServer(egress_manifest, tmp_path, env=state_env)
+    a = RawServer(egress_manifest, tmp_path, "--keep-for", "25s", env=state_env)
     try:
         (bid,) = a.launch(1)
     finally:
@@ -235,7 +238,7 @@ def test_a_kept_bottle_with_sidecars_removes_itself_networks_and_volumes_when_no
     report = json.loads(cli("cleanup", "--json", env=state_env).stdout)
     assert bid not in {i["bottle_id"] for i in report["removed"]}
     assert objects_of(docker_client, bid)
-    left = wait_until_gone(docker_client, bid, KEEP_FOR + 15)
+    left = wait_until_gone(docker_client, bid, 25 + 15)
     assert left == [], f"still there after the grace period: {left}"
 
 

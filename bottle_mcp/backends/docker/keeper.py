@@ -40,10 +40,12 @@ def reaper_source() -> str:
     return (resources.files("bottle_mcp") / "data" / "reaper.py").read_text(encoding="utf-8")
 
 
-def engine_socket(where: str) -> str | None:
+def engine_socket(engine: Engine) -> str | None:
     """The engine's Unix socket path on the engine's host, or None when the engine is reached otherwise."""
-    if where.startswith("unix://"):
-        return where.removeprefix("unix://")
+    endpoint = getattr(engine, "endpoint", None)
+    url = str(getattr(endpoint, "url", None) or engine.where)
+    if url.startswith("unix://"):
+        return url.removeprefix("unix://").split(" ", 1)[0]
     return None
 
 
@@ -82,7 +84,7 @@ class DockerKeeper:
 
     def unavailable(self) -> str | None:
         """Why bottles cannot be kept on this engine, or None."""
-        if engine_socket(self.engine.where) is None:
+        if engine_socket(self.engine) is None:
             return (
                 f"the engine is reached at {self.engine.where}, not through a Unix socket, so no reaper can "
                 "reach it; bottles are removed when the server stops"
@@ -91,7 +93,7 @@ class DockerKeeper:
 
     async def arm(self, bottle_id: str, until: int) -> None:
         """Start the bottle's reaper with this deadline."""
-        sock = engine_socket(self.engine.where)
+        sock = engine_socket(self.engine)
         if sock is None:
             raise BottleError(self.unavailable() or "no engine socket")
         labels = self.instance.labels(
