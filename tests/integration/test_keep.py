@@ -21,6 +21,10 @@ import docker
 import pytest
 
 from bottle_mcp import labels as L
+from bottle_mcp.backends.docker import DockerBackend
+from bottle_mcp.keep import spare_kept
+from bottle_mcp.labels import Instance
+from bottle_mcp.models import CleanupPlan
 
 from ..conftest import ManifestFactory
 from ..reliability.stdio import RawServer
@@ -234,9 +238,10 @@ def test_a_kept_bottle_with_sidecars_removes_itself_networks_and_volumes_when_no
     flt = {"label": [f"{L.BOTTLE}={bid}"]}
     assert docker_client.api.networks(filters=flt), "an egress bottle has a network of its own"
     assert len(docker_client.api.containers(filters=flt)) >= 4  # bottle, proxy, forwarder, reaper
-    # cleanup leaves a kept bottle alone while its time runs.
-    report = json.loads(cli("cleanup", "--json", env=state_env).stdout)
+    # cleanup leaves a kept bottle alone while its time runs (a dry run: the engine is shared).
+    report = json.loads(cli("cleanup", "--dry-run", "--json", env=state_env).stdout)
     assert bid not in {i["bottle_id"] for i in report["removed"]}
+    assert {i["owner"] for i in report["kept"] if i["bottle_id"] == bid} == {"kept"}
     assert objects_of(docker_client, bid)
     left = wait_until_gone(docker_client, bid, 25 + 15)
     assert left == [], f"still there after the grace period: {left}"
@@ -258,8 +263,8 @@ def test_a_changed_manifest_leaves_kept_bottles_alone_and_says_what_differs(
         assert "changed" in row["note"] and str(keep_manifest.resolve()) in row["note"]
         refused = b.call("exec", {"bottle_id": bid, "command": "true"})
         assert refused["isError"] and "changed" in refused["content"][0]["text"]
-        b.ok("cleanup", {})
-        assert objects_of(docker_client, bid), "cleanup removed a kept bottle"
+        preview = b.ok("cleanup", {"dry_run": True})  # a dry run: the engine is shared with others
+        assert bid not in {i["bottle_id"] for i in preview["removed"]}
     finally:
         close_client(b)
     # Removed on purpose by the person.
@@ -401,3 +406,30 @@ def test_on_exit_remove_under_the_hosts_signals_leaves_nothing_even_when_sigkill
     for bid in ids:
         left = wait_until_gone(docker_client, bid, 20)
         assert left == [], f"{bid} left behind: {left}"
+
+
+@pytest.mark.anyio
+async def test_cleanup_removes_a_kept_bottle_once_nothing_keeps_it(
+    keep_manifest: Path, tmp_path: Path, state_env: dict[str, str], docker_client: docker.DockerClient
+) -> None:
+    a = RawServer(keep_manifest, tmp_path, env=state_env)
+    try:
+        (bid,) = a.launch(1)
+    finally:
+        close_client(a)
+    backend = DockerBackend(Instance.current())
+    try:
+        plan = await spare_kept(backend, await backend.prepare_cleanup())
+        assert bid not in {i.bottle_id for i in plan.remove}
+        assert {i.owner for i in plan.keep if i.bottle_id == bid} == {"kept"}
+        # Its reaper stopped by hand: the bottle is an ordinary orphan now, and cleanup takes it.
+        (reaper,) = docker_client.api.containers(filters={"label": [f"{L.ROLE}=reaper", f"{L.BOTTLE}={bid}"]})
+        docker_client.api.stop(reaper["Id"], timeout=0)
+        plan = await spare_kept(backend, await backend.prepare_cleanup())
+        mine = CleanupPlan(remove=[i for i in plan.remove if i.bottle_id == bid], keep=[])
+        assert {i.kind for i in mine.remove} == {"container", "volume"}
+        report = await backend.cleanup(mine)  # only this test's objects: the engine is shared
+        assert report.failed == []
+    finally:
+        await backend.aclose()
+    assert objects_of(docker_client, bid) == []
