@@ -13,6 +13,7 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
+import docker
 import pytest
 
 pytest_plugins = ["tests.engine_fixtures"]
@@ -22,6 +23,15 @@ REPO = Path(__file__).resolve().parent.parent
 WORKER_CONTEXT = REPO / "bottle_mcp" / "data" / "images" / "worker"
 
 _docker_state: dict[str, object] = {"checked": False, "error": None, "passed": 0}
+# The container runtimes that runtime-parametrized tests really ran under, reported at the end.
+RUNTIMES_COVERED: set[str] = set()
+
+
+def engine_client(timeout: int = 60) -> docker.DockerClient:
+    """A client for the engine the server would use (DOCKER_HOST, Docker contexts, ssh:// included)."""
+    from bottle_mcp.backends.docker.endpoint import connect, resolve
+
+    return connect(resolve(), max_pool_size=64, timeout=timeout)
 
 
 def engine_error() -> str | None:
@@ -29,9 +39,7 @@ def engine_error() -> str | None:
     if not _docker_state["checked"]:
         _docker_state["checked"] = True
         try:
-            import docker
-
-            client = docker.from_env(timeout=10)
+            client = engine_client(timeout=10)
             client.ping()
             client.close()
         except Exception as e:  # any failure means: no usable engine
@@ -71,6 +79,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if report.when == "call" and report.passed and "docker" in report.keywords:
         _docker_state["passed"] = int(_docker_state["passed"]) + 1  # type: ignore[call-overload]
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if RUNTIMES_COVERED:
+        covered = ", ".join(sorted(RUNTIMES_COVERED))
+        terminalreporter.write_line(f"container runtimes covered by the runtime-parametrized tests: {covered}")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
