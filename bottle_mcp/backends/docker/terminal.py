@@ -22,6 +22,7 @@ from typing import Any
 from ... import labels as L
 from ...errors import BottleError
 from .engine import Engine
+from .rawsock import stream_socket
 
 SHELL = "if command -v bash >/dev/null 2>&1; then exec bash -i; else exec sh -i; fi"
 
@@ -56,11 +57,7 @@ def open_shell(engine: Engine, bottle_id: str, command: str | None = None) -> in
         lambda c: c.api.exec_create(cid, argv, stdin=True, tty=True, user=user, workdir=workdir, environment=env)["Id"],
     )
     raw = engine.call_sync("start a shell", lambda c: c.api.exec_start(exec_id, tty=True, socket=True))
-    sock = getattr(raw, "_sock", raw)
-    if not isinstance(sock, socket.socket):
-        with contextlib.suppress(Exception):
-            raw.close()
-        raise BottleError(f"the engine connection is a {type(sock).__name__}, not a socket a terminal can use")
+    sock = stream_socket(raw)  # a real socket whatever the transport (ssh:// included)
     sock.settimeout(None)
 
     def resize(*_: object) -> None:
