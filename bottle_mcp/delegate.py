@@ -119,7 +119,7 @@ class Delegation:
         if invocation.prompt_on_stdin:
             shown += ["<", "(the prompt, on stdin)"]
         try:
-            info = await self.jobs.start(
+            return await self.jobs.start(
                 bottle,
                 kind="agent",
                 script=script,
@@ -131,14 +131,12 @@ class Delegation:
         except BottleGoneError:
             await self._service.discard(bottle)
             raise
-        self._service.keep.on_job(bottle.id, self.jobs.get(info.job_id))
-        return info
 
     async def exec_background(self, bottle: Bottle, command: str, *, timeout_s: float, workdir: str | None) -> JobInfo:
         plan = self._plans.get(bottle.id)
         where = workdir or (plan.workdir if plan else "/")
         try:
-            info = await self.jobs.start(
+            return await self.jobs.start(
                 bottle,
                 kind="exec",
                 script=command + "\n",
@@ -149,8 +147,6 @@ class Delegation:
         except BottleGoneError:
             await self._service.discard(bottle)
             raise
-        self._service.keep.on_job(bottle.id, self.jobs.get(info.job_id))
-        return info
 
     async def wait_job(
         self, job_id: str, *, timeout_s: float, cursor: str | None, progress: Progress = _no_progress

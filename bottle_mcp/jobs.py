@@ -305,6 +305,8 @@ class JobManager:
     def __init__(self, output_cap: Callable[[], int]) -> None:
         self._jobs: dict[str, Job] = {}
         self._output_cap = output_cap
+        # Told of every job once it runs (keep.py records it, for the next server to adopt).
+        self.on_start: Callable[[Job], None] | None = None
 
     # -- starting ----------------------------------------------------------------------
 
@@ -355,6 +357,8 @@ class JobManager:
         self._jobs[job_id] = job
         self._trim()
         log.info("job %s started in bottle %s (%s)", job_id, bottle.id, kind)
+        if self.on_start is not None:
+            self.on_start(job)
         return job.info()
 
     @staticmethod

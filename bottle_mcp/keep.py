@@ -284,7 +284,8 @@ class KeepManager:
             return
         self._armed.add(bottle.id)
 
-    def on_job(self, bottle_id: str, job: Job) -> None:
+    def on_job(self, job: Job) -> None:
+        bottle_id = job.bottle.id
         if bottle_id not in self._armed:
             return
         rec = read_record(bottle_id)

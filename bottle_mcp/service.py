@@ -78,6 +78,7 @@ class BottleService:
         self.closed = threading.Event()  # set once aclose has kept or removed every bottle
         self.delegate = Delegation(self)
         self.keep = KeepManager(self, config.on_exit, config.keep_for_s)
+        self.delegate.jobs.on_start = self.keep.on_job
         self.redactor = Redactor(self._credential_names)
 
     # -- helpers ---------------------------------------------------------------------
