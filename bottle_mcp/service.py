@@ -122,7 +122,7 @@ class BottleService:
         """Forget a bottle that vanished (or cannot be used) and remove what is left of it."""
         self._bottles.pop(bottle.id, None)
         self.delegate.on_stop(bottle.id)
-        await bottle.close()
+        await bottle.aclose()
         await self.keep.on_stop(bottle.id)
 
     def owned_ids(self) -> set[str]:
@@ -250,7 +250,7 @@ class BottleService:
             return await bottle.exec(command, timeout_s=timeout_s, workdir=workdir, output_cap=self.output_cap)
         except BottleGoneError as e:
             self._forget_if_gone(bottle_id, e)
-            await bottle.close()
+            await bottle.aclose()
             raise
 
     async def cp_in(self, bottle_id: str, host_path: str, bottle_path: str) -> CopyResult:
@@ -263,7 +263,7 @@ class BottleService:
                 await bottle.put_tar(tar, dest.parent)
             except BottleGoneError as e:
                 self._forget_if_gone(bottle_id, e)
-                await bottle.close()
+                await bottle.aclose()
                 raise
         return CopyResult(
             bottle_id=bottle_id,
@@ -278,7 +278,7 @@ class BottleService:
 
     async def stop(self, bottle_id: str) -> StopResult:
         bottle = await self._bottle(bottle_id)
-        removed = await bottle.close()
+        removed = await bottle.aclose()
         self._bottles.pop(bottle_id, None)
         self.delegate.on_stop(bottle_id)
         await self.keep.on_stop(bottle_id)
@@ -348,7 +348,7 @@ class BottleService:
 
     async def _remove_quietly(self, bottle: Bottle) -> None:
         try:
-            await bottle.close()
+            await bottle.aclose()
         except Exception:
             log.exception("could not remove bottle %s; its reaper or `bottle-mcp cleanup` will", bottle.id)
             return

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import logging
 from datetime import UTC, datetime
-from functools import partial
 from importlib import resources
 from typing import Any
 
@@ -27,7 +26,7 @@ from ... import labels as L
 from ...errors import BottleError, EngineError, EngineNotFoundError
 from ...models import BottleInfo
 from .bottle import DockerBottle
-from .engine import Engine, remove_container
+from .engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +64,7 @@ class KeptBottle(DockerBottle):
         super().__init__(keeper.engine, **kwargs)
         self._keeper = keeper
 
-    async def close(self) -> list[str]:
+    async def aclose(self) -> list[str]:
         if self._closed:
             return []
         if self._channel is not None:
@@ -163,7 +162,7 @@ class DockerKeeper:
         self._reapers.pop(bottle_id, None)
         if cid is not None:
             with contextlib.suppress(EngineError):
-                await self.engine.remove("remove the bottle's reaper", remove_container(cid), attempts=1)
+                await self.engine.remove_resource("container", cid, "the bottle's reaper")
 
     async def deadlines(self) -> dict[str, int]:
         """Bottle id -> deadline (epoch seconds) of every running reaper on the engine."""
@@ -233,7 +232,7 @@ class DockerKeeper:
         rows = await self.engine.call("list the bottle's containers", lambda c: c.api.containers(all=True, filters=flt))
 
         async def drop(cid: str, what: str) -> None:
-            if await self.engine.remove(f"remove {what}", remove_container(cid), attempts=1):
+            if await self.engine.remove_resource("container", cid, what):
                 removed.append(f"{what} {cid[:12]}")
 
         async with anyio.create_task_group() as tg:
@@ -242,20 +241,10 @@ class DockerKeeper:
                 tg.start_soon(drop, str(row["Id"]), "container" if role == "bottle" else role)
         vols = await self.engine.call("list the bottle's volumes", lambda c: c.api.volumes(filters=flt))
         for vol in (vols or {}).get("Volumes") or []:
-            vname = str(vol["Name"])
-            if await self.engine.remove("remove volume", partial(_remove_volume, vname)):
-                removed.append(f"volume {vname}")
+            if await self.engine.remove_resource("volume", str(vol["Name"])):
+                removed.append(f"volume {vol['Name']}")
         nets = await self.engine.call("list the bottle's networks", lambda c: c.api.networks(filters=flt))
         for net in nets:
-            nid, nname = str(net["Id"]), str(net["Name"])
-            if await self.engine.remove("remove network", partial(_remove_network, nid)):
-                removed.append(f"network {nname}")
+            if await self.engine.remove_resource("network", str(net["Id"])):
+                removed.append(f"network {net['Name']}")
         return removed
-
-
-def _remove_volume(name: str, c: docker.DockerClient) -> None:
-    c.api.remove_volume(name, force=True)
-
-
-def _remove_network(network_id: str, c: docker.DockerClient) -> None:
-    c.api.remove_network(network_id)

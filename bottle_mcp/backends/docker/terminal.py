@@ -63,7 +63,7 @@ def open_shell(engine: Engine, bottle_id: str, command: str | None = None) -> in
     def resize(*_: object) -> None:
         cols, rows = shutil.get_terminal_size()
         with contextlib.suppress(Exception):
-            engine.client.api.exec_resize(exec_id, height=rows, width=cols)
+            engine.call_sync("resize the terminal", lambda c: c.api.exec_resize(exec_id, height=rows, width=cols))
 
     stdin_fd, stdout_fd = sys.stdin.fileno(), sys.stdout.fileno()
     saved = termios.tcgetattr(stdin_fd) if os.isatty(stdin_fd) else None
