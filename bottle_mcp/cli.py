@@ -104,15 +104,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="keep N started spare bottles per bottle definition (overrides each bottle's warm_pool)",
     )
-    s.add_argument(
-        "--on-exit",
-        choices=["keep", "remove"],
-        default=None,
-        help="when the client goes away (stdin closes, or SIGINT/SIGTERM/SIGHUP): keep the bottles and their "
-        "jobs for [host] keep_for, for the next server of this manifest to adopt, or remove them (overrides "
-        "the manifest's [host] on_exit)",
-    )
-    s.add_argument("--keep-for", default=None, help="how long kept bottles live without a server, e.g. 20s, 1h")
+    _add_keep_options(s)
 
     p = sub.add_parser("plan", help="print the launch plan for an agent as JSON (the preflight)")
     _add_manifest(p)
@@ -122,19 +114,7 @@ def _parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("ls", help="list live bottles on the backend")
     ls.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    st = sub.add_parser("stop", help="remove kept bottles (and their sidecars, networks and volumes) now, on purpose")
-    st.add_argument("bottles", nargs="*", metavar="BOTTLE", help="bottle ids (see `bottle-mcp ls`)")
-    st.add_argument("--all", action="store_true", help="every bottle kept for this user that no running server drives")
-
-    sh = sub.add_parser(
-        "shell", help="an interactive shell in a bottle (a terminal, as the bottle's user, with its limits and network)"
-    )
-    sh.add_argument("bottle", metavar="BOTTLE", help="a bottle id (see `bottle-mcp ls`)")
-    sh.add_argument("-c", dest="command", default=None, help="run this command (with a terminal) instead of a shell")
-
-    lg = sub.add_parser("logs", help="print a job's output (stdout, and stderr on stderr)")
-    lg.add_argument("job", metavar="JOB", help="a job id (from exec background=true or run_agent)")
-    lg.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
+    _add_keep_commands(sub)
 
     c = sub.add_parser("cleanup", help="remove what server instances that are gone left behind")
     c.add_argument("--dry-run", action="store_true", help="only list what would be removed")
@@ -169,6 +149,35 @@ def _parser() -> argparse.ArgumentParser:
     dr.add_argument("--host-root", action="append", type=Path, default=None, help="as for serve")
     dr.add_argument("--json", action="store_true", help="print the report as JSON")
     return ap
+
+
+def _add_keep_options(s: argparse.ArgumentParser) -> None:
+    s.add_argument(
+        "--on-exit",
+        choices=["keep", "remove"],
+        default=None,
+        help="when the client goes away (stdin closes, or SIGINT/SIGTERM/SIGHUP): keep the bottles and their "
+        "jobs for [host] keep_for, for the next server of this manifest to adopt, or remove them (overrides "
+        "the manifest's [host] on_exit)",
+    )
+    s.add_argument("--keep-for", default=None, help="how long kept bottles live without a server, e.g. 20s, 1h")
+
+
+def _add_keep_commands(sub: Any) -> None:
+    """stop, shell and logs: for kept bottles and the person at the terminal."""
+    st = sub.add_parser("stop", help="remove kept bottles (and their sidecars, networks and volumes) now, on purpose")
+    st.add_argument("bottles", nargs="*", metavar="BOTTLE", help="bottle ids (see `bottle-mcp ls`)")
+    st.add_argument("--all", action="store_true", help="every bottle kept for this user that no running server drives")
+
+    sh = sub.add_parser(
+        "shell", help="an interactive shell in a bottle (a terminal, as the bottle's user, with its limits and network)"
+    )
+    sh.add_argument("bottle", metavar="BOTTLE", help="a bottle id (see `bottle-mcp ls`)")
+    sh.add_argument("-c", dest="command", default=None, help="run this command (with a terminal) instead of a shell")
+
+    lg = sub.add_parser("logs", help="print a job's output (stdout, and stderr on stderr)")
+    lg.add_argument("job", metavar="JOB", help="a job id (from exec background=true or run_agent)")
+    lg.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
 
 
 def _print_json(obj: Any) -> None:
