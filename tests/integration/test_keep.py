@@ -16,9 +16,12 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import anyio
 import docker
 import pytest
+from mcp import Client, StdioServerParameters
 
 from bottle_mcp import labels as L
 from bottle_mcp.backends.docker import DockerBackend
@@ -433,3 +436,38 @@ async def test_cleanup_removes_a_kept_bottle_once_nothing_keeps_it(
     finally:
         await backend.aclose()
     assert objects_of(docker_client, bid) == []
+
+
+@pytest.mark.anyio
+async def test_the_sdk_clients_goodbye_keeps_and_the_next_sdk_session_adopts(
+    keep_manifest: Path, tmp_path: Path, state_env: dict[str, str], docker_client: docker.DockerClient
+) -> None:
+    """The same story through the SDK's own stdio client, whose goodbye is: close stdin, then signals."""
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "bottle_mcp", "serve", "--manifest", str(keep_manifest)],
+        env={**state_env, **{k: os.environ[k] for k in ("DOCKER_HOST",) if k in os.environ}},
+        cwd=str(tmp_path),
+    )
+
+    async def ok(client: Client, tool: str, args: dict[str, Any]) -> dict[str, Any]:
+        result = await client.call_tool(tool, args)
+        assert not result.is_error, result.content
+        assert isinstance(result.structured_content, dict)
+        return result.structured_content
+
+    with anyio.fail_after(120):
+        async with Client(params, mode="legacy") as client:
+            plan = await ok(client, "prepare_bottle", {"agent": "worker"})
+            bid = (await ok(client, "launch_bottle", {"plan_id": plan["plan_id"]}))["bottle_id"]
+            await ok(client, "exec", {"bottle_id": bid, "command": "echo sdk > /workspace/sdk.txt"})
+            job = await ok(client, "exec", {"bottle_id": bid, "command": "sleep 2; echo later", "background": True})
+        async with Client(params, mode="auto") as client:
+            listed = await ok(client, "list_active", {})
+            assert {b["bottle_id"]: b["owner"] for b in listed["bottles"]}[bid] == "this-server"
+            done = await ok(client, "wait_job", {"job_id": job["job"]["job_id"], "timeout_s": 30})
+            assert (done["job"]["exit_code"], done["stdout"]["text"]) == (0, "later\n")
+            read = await ok(client, "exec", {"bottle_id": bid, "command": "cat /workspace/sdk.txt"})
+            assert read["stdout"] == "sdk\n"
+            await ok(client, "stop_bottle", {"bottle_id": bid})
+    assert wait_until_gone(docker_client, bid, 10) == []
