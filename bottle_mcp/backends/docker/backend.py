@@ -47,7 +47,7 @@ from . import egress, gates
 from .bottle import DockerBottle
 from .channel import Channel
 from .diagnose import diagnose
-from .engine import Engine
+from .engine import Engine, flavour, selectable_runtimes
 from .images import image_fix_hint, image_status
 from .keeper import DockerKeeper
 from .mould import Mould
@@ -107,7 +107,7 @@ class DockerBackend(Backend):
         now = time.monotonic()
         if self._runtimes_seen is None or now - self._runtimes_seen[0] > RUNTIMES_TTL_S:
             info = await self.engine.call("engine info", lambda c: c.info())
-            self._runtimes_seen = (now, set((info.get("Runtimes") or {}).keys()))
+            self._runtimes_seen = (now, selectable_runtimes(info, await self.engine.call("engine kind", flavour)))
         return set(self._runtimes_seen[1])
 
     async def _resolve_plan(self, spec: BottleSpec, agent: AgentDef, bottle: BottleDef) -> BackendPlan:
