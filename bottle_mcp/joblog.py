@@ -13,9 +13,9 @@ from collections.abc import Callable
 import anyio
 
 from .backends.base import Bottle
-from .jobs import JOBS_ROOT, POLL_SH, _sh, complete_utf8, parse_poll
+from .jobs import JOBS_ROOT, POLL_SH, _sh, parse_poll
 from .keep import JobRecord
-from .output import safe_text
+from .output import complete_utf8, safe_text
 
 CHUNK = 1 << 20
 FOLLOW_S = 1.0

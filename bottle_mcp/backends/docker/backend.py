@@ -8,7 +8,6 @@ import os
 import secrets
 import time
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
 from functools import partial
 from pathlib import PurePosixPath
 from typing import Any
@@ -57,10 +56,6 @@ log = logging.getLogger(__name__)
 
 REMOVE_CONCURRENCY = 16
 RUNTIMES_TTL_S = 30.0
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class DockerBackend(Backend):
@@ -226,7 +221,7 @@ class DockerBackend(Backend):
             L.BOTTLE: bottle_id,
             L.BOTTLE_DEF: plan.bottle,
             L.RUNTIME: plan.runtime.effective,
-            L.CREATED: _now(),
+            L.CREATED: L.utc_stamp(),
             **extra,
         }
         sides: list[egress.EgressStack | gates.GateStack] = []
@@ -368,7 +363,7 @@ class DockerBackend(Backend):
         extra_labels: dict[str, str],
     ) -> Started:
         """Create the workspace volume and the hardened container, and start it; undo both on any failure."""
-        created = _now()
+        created = L.utc_stamp()
         volume = f"{name}-work"
         labels = {
             L.BOTTLE: bottle_id,
