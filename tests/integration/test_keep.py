@@ -24,7 +24,8 @@ import pytest
 from mcp import Client, StdioServerParameters
 
 from bottle_mcp import labels as L
-from bottle_mcp.backends.docker import DockerBackend
+from bottle_mcp.backends.docker import DockerBackend, Engine
+from bottle_mcp.backends.docker.keeper import DockerKeeper, podman_problem
 from bottle_mcp.keep import spare_kept
 from bottle_mcp.labels import Instance
 from bottle_mcp.models import CleanupPlan
@@ -36,6 +37,14 @@ from ..reliability.stdio import RawServer
 # the grace period pass a short one to the last server with --keep-for.
 KEEP_FOR = 60
 SHORT = 12
+
+
+@pytest.fixture(autouse=True)
+def engine_can_keep(docker_client: docker.DockerClient) -> None:
+    """Keeping needs a reaper that reaches the engine through its Unix socket (keeper.py): say so, not fail."""
+    why = DockerKeeper(Engine(), Instance.current()).unavailable() or podman_problem(docker_client)
+    if why is not None:
+        pytest.skip(why)
 
 
 @pytest.fixture

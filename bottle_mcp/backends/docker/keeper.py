@@ -26,7 +26,7 @@ from ... import labels as L
 from ...errors import BottleError, EngineError, EngineNotFoundError
 from ...models import BottleInfo
 from .bottle import DockerBottle
-from .engine import Engine
+from .engine import Engine, flavour
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,19 @@ def reaper_name(bottle_id: str, until: int) -> str:
 def deadline_of(name: str) -> int | None:
     tail = name.lstrip("/").rsplit("-", 1)[-1]
     return int(tail) if name.lstrip("/").startswith(REAPER_PREFIX) and tail.isdigit() else None
+
+
+def podman_problem(c: docker.DockerClient) -> str | None:
+    """Why no reaper can run on this engine when it is Podman with a default runtime other than runc."""
+    if flavour(c) != "podman":
+        return None
+    default = str(c.info().get("DefaultRuntime") or "runc")
+    if default == "runc":
+        return None
+    return (
+        f"Podman runs every container with its default runtime ({default}), and a reaper under it cannot "
+        "reach the engine's socket; bottles are removed when the server stops"
+    )
 
 
 class KeptBottle(DockerBottle):
@@ -100,6 +113,9 @@ class DockerKeeper:
         )
 
         def create(c: docker.DockerClient) -> str:
+            problem = podman_problem(c)
+            if problem is not None:
+                raise BottleError(problem)
             host_config = c.api.create_host_config(
                 read_only=True,
                 cap_drop=["ALL"],
