@@ -35,6 +35,7 @@ from ...models import EgressDecision, NetworkPlan
 from .engine import Engine
 from .images import builtin_tag
 from .mould import Mould, forwarder
+from .netguard import engine_networks, host_addresses
 
 EGRESS_IMAGE = builtin_tag("egress-proxy")
 PROXY_PORT = 3128
@@ -75,12 +76,15 @@ def network_plan(bottle: BottleDef) -> NetworkPlan:
             "the bottle has no network interface besides loopback; an egress proxy (mitmproxy) in a sidecar "
             "container is its only way out, reached through a forwarder on 127.0.0.1:3128. Only the allowed "
             "names and ports (default 443 and 80) pass, for CONNECT and plain HTTP alike; the bottle cannot "
-            "resolve names itself"
+            "resolve names itself. Destinations that are not public (loopback, private, link-local, CGNAT, "
+            "multicast, reserved) and every address of the host and the engine's networks are refused"
+            + (", except allow_private" if egress.allow_private else "")
         ),
         intercepted=[h for h in hosts if h not in egress.passthrough],
         passthrough=list(egress.passthrough),
         credential_hosts={k: list(v) for k, v in egress.credentials.items()},
         proxy=f"HTTP_PROXY / HTTPS_PROXY = {PROXY_URL} (a convenience; enforcement is the topology)",
+        allow_private=list(egress.allow_private),
     )
 
 
@@ -156,6 +160,7 @@ def policy(lm: LoadedManifest, bottle: BottleDef, credentials: list[str]) -> dic
         "allow": allow_rules(bottle.egress.allow),
         "passthrough": list(bottle.egress.passthrough),
         "credentials": creds,
+        "allow_private": list(bottle.egress.allow_private),
     }
 
 
@@ -201,7 +206,8 @@ class EgressStack:
             raise ImageMissingError(
                 EGRESS_IMAGE, "build it with `bottle-mcp images` (or run scripts/setup.sh)"
             ) from None
-        env = {"EGRESS_POLICY": json.dumps(policy(lm, bottle, credentials))}
+        rules = policy(lm, bottle, credentials)
+        env: dict[str, str] = {}
         if bottle.egress.upstream_ca is not None:
             env["EGRESS_UPSTREAM_CA"] = lm.resolve(bottle.egress.upstream_ca).read_text()
 
@@ -213,6 +219,10 @@ class EgressStack:
                 enable_ipv6=False,
             )
             self.network_id = str(net["Id"])
+            # After the bottle's own network exists: the proxy refuses every engine network and host address.
+            env["EGRESS_POLICY"] = json.dumps(
+                {**rules, "deny_addresses": sorted({*engine_networks(c), *host_addresses()})}
+            )
             c.api.create_volume(name=self.volume_name, labels=self._labels("sidecar", "socket"))
             self.volume_made = True
             self.sidecar_id = Mould(
