@@ -71,10 +71,7 @@ def _add_http_options(s: argparse.ArgumentParser) -> None:
     )
 
 
-def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog="bottle-mcp", description="Launch and drive sandboxed sub-agents over MCP (stdio)."
-    )
+def _add_global_options(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--version", action="version", version=f"bottle-mcp {__version__}")
     ap.add_argument("--backend", default=None, help="backend name (default: $BOTTLE_MCP_BACKEND or docker)")
     ap.add_argument(
@@ -82,7 +79,39 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="Docker context to use (beats $DOCKER_HOST and $DOCKER_CONTEXT, as with the docker CLI)",
     )
-    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
+    ap.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log what the server does (info and debug) on stderr; without it only warnings and errors appear there",
+    )
+    ap.add_argument(
+        "--log-file",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="also append the full log (info and up; debug with -v) to PATH",
+    )
+
+
+def _add_approve(sub: Any) -> None:
+    ap_ = sub.add_parser(
+        "approve",
+        help="approve one launch of a plan ahead, by its digest (for hosts that cannot ask, e.g. `claude -p`)",
+    )
+    ap_.add_argument("digest", help="the plan's 'digest' (16 hex digits), from `bottle-mcp plan` or prepare_bottle")
+    ap_.add_argument(
+        "--valid-for",
+        default="1h",
+        help="how long the approval waits for its launch, e.g. 30m, 2h, 1d (default 1h); one launch uses it up",
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="bottle-mcp", description="Launch and drive sandboxed sub-agents over MCP (stdio)."
+    )
+    _add_global_options(ap)
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     s = sub.add_parser("serve", help="run the stdio MCP server")
@@ -156,6 +185,8 @@ def _parser() -> argparse.ArgumentParser:
     g = sub.add_parser("gen-docs", help="regenerate docs/tools.md, docs/manifest.md and docs/manifest.schema.json")
     g.add_argument("--output-dir", type=Path, default=Path("docs"))
     g.add_argument("--check", action="store_true", help="write nothing; exit 1 if a file is out of date")
+
+    _add_approve(sub)
 
     dr = sub.add_parser("doctor", help="check that the server can work here; say what to fix if not")
     _add_manifest(dr)
@@ -396,8 +427,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
     service = BottleService(ServiceConfig(manifest_path=args.manifest or default_manifest()), _instance_backend(args))
 
     async def main() -> None:
+        from .approval import approval_note
+
         try:
-            _print_json(await service.prepare(args.agent, copy_cwd=args.copy_cwd))
+            plan = await service.prepare(args.agent, copy_cwd=args.copy_cwd)
+            _print_json(plan.model_copy(update={"approval": approval_note(plan, service.manifest, None)}))
         finally:
             await service.backend.aclose()
 
@@ -713,6 +747,25 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
+def cmd_approve(args: argparse.Namespace) -> int:
+    from .preapprove import PreApprovals, preapprovals_path
+
+    m = re.fullmatch(r"([0-9]+)([smhd])", args.valid_for.strip())
+    if m is None or int(m.group(1)) == 0:
+        raise BottleError(f"--valid-for {args.valid_for!r}: write a duration such as 30m, 2h or 1d")
+    seconds = int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+    path = preapprovals_path()
+    try:
+        PreApprovals(path).add(args.digest.strip().lower(), seconds)
+    except ValueError as e:
+        raise BottleError(str(e)) from None
+    print(
+        f"Approved one launch of the plan with digest {args.digest} for the next {args.valid_for} (recorded in "
+        f"{path}). launch_bottle with that plan now launches without asking; the approvals log records it."
+    )
+    return 0
+
+
 def cmd_gen_docs(args: argparse.Namespace) -> int:
     from .docgen import generate
 
@@ -748,7 +801,34 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "doctor": cmd_doctor,
     "init": cmd_init,
     "gen-docs": cmd_gen_docs,
+    "approve": cmd_approve,
 }
+
+
+def setup_logging(*, verbose: bool, log_file: Path | None) -> None:
+    """Warnings and errors on stderr; info and debug only with --verbose, or in --log-file.
+
+    Agent hosts log everything a stdio server writes to stderr as an error (Claude Code does),
+    so a quiet, healthy server writes nothing there.
+    """
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    stderr = logging.StreamHandler(sys.stderr)
+    stderr.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    stderr.setFormatter(fmt)
+    root.addHandler(stderr)
+    level = logging.DEBUG if verbose else logging.INFO if log_file else logging.WARNING
+    if log_file is not None:
+        log_file.expanduser().parent.mkdir(parents=True, exist_ok=True)
+        to_file = logging.FileHandler(log_file.expanduser(), encoding="utf-8")
+        to_file.setLevel(level)
+        to_file.setFormatter(fmt)
+        root.addHandler(to_file)
+    root.setLevel(level)
+    for noisy in ("urllib3", "docker", "mcp", "httpx", "uvicorn"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -756,13 +836,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.context:
         # Read once, when the engine's address is resolved (backends/docker/endpoint.py).
         os.environ[ENV_CONTEXT] = args.context
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    for noisy in ("urllib3", "docker", "mcp", "httpx"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    setup_logging(verbose=args.verbose, log_file=args.log_file)
     try:
         return COMMANDS[args.cmd](args)
     except BottleError as e:

@@ -42,6 +42,8 @@ from .results import (
     JobList,
     JobResult,
 )
+from .shaping import page, run_saved
+from .shaping import parse_cursor as parse_page_cursor
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +60,12 @@ class Delegation:
         output_cap: Callable[[], int],
         host_roots: Callable[[], list[Path]],
         redact: Callable[[str], str] = lambda s: s,
+        call_output_cap: Callable[[int | None], int] | None = None,
     ) -> None:
         self.live = live
         self.jobs = live.jobs
         self._output_cap = output_cap
+        self._call_output_cap = call_output_cap or (lambda asked: asked or output_cap())
         self._host_roots = host_roots
         self._redact = redact
 
@@ -120,9 +124,11 @@ class Delegation:
         async with self.live.guard(job.bottle):
             return await self.jobs.cancel(job_id)
 
-    async def list_jobs(self, bottle_id: str) -> JobList:
+    async def list_jobs(self, bottle_id: str, *, cursor: str | None = None, limit: int = 50) -> JobList:
         entry = await self.live.get(bottle_id)
-        jobs = self.jobs.of_bottle(bottle_id)
+        every = self.jobs.of_bottle(bottle_id)
+        first = parse_page_cursor(cursor, len(every))
+        jobs = every[first : first + limit]  # only the page's jobs are read from the bottle
         gone: list[BottleGoneError] = []
 
         async def refresh(job: Job) -> None:
@@ -139,7 +145,9 @@ class Delegation:
         if gone:
             async with self.live.guard(entry.bottle):
                 raise gone[0]
-        return JobList(jobs=[j.info() for j in jobs])
+        shown, _ = page([j.info() for j in jobs], 0, limit)
+        end = first + len(shown)
+        return JobList(total=len(every), next_cursor=str(end) if end < len(every) else None, jobs=shown)
 
     # -- results out ------------------------------------------------------------------------
 
@@ -248,20 +256,31 @@ class Delegation:
             }
         )
 
-    async def diff(self, bottle_id: str) -> DiffResult:
+    async def diff(self, bottle_id: str, *, output_cap: int | None = None) -> DiffResult:
         entry = await self.live.get(bottle_id)
         origin = self._origin(entry)
         start = origin.start or EMPTY_TREE
-        cap = self._output_cap()
+        cap = self._call_output_cap(output_cap)
         _, stat, _ = await self._git(entry, f"diff --stat {start} --")
-        _, diff, truncated = await self._git(entry, f"diff {start} --", cap=cap)
-        _, untracked, _ = await self._git(entry, "ls-files --others --exclude-standard")
+        # The whole diff stays in the bottle; the result holds its head and tail (shaping.py).
+        async with self.live.guard(entry.bottle):
+            res = await run_saved(
+                entry.bottle, f"{GIT} diff {start} --", timeout_s=120, workdir=entry.plan.workdir, cap=cap
+            )
+        if res.exit_code not in (0, 1):
+            raise GitError(f"git diff failed in bottle {entry.id!r}: {res.stderr.strip()[:300]}")
+        _, untracked, _ = await self._git(entry, "ls-files --others --exclude-standard", cap=1024**2)
+        files = [u for u in untracked.splitlines() if u]
         return DiffResult(
             bottle_id=bottle_id,
             start=origin.start,
             head=await self._head(entry),
+            truncated=res.truncated,
+            diff_bytes=res.stdout_bytes,
+            diff_path=res.stdout_path,
+            untracked_count=len(files),
+            notes=[n.replace("output over the cap", "the diff over the cap") for n in res.notes],
             stat=stat,
-            diff=diff,
-            untracked=[u for u in untracked.splitlines() if u][:1000],
-            truncated=truncated,
+            untracked=files,
+            diff=res.stdout,
         )

@@ -52,6 +52,7 @@ from .results import (
     JobResult,
     JobStatus,
 )
+from .shaping import prefix_within
 
 log = logging.getLogger(__name__)
 
@@ -406,6 +407,7 @@ class JobManager:
         for name, data, offset in (("stdout", poll.out, offsets[0]), ("stderr", poll.err, offsets[1])):
             total, dropped = poll.sizes[name]
             keep = len(data) if job.done and offset + len(data) >= total else complete_utf8(data)
+            keep = prefix_within(data[:keep], cap)  # escaped characters count too
             text, made_safe = safe_text(data[:keep])
             notes += made_safe
             end = offset + keep

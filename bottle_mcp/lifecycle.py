@@ -39,6 +39,8 @@ from .models import (
 )
 from .paths import TarEntry, check_bottle_path, confine_host_path, packed_tar
 from .redact import Redactor
+from .shaping import page, parse_cursor, run_saved
+from .textfit import clip_list
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +90,19 @@ class Lifecycle:
         if self.config.output_cap is not None:
             return self.config.output_cap
         return parse_size(self.manifest.manifest.host.output_cap)
+
+    def call_output_cap(self, asked: int | None) -> int:
+        """The cap of one call: the default, or what the call asked for within [host] output_cap_max."""
+        if asked is None:
+            return self.output_cap
+        ceiling = max(self.output_cap, parse_size(self.manifest.manifest.host.output_cap_max))
+        if asked > ceiling:
+            raise LimitError(
+                f"output_cap {asked} is above this server's ceiling of {ceiling} bytes per stream ([host] "
+                f"output_cap_max in the manifest); ask for at most {ceiling}, or leave it out for the default "
+                f"of {self.output_cap}"
+            )
+        return asked
 
     def host_roots(self) -> list[Path]:
         if self.config.host_roots:
@@ -173,13 +188,21 @@ class Lifecycle:
         )
 
     async def exec(
-        self, bottle_id: str, command: str, *, timeout_s: float = 60, workdir: str | None = None
+        self,
+        bottle_id: str,
+        command: str,
+        *,
+        timeout_s: float = 60,
+        workdir: str | None = None,
+        output_cap: int | None = None,
     ) -> ExecResult:
+        cap = self.call_output_cap(output_cap)
         entry = await self.live.get(bottle_id)
         if workdir is not None:
             workdir = str(check_bottle_path(workdir, what="workdir"))
         async with self.live.guard(entry.bottle):
-            return await entry.bottle.exec(command, timeout_s=timeout_s, workdir=workdir, output_cap=self.output_cap)
+            # The whole output stays in the bottle; the result holds its head and tail (shaping.py).
+            return await run_saved(entry.bottle, command, timeout_s=timeout_s, workdir=workdir, cap=cap)
 
     async def cp_in(self, bottle_id: str, host_path: str, bottle_path: str) -> CopyResult:
         entry = await self.live.get(bottle_id)
@@ -207,18 +230,35 @@ class Lifecycle:
         removed = await self.live.discard(entry.bottle)
         return StopResult(bottle_id=bottle_id, removed=removed)
 
-    async def egress_log(self, bottle_id: str, *, limit: int = 200) -> EgressLog:
+    async def egress_log(self, bottle_id: str, *, limit: int = 100, cursor: str | None = None) -> EgressLog:
         entry = await self.live.get(bottle_id)
         async with self.live.guard(entry.bottle):
             allow, decisions = await entry.bottle.egress_log()
-        return EgressLog(bottle_id=bottle_id, allow=allow, decisions=decisions[-limit:], total=len(decisions))
+        first = parse_cursor(cursor, len(decisions), default=len(decisions) - limit)
+        shown, next_cursor = page(decisions, first, limit)
+        return EgressLog(
+            bottle_id=bottle_id,
+            total=len(decisions),
+            first=first,
+            next_cursor=next_cursor,
+            allow=clip_list(allow, 4000, "hosts")[0],
+            decisions=shown,
+        )
 
-    async def gate_log(self, bottle_id: str, *, limit: int = 200) -> GateLog:
+    async def gate_log(self, bottle_id: str, *, limit: int = 100, cursor: str | None = None) -> GateLog:
         entry = await self.live.get(bottle_id)
         async with self.live.guard(entry.bottle):
             remotes, ssh_hosts, events = await entry.bottle.gate_log()
+        first = parse_cursor(cursor, len(events), default=len(events) - limit)
+        shown, next_cursor = page(events, first, limit)
         return GateLog(
-            bottle_id=bottle_id, git_remotes=remotes, ssh_hosts=ssh_hosts, events=events[-limit:], total=len(events)
+            bottle_id=bottle_id,
+            total=len(events),
+            first=first,
+            next_cursor=next_cursor,
+            git_remotes=remotes,
+            ssh_hosts=ssh_hosts,
+            events=shown,
         )
 
     async def list_active(self) -> list[BottleInfo]:

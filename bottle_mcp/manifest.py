@@ -351,7 +351,15 @@ class HostSettings(_Strict):
         description="Folders cp_in may read from (relative to the manifest). Empty: the server's start folder.",
     )
     skills_dir: str = Field("~/.claude/skills", description="Where skills live on the host.")
-    output_cap: Size = Field("1m", description="Most bytes of stdout (and of stderr) one exec returns.")
+    output_cap: Size = Field(
+        "16k",
+        description="Bytes of stdout (and of stderr) one exec, wait_job or diff returns by default; more is cut in "
+        "the middle (head and tail kept) and kept whole in the bottle. The default fits what agent hosts pass "
+        "to the model whole.",
+    )
+    output_cap_max: Size = Field(
+        "1m", description="The most a call may ask for with its own output_cap argument (at most 64m)."
+    )
     max_bottles: int = Field(64, ge=1, le=1000, description="Most live bottles per server.")
     approve: ApprovePolicy = Field(
         "elevated",
@@ -369,12 +377,19 @@ class HostSettings(_Strict):
         description="What `serve` does with its bottles when the client goes away: 'keep' them for keep_for, or "
         "'remove' them. `serve --on-exit` overrides it.",
     )
+    approved_agents: list[Annotated[str, Field(pattern=NAME_PATTERN)]] = Field(
+        default_factory=list,
+        description="Agents whose launches the person approves ahead, here: they launch without a question "
+        "through the client (for hosts that cannot ask, such as `claude -p`). Each launch is still recorded.",
+    )
 
-    @field_validator("output_cap")
+    @field_validator("output_cap", "output_cap_max")
     @classmethod
     def _cap(cls, v: str | int) -> str | int:
         if parse_size(v) > 64 * 1024**2:
-            raise ValueError("output_cap is at most 64m")
+            raise ValueError("output caps are at most 64m")
+        if parse_size(v) < 1024:
+            raise ValueError("output caps are at least 1k")
         return v
 
     @field_validator("keep_for")

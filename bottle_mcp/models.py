@@ -11,12 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from .frozen import Frozen
 from .labels import Liveness
 from .manifest import LoadedManifest
 from .results import JobInfo
+from .textfit import clip, clip_list
 
 
 @dataclass(frozen=True)
@@ -74,12 +75,19 @@ class EgressDecision(Frozen):
     path: str | None = None
     tls: str | None = Field(None, description="For CONNECT: 'intercept' or 'passthrough'.")
 
+    @field_validator("host", "reason", "method", "path")
+    @classmethod
+    def _short(cls, v: str | None) -> str | None:
+        return None if v is None else clip(v, 500, "text")
+
 
 class EgressLog(Frozen):
     bottle_id: str
+    total: int = Field(description="Decisions recorded in all (the list holds one page of them).")
+    first: int = Field(0, description="Index of the first decision listed (0 is the oldest recorded).")
+    next_cursor: str | None = Field(None, description="Pass it as cursor for the next page; null: nothing newer.")
     allow: list[str] = Field(description="The allow-list in force.")
-    decisions: list[EgressDecision] = Field(description="Oldest first; at most `limit` of the latest.")
-    total: int = Field(description="Decisions recorded in all (the list may hold only the latest).")
+    decisions: list[EgressDecision] = Field(description="Oldest first; by default the latest `limit`.")
 
 
 class GatePlan(Frozen):
@@ -102,13 +110,25 @@ class GateEvent(Frozen):
     detail: str = ""
     findings: list[str] = Field(default_factory=list, description="Why a push was refused (secrets redacted).")
 
+    @field_validator("detail")
+    @classmethod
+    def _short(cls, v: str) -> str:
+        return clip(v, 1000, "detail")
+
+    @field_validator("refs", "findings")
+    @classmethod
+    def _few(cls, v: list[str]) -> list[str]:
+        return clip_list([clip(x, 300, "text") for x in v], 3000, "entries")[0]
+
 
 class GateLog(Frozen):
     bottle_id: str
+    total: int = Field(description="Events recorded in all (the list holds one page of them).")
+    first: int = Field(0, description="Index of the first event listed (0 is the oldest recorded).")
+    next_cursor: str | None = Field(None, description="Pass it as cursor for the next page; null: nothing newer.")
     git_remotes: dict[str, str] = Field(description="Remote name -> upstream URL.")
     ssh_hosts: dict[str, str] = Field(description="ssh alias -> host:port it reaches.")
-    events: list[GateEvent] = Field(description="Oldest first; at most `limit` of the latest.")
-    total: int
+    events: list[GateEvent] = Field(description="Oldest first; by default the latest `limit`.")
 
 
 class ResourcePlan(Frozen):
@@ -175,6 +195,10 @@ class BottlePlan(Frozen):
     manifest_sha256: str
     image: str
     image_present: bool
+    warnings: list[str]
+    approval: str | None = Field(
+        None, description="Whether launching this plan needs a person's approval, and how to give it ahead."
+    )
     runtime: RuntimePlan
     user: str
     home: str
@@ -198,7 +222,6 @@ class BottlePlan(Frozen):
     git: list[GitPlan]
     copy_cwd: CopyCwdPlan | None
     gates: GatePlan | None = Field(None, description="The gate sidecar of git and ssh entries, if any.")
-    warnings: list[str]
 
     @staticmethod
     def content_digest(payload: str) -> str:
@@ -235,17 +258,26 @@ class LaunchResult(Frozen):
 
 
 class ExecResult(Frozen):
+    """Status first, output last: a host that shows only the start of a long result still shows the facts."""
+
     exit_code: int | None = Field(description="The command's exit status; null when it was killed on timeout.")
-    stdout: str
-    stderr: str
-    truncated: bool = Field(description="True when stdout or stderr went over the cap; the rest was dropped.")
+    timed_out: bool
+    truncated: bool = Field(
+        description="True when stdout or stderr went over the cap: the middle was cut (head and tail kept) and "
+        "the whole stream is in stdout_path / stderr_path in the bottle."
+    )
     stdout_bytes: int = Field(description="Bytes the command wrote to stdout in all.")
     stderr_bytes: int
     output_cap_bytes: int
-    timed_out: bool
     duration_ms: int
-    notes: list[str] = Field(default_factory=list, description="How the output was made safe, if it was.")
+    stdout_path: str | None = Field(
+        None, description="File in the bottle holding the whole stdout (read it with exec or cp_out)."
+    )
+    stderr_path: str | None = Field(None, description="File in the bottle holding the whole stderr.")
     job: JobInfo | None = Field(None, description="With background=true: the job; follow it with wait_job.")
+    notes: list[str] = Field(default_factory=list, description="How the output was cut or made safe, if it was.")
+    stdout: str
+    stderr: str
 
     @classmethod
     def started_in_background(cls, job: JobInfo) -> ExecResult:
@@ -308,6 +340,7 @@ class CleanupFailure(Frozen):
 
 class CleanupReport(Frozen):
     dry_run: bool
+    summary: str = Field("", description="How many items were removed, kept and failed (the lists may be cut).")
     removed: list[CleanupItem]
     kept: list[CleanupItem]
     failed: list[CleanupFailure]

@@ -8,10 +8,16 @@ come back as frames, and a kill request ends its whole session.
 
 Frames, both ways: a 9-byte header (type: u8, request id: u32, payload
 length: u32, big-endian) and the payload. Server to bottle: OPEN (JSON: cmd,
-cwd, env, stdin, cap), STDIN (bytes; empty = end of input), KILL. Bottle to
+cwd, env, stdin, cap, keep), STDIN (bytes; empty = end of input), KILL. Bottle to
 server: HELLO (JSON), STARTED (JSON: pid), STDOUT, STDERR, CREDIT (u32: stdin
 bytes consumed), EXIT (JSON: code, out, err). The server trusts none of it
 beyond this bottle: it bounds, validates and times everything itself.
+
+With `keep` ({dir, bytes, head, tail, runs}), the command's output is also written to
+DIR/stdout and DIR/stderr (their first `bytes`; the last `tail` bytes of a longer stream go to
+FILE.tail), only the first `head` bytes of each stream are streamed, and at the end the last
+`tail` bytes not yet sent follow: the server gets the head and the tail, and the whole stays in
+the bottle. The newest `runs` folders beside DIR are kept, older ones removed.
 
 Standard library only: the bottle's image needs nothing but python3.
 
@@ -57,6 +63,7 @@ import hmac  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import selectors  # noqa: E402
+import shutil  # noqa: E402
 import signal  # noqa: E402
 import struct  # noqa: E402
 import subprocess  # noqa: E402
@@ -79,11 +86,64 @@ IN_CHUNK = 1 << 20
 DRAIN_S = 0.1
 
 
+class Keeper:
+    """A command's output kept in files in the bottle, and the last bytes of each stream."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.dir = str(spec["dir"])
+        self.limit = max(0, int(spec["bytes"]))
+        self.head = max(0, int(spec["head"]))
+        self.tail = max(0, int(spec["tail"]))
+        self.files: dict[int, IO[bytes] | None] = {T_STDOUT: None, T_STDERR: None}
+        self.written = {T_STDOUT: 0, T_STDERR: 0}
+        self.last = {T_STDOUT: bytearray(), T_STDERR: bytearray()}
+        try:
+            parent = os.path.dirname(self.dir)
+            os.makedirs(parent, mode=0o700, exist_ok=True)
+            os.mkdir(self.dir, 0o700)
+            # Held open while the command runs; closed in close().
+            out = open(self.dir + "/stdout", "wb")  # noqa: SIM115
+            err = open(self.dir + "/stderr", "wb")  # noqa: SIM115
+            self.files = {T_STDOUT: out, T_STDERR: err}
+            runs = sorted(os.scandir(parent), key=lambda e: e.stat().st_mtime, reverse=True)
+            for old in runs[max(1, int(spec.get("runs", 8))) :]:
+                shutil.rmtree(old.path, ignore_errors=True)
+        except OSError:
+            self.close()
+
+    def add(self, kind: int, data: bytes) -> None:
+        f = self.files[kind]
+        room = self.limit - self.written[kind]
+        if f is not None and room > 0:
+            try:
+                f.write(data[:room])
+                self.written[kind] += min(room, len(data))
+            except OSError:  # the tmpfs is full: keep what is there
+                self.files[kind] = None
+        last = self.last[kind]
+        last += data
+        if len(last) > self.tail:
+            del last[: len(last) - self.tail]
+
+    def close(self, totals: dict[int, int] | None = None) -> None:
+        for kind, f in self.files.items():
+            if f is None:
+                continue
+            with contextlib.suppress(OSError):
+                f.close()
+                if totals is not None and totals[kind] > self.written[kind]:
+                    name = "stdout" if kind == T_STDOUT else "stderr"
+                    with open(f"{self.dir}/{name}.tail", "wb") as t:
+                        t.write(self.last[kind])
+        self.files = {T_STDOUT: None, T_STDERR: None}
+
+
 class Command:
-    def __init__(self, rid: int, proc: subprocess.Popen[bytes], cap: int) -> None:
+    def __init__(self, rid: int, proc: subprocess.Popen[bytes], cap: int, keeper: Keeper | None = None) -> None:
         self.rid = rid
         self.proc = proc
         self.cap = cap
+        self.keeper = keeper
         self.sent = {T_STDOUT: 0, T_STDERR: 0}
         self.total = {T_STDOUT: 0, T_STDERR: 0}
         self.open_pipes = 0
@@ -198,7 +258,9 @@ class Supervisor:
             self.send(T_STDERR, rid, msg)
             self.send_json(T_EXIT, rid, {"code": 126, "out": 0, "err": len(msg)})
             return
-        cmd = Command(rid, proc, max(0, int(req.get("cap", 0))))
+        keeper = Keeper(req["keep"]) if isinstance(req.get("keep"), dict) else None
+        cap = keeper.head if keeper is not None else max(0, int(req.get("cap", 0)))
+        cmd = Command(rid, proc, cap, keeper)
         self.cmds[rid] = cmd
         self.send_json(T_STARTED, rid, {"pid": proc.pid})
         for pipe, kind in ((proc.stdout, T_STDOUT), (proc.stderr, T_STDERR)):
@@ -255,6 +317,8 @@ class Supervisor:
             self.close_pipe(pipe, cmd)
             return
         cmd.total[kind] += len(data)
+        if cmd.keeper is not None:
+            cmd.keeper.add(kind, data)
         room = cmd.cap - cmd.sent[kind]
         if room > 0:
             part = data[:room]
@@ -291,6 +355,13 @@ class Supervisor:
                 with contextlib.suppress(OSError):
                     f.close()
         del self.cmds[cmd.rid]
+        if cmd.keeper is not None:
+            cmd.keeper.close(cmd.total)
+            for kind in (T_STDOUT, T_STDERR):  # the tail not sent yet
+                unsent = cmd.total[kind] - cmd.sent[kind]
+                last = cmd.keeper.last[kind]
+                if unsent > 0 and last:
+                    self.send(kind, cmd.rid, bytes(last[-min(unsent, len(last)) :]))
         self.send_json(T_EXIT, cmd.rid, {"code": cmd.code, "out": cmd.total[T_STDOUT], "err": cmd.total[T_STDERR]})
 
     # -- main loop ------------------------------------------------------------------

@@ -123,7 +123,6 @@ def test_next_server_adopts_a_kept_bottle_with_its_file_job_output_and_exit_code
         job_id = started["job"]["job_id"]
     finally:
         close_client(a)
-    assert "kept 1 bottle(s)" in a.proc.stderr.read().decode()  # type: ignore[union-attr]
     names = objects_of(docker_client, bid)
     assert any(n.startswith("bottle-mcp-keep-") for n in names), names
     time.sleep(4)  # the job ends while no server runs
@@ -189,7 +188,7 @@ def test_the_hosts_signal_sequence_keeps_the_bottle_the_next_server_adopts_and_n
         before_kill = host_signals(a)
     stderr = a.proc.stderr.read().decode()  # type: ignore[union-attr]
     assert before_kill, f"the later signals killed the server halfway: {stderr[-2000:]}"
-    assert "kept 1 bottle(s)" in stderr, stderr[-2000:]
+    assert a.proc.returncode == 0, stderr[-2000:]
     assert any(n.startswith("bottle-mcp-keep-") for n in objects_of(docker_client, bid))
 
     # No server runs: the person sees the kept bottle with its time left, and the job's output.

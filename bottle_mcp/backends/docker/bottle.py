@@ -249,6 +249,36 @@ class DockerBottle:
             notes=notes,
         )
 
+    async def exec_kept(
+        self, command: str, *, timeout_s: float, workdir: str | None, keep: dict[str, object], wire_cap: int
+    ) -> tuple[ExecOutcome, list[str]] | None:
+        """Run over the exec channel with the output kept in the bottle (see the supervisor's `keep`).
+
+        None when the bottle has no live channel: the caller keeps the output another way.
+        """
+        channel = await self._live_channel()
+        if channel is None:
+            return None
+        try:
+            out, broken = await channel.run(
+                command, timeout_s=timeout_s, workdir=workdir, output_cap=wire_cap, env=self.env, keep=keep
+            )
+        except ChannelError:
+            return None
+        notes = []
+        if out.timed_out:
+            out.exit_code = None
+            notes.append(f"timed out after {timeout_s:g} s; the command's process group was killed")
+        elif broken:
+            out.exit_code = None
+            notes.append(
+                "the bottle's exec channel broke during the command (something in the bottle ended it); "
+                "the command's processes were killed and its outcome is unknown"
+            )
+        elif out.exit_code is None:
+            await self._raise_if_gone()
+        return out, notes
+
     async def put_tar(self, tar: IO[bytes], dest_dir: PurePosixPath, *, via_engine: bool = False) -> None:
         """Unpack `tar` into `dest_dir`; `via_engine` uses its own engine exec even when the channel runs."""
         script = f"set -- {shlex.quote(str(dest_dir))}; {UNPACK}"

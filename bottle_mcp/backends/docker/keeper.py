@@ -93,6 +93,7 @@ class DockerKeeper:
         self.engine = engine
         self.instance = instance
         self._reapers: dict[str, str] = {}  # bottle id -> reaper container id
+        self._until: dict[str, int] = {}  # bottle id -> the deadline last written (the engine refuses a no-op rename)
 
     def unavailable(self) -> str | None:
         """Why bottles cannot be kept on this engine, or None."""
@@ -165,12 +166,15 @@ class DockerKeeper:
         cid = await self._reaper_id(bottle_id)
         if cid is None:
             return False
+        if self._until.get(bottle_id) == until:
+            return True
         try:
             new_name = reaper_name(bottle_id, until)
             await self.engine.call("move the bottle's deadline", lambda c: c.api.rename(cid, new_name))
         except EngineNotFoundError:
             self._reapers.pop(bottle_id, None)
             return False
+        self._until[bottle_id] = until
         return True
 
     async def disarm(self, bottle_id: str) -> None:
