@@ -355,7 +355,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if keep.keeping:
         log.info("when the client goes away, bottles are kept for %d s for the next server", keep.keep_for_s)
     elif keep.on_exit == "keep" and keep.keep_for_s > 0:
-        log.warning("bottles cannot be kept on this backend; they are removed when the client goes away")
+        log.info("bottles cannot be kept on this backend; they are removed when the client goes away")
 
     async def main() -> None:
         mcp = build_server(service)
