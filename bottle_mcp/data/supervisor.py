@@ -57,11 +57,13 @@ def _seal() -> bool:
 SEALED = _seal()
 
 import contextlib  # noqa: E402 - after the seal, which comes first
+import errno  # noqa: E402
 import fcntl  # noqa: E402
 import hashlib  # noqa: E402
 import hmac  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
+import resource  # noqa: E402
 import selectors  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
@@ -84,6 +86,14 @@ IN_CHUNK = 1 << 20
 # After a command exits, its output pipes may still be held by something it left
 # running in the background; wait this long for them to close, then report.
 DRAIN_S = 0.1
+# At the process limit: tries to start a command (with short waits), the sessions of ended
+# commands remembered, and the most stop-and-scan rounds spent on one session.
+SPAWN_TRIES = 3
+MAX_ENDED = 256
+KILL_ROUNDS = 50
+NEAR_LIMIT = 0.8  # of the process limit: past it, leftovers of ended commands are ended
+LEFTOVER_SHARE = 0.25  # ... and so they are when they alone hold this much of it
+REAP_WAIT_S = 2.0
 
 
 class Keeper:
@@ -157,6 +167,9 @@ class Supervisor:
     def __init__(self) -> None:
         self.sel = selectors.DefaultSelector()
         self.cmds: dict[int, Command] = {}
+        # Sessions of commands that have ended, newest last: what they left running is ended
+        # when the bottle reaches its process limit (see spawn).
+        self.ended: list[int] = []
         self.inbuf = bytearray()
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_w, False)
@@ -241,17 +254,17 @@ class Supervisor:
     def open(self, rid: int, req: dict[str, Any]) -> None:
         env = dict(os.environ)
         env.update({str(k): str(v) for k, v in (req.get("env") or {}).items()})
+        # Near the process limit (a fork bomb left by an earlier command, or leftovers piling up),
+        # what earlier, finished commands left running is ended first, so this one can work.
+        reclaimed = self.reclaim() if self.ended and crowded(set(self.ended)) else 0
         try:
-            proc = subprocess.Popen(
-                ["/bin/sh", "-c", str(req["cmd"])],
-                stdin=subprocess.PIPE if req.get("stdin") else subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                cwd=req.get("cwd") or None,
-                env=env,
-                start_new_session=True,
-                close_fds=True,
-            )
+            try:
+                proc = spawn(req, env)
+            except OSError as e:
+                if e.errno not in (errno.EAGAIN, errno.ENOMEM) or not self.ended:
+                    raise
+                reclaimed += self.reclaim()
+                proc = spawn(req, env)
         except OSError as e:
             self.send_json(T_STARTED, rid, {"pid": 0})
             msg = f"bottle-mcp: cannot start the command in {req.get('cwd')!r}: {e.strerror}\n".encode()
@@ -263,6 +276,12 @@ class Supervisor:
         cmd = Command(rid, proc, cap, keeper)
         self.cmds[rid] = cmd
         self.send_json(T_STARTED, rid, {"pid": proc.pid})
+        if reclaimed:
+            note = (
+                f"bottle-mcp: the bottle was at its process limit; {reclaimed} process(es) left running by "
+                "earlier commands were ended\n"
+            ).encode()
+            self.send(T_STDERR, rid, note)
         for pipe, kind in ((proc.stdout, T_STDOUT), (proc.stderr, T_STDERR)):
             assert pipe is not None
             os.set_blocking(pipe.fileno(), False)
@@ -346,6 +365,11 @@ class Supervisor:
             if drained or (cmd.exited_at is not None and now - cmd.exited_at >= DRAIN_S):
                 self.finish(cmd)
 
+    def reclaim(self) -> int:
+        """End everything that finished commands left running; how many processes that was."""
+        ended, self.ended = self.ended, []
+        return sum(kill_session(pid) for pid in ended)
+
     def finish(self, cmd: Command) -> None:
         for f in (cmd.proc.stdout, cmd.proc.stderr, cmd.proc.stdin):
             if f is not None and not f.closed:
@@ -355,6 +379,7 @@ class Supervisor:
                 with contextlib.suppress(OSError):
                     f.close()
         del self.cmds[cmd.rid]
+        self.ended = [*self.ended[-(MAX_ENDED - 1) :], cmd.proc.pid]
         if cmd.keeper is not None:
             cmd.keeper.close(cmd.total)
             for kind in (T_STDOUT, T_STDERR):  # the tail not sent yet
@@ -397,16 +422,63 @@ def unmask(key: bytes, seq: int, data: bytes) -> bytes:
     return (int.from_bytes(data, "big") ^ int.from_bytes(stream, "big")).to_bytes(len(data), "big")
 
 
-def kill_session(pid: int) -> None:
+def process_limit() -> int | None:
+    """The most processes this bottle may hold: its RLIMIT_NPROC (gVisor) or pids cgroup (runc)."""
+    limits = []
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NPROC)
+    if soft != resource.RLIM_INFINITY:
+        limits.append(soft)
+    for path in ("/sys/fs/cgroup/pids.max", "/sys/fs/cgroup/pids/pids.max"):
+        with contextlib.suppress(OSError, ValueError), open(path) as f:
+            limits.append(int(f.read().strip()))
+    return min(limits) if limits else None
+
+
+def crowded(ended: set[int]) -> bool:
+    """Whether the bottle is near its process limit, or ended commands' leftovers hold much of it."""
+    limit = process_limit()
+    if limit is None:
+        return False
+    table = _processes()
+    leftovers = sum(1 for _ppid, _pgrp, sid in table.values() if sid in ended)
+    return len(table) >= limit * NEAR_LIMIT or leftovers >= limit * LEFTOVER_SHARE
+
+
+def spawn(req: dict[str, Any], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """Start one command under /bin/sh in a session of its own."""
+    last: OSError | None = None
+    for attempt in range(SPAWN_TRIES):
+        try:
+            return subprocess.Popen(
+                ["/bin/sh", "-c", str(req["cmd"])],
+                stdin=subprocess.PIPE if req.get("stdin") else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=req.get("cwd") or None,
+                env=env,
+                start_new_session=True,
+                close_fds=True,
+            )
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.ENOMEM):
+                raise
+            last = e
+            time.sleep(0.05 * (attempt + 1))  # processes that are dying free their slots
+    assert last is not None
+    raise last
+
+
+def kill_session(pid: int) -> int:
     """SIGKILL everything the command started: its process group, its session and its descendants.
 
-    Members are stopped first, in rounds, so that nothing forks away between the scan and the kill.
+    Members are stopped first, in rounds, so that nothing forks away between the scan and the kill;
+    rounds go on while new members appear (a fork bomb keeps adding them). Returns how many.
     """
     if pid <= 1:
-        return
+        return 0
     me = os.getpid()
     doomed: set[int] = set()
-    for _ in range(3):
+    for _ in range(KILL_ROUNDS):
         table = _processes()
         found = {p for p, (_, pgrp, sid) in table.items() if pid in (p, pgrp, sid)}
         grew = True
@@ -427,6 +499,14 @@ def kill_session(pid: int) -> None:
     for p in doomed:
         with contextlib.suppress(OSError):
             os.kill(p, signal.SIGKILL)
+    # Until init has reaped them they still count against the bottle's process limit: wait a
+    # little, so that the next command can start what it needs.
+    deadline = time.monotonic() + REAP_WAIT_S
+    while doomed and time.monotonic() < deadline:
+        doomed = {p for p in doomed if os.path.exists(f"/proc/{p}")}
+        if doomed:
+            time.sleep(0.02)
+    return len(doomed)
 
 
 def _processes() -> dict[int, tuple[int, int, int]]:
