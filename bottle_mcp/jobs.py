@@ -214,6 +214,8 @@ class JobManager:
     def __init__(self, output_cap: Callable[[], int]) -> None:
         self._jobs: dict[str, Job] = {}
         self._output_cap = output_cap
+        # Told of every job once it runs (keep.py records it, for the next server to adopt).
+        self.on_start: Callable[[Job], None] | None = None
 
     # -- starting ----------------------------------------------------------------------
 
@@ -264,6 +266,8 @@ class JobManager:
         self._jobs[job_id] = job
         self._trim()
         log.info("job %s started in bottle %s (%s)", job_id, bottle.id, kind)
+        if self.on_start is not None:
+            self.on_start(job)
         return job.info()
 
     @staticmethod
@@ -281,6 +285,10 @@ class JobManager:
                 f"{(res.stderr or res.stdout).strip()[:300]}. The image needs /bin/sh, setsid and coreutils."
             )
         return int(pid)
+
+    def adopt(self, job: Job) -> None:
+        """Track a job a previous server started (its bottle was kept and adopted)."""
+        self._jobs[job.job_id] = job
 
     def _trim(self) -> None:
         finished = [j for j in self._jobs.values() if j.done]

@@ -9,6 +9,7 @@ this part shares with the delegation part; the two never call each other.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ import anyio
 from .backends.base import Backend, Bottle, Progress, _no_progress
 from .errors import LimitError, StalePlanError, UnknownPlanError
 from .gitout import OID_RE
+from .jobs import Job
+from .keep import KeepManager, OnExit, spare_kept
 from .labels import Instance
 from .live import LiveBottles, RepoOrigin
 from .manifest import ApprovePolicy, LoadedManifest, load_manifest, parse_size
@@ -57,6 +60,10 @@ class ServiceConfig:
     warm_pool: int | None = None  # spares per bottle definition; None: each bottle's warm_pool in the manifest
     approve: ApprovePolicy | None = None  # None: from the manifest's [host] approve
     approvals_log: Path | None = None  # None: the user's state folder (see approval.default_log_path)
+    # What happens to the bottles when the client goes away (keep.py). None: a library user, who
+    # keeps nothing and adopts nothing; `serve` sets it from --on-exit or the manifest's [host] on_exit.
+    on_exit: OnExit | None = None
+    keep_for_s: int | None = None  # None: the manifest's [host] keep_for
 
 
 class Lifecycle:
@@ -66,8 +73,12 @@ class Lifecycle:
         self.instance: Instance = backend.instance
         self.manifest: LoadedManifest = load_manifest(config.manifest_path)
         self._plans: OrderedDict[str, tuple[BottlePlan, BottleSpec]] = OrderedDict()
-        self.live = live or LiveBottles(list_active=backend.list_active, output_cap=lambda: self.output_cap)
+        self.live = live or LiveBottles(list_active=self.list_active, output_cap=lambda: self.output_cap)
         self.redactor = Redactor(self._credential_names)
+        self.keep = KeepManager(self, config.on_exit, config.keep_for_s)
+        self.live.jobs.on_start = self.keep.on_job
+        self.live.on_discard = self.keep.on_stop
+        self.closed = threading.Event()  # set once aclose has kept or removed every bottle
 
     # -- helpers ---------------------------------------------------------------------
 
@@ -162,7 +173,8 @@ class Lifecycle:
             live.launching -= 1
         entry = live.add(bottle, plan)
         try:
-            entry.origin = await _repo_origin(bottle, plan)
+            entry.origin = origin = await _repo_origin(bottle, plan)
+            await self.keep.on_launch(bottle, plan, (str(origin.host_repo), origin.start) if origin else None)
         except BaseException:  # gone, failed or cancelled: a half-launched bottle is not kept
             await live.discard(bottle)
             raise
@@ -261,10 +273,10 @@ class Lifecycle:
         )
 
     async def list_active(self) -> list[BottleInfo]:
-        return await self.backend.list_active()
+        return await self.keep.annotate(await self.backend.list_active())
 
     async def cleanup(self, *, dry_run: bool = False) -> CleanupReport:
-        plan = await self.backend.prepare_cleanup()
+        plan = await spare_kept(self.backend, await self.backend.prepare_cleanup())
         if dry_run:
             return CleanupReport(dry_run=True, removed=plan.remove, kept=plan.keep, failed=[])
         return await self.backend.cleanup(plan)
@@ -289,11 +301,33 @@ class Lifecycle:
     def live_bottles(self) -> list[Bottle]:
         return [e.bottle for e in self.live.all()]
 
+    def owned_ids(self) -> set[str]:
+        return {e.id for e in self.live.all()}
+
+    def register_adopted(
+        self, bottle: Bottle, plan: BottlePlan, origin: tuple[str, str | None] | None, jobs: list[Job]
+    ) -> None:
+        """Drive a kept bottle as this server's own (keep.py found it, took its lease and moved its deadline)."""
+        entry = self.live.add(bottle, plan)
+        if origin is not None:
+            entry.origin = RepoOrigin(host_repo=Path(origin[0]), start=origin[1])
+        for job in jobs:
+            self.live.jobs.adopt(job)
+
     async def aclose(self) -> None:
-        """Remove this server's bottles, in parallel, within the host's shutdown budget."""
+        """Keep (keep.py) or remove this server's bottles, in parallel, within the host's shutdown budget."""
         with anyio.CancelScope(shield=True):
+            bottles = [e.bottle for e in self.live.all()]
+            removing = await self.keep.leave(bottles)
+            for b in set(bottles) - set(removing):
+                self.live.forget(b.id)
             await self.live.close_all(SHUTDOWN_BUDGET_S * 3)
+            with anyio.move_on_after(SHUTDOWN_BUDGET_S):
+                async with anyio.create_task_group() as tg:
+                    for b in removing:
+                        tg.start_soon(self.keep.on_stop, b.id)
             await self.backend.aclose()
+        self.closed.set()
 
 
 async def _repo_origin(bottle: Bottle, plan: BottlePlan) -> RepoOrigin | None:

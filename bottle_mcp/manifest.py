@@ -60,6 +60,23 @@ def parse_size(value: str | int) -> int:
     return size
 
 
+_DURATION_RE = re.compile(r"^\s*([0-9]+)\s*([smhd]?)\s*$")
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_KEEP_S = 7 * 86400
+
+
+def parse_duration(value: str | int) -> int:
+    """`"20s"`, `"90m"`, `"1h"`, `"2d"`, `"0"` or a number of seconds -> seconds."""
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"duration must not be negative, got {value}")
+        return value
+    m = _DURATION_RE.match(value)
+    if not m:
+        raise ValueError(f"{value!r} is not a duration; write it like '20s', '30m', '1h', '2d' or '0'")
+    return int(m.group(1)) * _DURATION_UNITS[m.group(2).lower()]
+
+
 _FORMAT_UNITS = (("g", "GiB", 1024**3), ("m", "MiB", 1024**2), ("k", "KiB", 1024))
 
 
@@ -390,6 +407,17 @@ class HostSettings(_Strict):
         description="When a person must approve a launch through the MCP client: 'never', 'always', or "
         "'elevated' (only bottles that grant more than the offline default). `serve --approve` overrides it.",
     )
+    keep_for: str | int = Field(
+        "1h",
+        description="How long the bottles and their running jobs are kept when the client goes away (stdin closes, "
+        "or the host stops the server with signals), for a later server of the same manifest to adopt; then they "
+        "remove themselves. A duration such as '20s', '30m', '1h' (at most '7d'); '0' removes them at once.",
+    )
+    on_exit: Literal["keep", "remove"] = Field(
+        "keep",
+        description="What `serve` does with its bottles when the client goes away: 'keep' them for keep_for, or "
+        "'remove' them. `serve --on-exit` overrides it.",
+    )
     approved_agents: list[Annotated[str, Field(pattern=NAME_PATTERN)]] = Field(
         default_factory=list,
         description="Agents whose launches the person approves ahead, here: they launch without a question "
@@ -403,6 +431,13 @@ class HostSettings(_Strict):
             raise ValueError("output caps are at most 64m")
         if parse_size(v) < 1024:
             raise ValueError("output caps are at least 1k")
+        return v
+
+    @field_validator("keep_for")
+    @classmethod
+    def _keep_for(cls, v: str | int) -> str | int:
+        if parse_duration(v) > MAX_KEEP_S:
+            raise ValueError("keep_for is at most '7d'")
         return v
 
 

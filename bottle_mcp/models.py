@@ -276,8 +276,13 @@ class BottleInfo(Frozen):
     runtime: str
     image: str
     created_at: str
-    owner: Liveness = Field(description="this-server, other-server (alive), orphaned (its server is gone), unknown.")
+    owner: Liveness = Field(
+        description="this-server, other-server (alive), orphaned (its server is gone), kept (its server is gone; "
+        "kept for a later server of the same manifest to adopt until kept_until), unknown."
+    )
     instance: str
+    kept_until: str | None = Field(None, description="When a kept bottle removes itself (UTC), if it is kept.")
+    note: str | None = Field(None, description="Why this server does not drive it (for example a changed manifest).")
 
 
 class LaunchResult(Frozen):

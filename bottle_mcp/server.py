@@ -112,6 +112,11 @@ def build_server(service: BottleService) -> MCPServer[BottleService]:
         async with anyio.create_task_group() as tg:
             tg.start_soon(service.keep_warm)
             try:
+                await service.keep.adopt_all()
+            except Exception:
+                log.exception("could not look for kept bottles to adopt")
+            tg.start_soon(service.keep.refresh_forever)
+            try:
                 yield service
             finally:
                 tg.cancel_scope.cancel()  # the pools remove their spares while the bottles are removed
@@ -288,8 +293,8 @@ def register_bottle_tools(mcp: MCPServer[BottleService], service: BottleService)
         """Stop a bottle this server launched and remove it with its workspace volume.
 
         Returns what was removed. Its files are lost: copy out what you need first (exec cat).
-        Bottles of other servers cannot be stopped from here; the server also removes all of its
-        bottles when it shuts down.
+        Bottles of other servers cannot be stopped from here. When the client goes away the server
+        keeps its bottles for [host] keep_for (or removes them, per [host] on_exit).
         """
         return await service.stop(bottle_id)
 
@@ -357,7 +362,10 @@ def register_server_tools(mcp: MCPServer[BottleService], service: BottleService)
         Returns bottles (bottle_id, agent, status, runtime, image, created_at, owner) and this
         server's instance id. owner: 'this-server' (yours to drive with exec/cp_in/stop_bottle),
         'other-server' (a live server's: leave it), 'orphaned' (its server is gone: call cleanup),
-        'unknown' (made on another host). One page at a time: total, and next_cursor for the next.
+        'kept' (its server's client went away; kept until kept_until for the next server of the same
+        manifest, which adopts it with its jobs; note says why this server does not), 'unknown' (made
+        on another host). Bottles this server adopted are 'this-server'. One page at a time: total,
+        and next_cursor for the next.
         """
         every = await service.list_active()
         shown, next_cursor = page(every, parse_cursor(cursor, len(every)), limit)

@@ -44,6 +44,7 @@ def manifest(write_manifest: ManifestFactory, worker_image: str) -> Path:
         f"""
         [host]
         approve = "elevated"
+        keep_for = "0"
 
         [bottles.offline]
         image = "{worker_image}"

@@ -68,7 +68,7 @@ async def test_supervisor_delegates_a_task_and_brings_the_work_back(
     params = StdioServerParameters(
         command=sys.executable,
         # The human running this server chose not to be asked (approval has its own tests).
-        args=["-m", "bottle_mcp", "serve", "--manifest", str(manifest), "--approve", "never"],
+        args=["-m", "bottle_mcp", "serve", "--manifest", str(manifest), "--approve", "never", "--on-exit", "remove"],
         env=env,
         cwd=str(host_repo),
     )
@@ -83,7 +83,8 @@ async def test_supervisor_delegates_a_task_and_brings_the_work_back(
             bid = _ok(await client.call_tool("launch_bottle", {"plan_id": plan["plan_id"]}))["bottle_id"]
             assert plan["credentials"] == [{"name": "BOTTLE_TEST_TOKEN", "present": True}]
             assert SECRET not in json.dumps(plan)
-            (container,) = docker_client.api.containers(filters={"label": [f"{L.BOTTLE}={bid}"]})
+            bottle_only = {"label": [f"{L.BOTTLE}={bid}", f"{L.ROLE}=bottle"]}  # not its reaper (keep.py)
+            (container,) = docker_client.api.containers(filters=bottle_only)
             assert SECRET not in json.dumps(container["Labels"])
 
             task = (

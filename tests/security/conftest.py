@@ -144,6 +144,7 @@ def manifest_text(runtime: str, world_ca: Path, skills: Path) -> str:
 [host]
 skills_dir = "{skills}"
 output_cap = "64k"
+keep_for = "0"
 
 [bottles.plain]
 image = "bottle-mcp/worker:latest"

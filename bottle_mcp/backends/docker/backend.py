@@ -48,6 +48,7 @@ from .channel import Channel
 from .diagnose import diagnose
 from .engine import Engine, flavour, selectable_runtimes
 from .images import image_fix_hint, image_status
+from .keeper import DockerKeeper
 from .mould import Mould
 from .pool import SPARE_PREFIX, PoolTarget, Spare, Started, WarmPool, pool_key
 
@@ -69,6 +70,7 @@ class DockerBackend(Backend):
         self._disk_support: disk.DiskSupport | None = None
         self._disk_lock = anyio.Lock()
         self.pool = WarmPool(lambda cid, bid, user: Channel.open(self.engine, cid, bid, user))
+        self.keeper = DockerKeeper(self.engine, instance)  # kept bottles: see keep.py
 
     async def keep_warm(self, manifest: LoadedManifest, sizes: dict[str, int]) -> None:
         targets: list[PoolTarget] = []

@@ -118,6 +118,10 @@ class DockerBottle:
                 return False
             return True
 
+    def no_channel(self) -> None:
+        """Use one engine exec per command from now on."""
+        self._channel_attempts = CHANNEL_ATTEMPTS
+
     def adopt_channel(self, channel: Channel | None) -> None:
         """Take over a channel started before this handle existed (a warm pool's)."""
         if channel is not None and channel.alive:
@@ -415,6 +419,12 @@ class DockerBottle:
             raise BottleGoneError(self.id, "its container no longer exists") from None
         if not state.get("Running"):
             raise BottleGoneError(self.id, f"its container is {state.get('Status', 'stopped')}")
+
+    def detach(self) -> None:
+        """Let go of the bottle without removing it (it is kept for a later server): end the exec channel."""
+        if self._channel is not None:
+            self._channel.close("the server let go of the bottle")
+        self._closed = True
 
     async def aclose(self) -> list[str]:
         if self._closed:
