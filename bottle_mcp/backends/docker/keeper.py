@@ -27,6 +27,7 @@ from ...errors import BottleError, EngineError, EngineNotFoundError
 from ...models import BottleInfo
 from .bottle import DockerBottle
 from .engine import Engine, flavour
+from .mould import Mould
 
 log = logging.getLogger(__name__)
 
@@ -117,26 +118,20 @@ class DockerKeeper:
             problem = podman_problem(c)
             if problem is not None:
                 raise BottleError(problem)
-            host_config = c.api.create_host_config(
-                read_only=True,
-                cap_drop=["ALL"],
-                security_opt=["no-new-privileges:true"],
-                network_mode="none",
-                pids_limit=16,
-                mem_limit=48 * 1024**2,
-                restart_policy={"Name": "unless-stopped"},
-                runtime="runc",  # it talks to the host's engine socket, which a gVisor sandbox would not pass
-                mounts=[Mount(target=REAPER_SOCK, source=sock, type="bind")],
-            )
-            made = c.api.create_container(
+            mould = Mould(
                 image=REAPER_IMAGE,
                 command=["python3", "-I", "-S", "-c", reaper_source(), bottle_id],
                 name=reaper_name(bottle_id, until),
                 user="0",  # the socket is root's; the process has no capabilities
                 labels=labels,
-                host_config=host_config,
-                network_disabled=True,
+                network_mode="none",
+                pids=16,
+                memory=48 * 1024**2,
+                restart_policy={"Name": "unless-stopped"},
+                runtime="runc",  # it talks to the host's engine socket, which a gVisor sandbox would not pass
+                mounts=(Mount(target=REAPER_SOCK, source=sock, type="bind"),),
             )
+            made = {"Id": mould.create(c)}
             cid = str(made["Id"])
             try:
                 c.api.start(cid)

@@ -54,11 +54,15 @@ class Mould:
     # Only the disk helper (backends/docker/disk.py) has these: CAP_MKNOD and the loop devices,
     # to attach a bottle's disk image. No other container gets a capability or a device.
     capabilities_added: tuple[str, ...] = ()
+    # Only a kept bottle's reaper (backends/docker/keeper.py) comes back after an engine restart.
+    restart_policy: Mapping[str, str] | None = None
     devices: tuple[str, ...] = ()
     device_cgroup_rules: tuple[str, ...] = ()
 
     def host_config(self, c: docker.DockerClient) -> Any:
         extra: dict[str, Any] = {} if self.nano_cpus is None else {"nano_cpus": self.nano_cpus}
+        if self.restart_policy is not None:
+            extra["restart_policy"] = dict(self.restart_policy)
         if self.capabilities_added:
             extra["cap_add"] = list(self.capabilities_added)
         if self.devices:
