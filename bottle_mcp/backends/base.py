@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path, PurePosixPath
 from typing import IO, Protocol
 
+from ..credentials import credential_plans
 from ..errors import PlanError
 from ..labels import Instance
 from ..manifest import AgentDef, BottleDef, LoadedManifest
@@ -27,7 +28,6 @@ from ..models import (
     CleanupPlan,
     CleanupReport,
     CopyCwdPlan,
-    CredentialPlan,
     EgressDecision,
     ExecResult,
     GateEvent,
@@ -171,7 +171,8 @@ class Backend(ABC):
                     bytes=size,
                 )
             )
-        creds = [CredentialPlan(name=c, present=c in os.environ) for c in agent.credentials]
+        creds, cred_warnings = credential_plans(bottle, list(agent.credentials), os.environ)
+        warnings += cred_warnings
         warnings += [
             f"credential {c.name} is not set in the server's environment; the agent will run without it"
             for c in creds

@@ -16,6 +16,7 @@ import anyio
 import docker
 from docker.types import Mount
 
+from ... import credentials
 from ... import labels as L
 from ...errors import (
     BottleError,
@@ -215,7 +216,9 @@ class DockerBackend(Backend):
         bdef = spec.manifest.manifest.bottles[plan.bottle]
         started = time.monotonic()
         env = {"BOTTLE_AGENT": plan.agent}
-        env.update({c: os.environ[c] for c in agent.credentials if c in os.environ})
+        # Stand-ins made now, for this bottle only; the real values go to the proxy alone.
+        cred_env, substitutions = credentials.bottle_values(plan, os.environ)
+        env.update(cred_env)
         sidecars = plan.network.effective == "egress-proxy" or gates.needed(bdef)
         # Spares have no sidecars: bottles with egress or gates always launch cold.
         spare = None if sidecars else self.pool.claim(pool_key(plan.bottle, bdef, plan.image, plan.runtime.effective))
@@ -247,7 +250,7 @@ class DockerBackend(Backend):
             if plan.network.effective == "egress-proxy":
                 await progress("starting the egress proxy")
                 stack = egress.EgressStack(self.engine, self.instance, name, sidecar_labels)
-                await stack.start_proxy(spec.manifest, bdef, agent.credentials)
+                await stack.start_proxy(spec.manifest, bdef, agent.credentials, substitutions)
                 env.update(egress.bottle_env(bdef.home))
             if gates.needed(bdef):
                 await progress("starting the git/ssh gate (mirroring the upstreams)")

@@ -25,7 +25,10 @@ Rules, in order:
 - TLS to hosts not listed in passthrough is intercepted with this sidecar's own
   CA, and requests carrying a forwarded credential to a host that credential is
   not declared for are refused. Raw (non-TLS, non-HTTP) bytes in a tunnel are
-  refused unless the host is passthrough.
+  refused unless the host is passthrough;
+- credentials the bottle holds as stand-ins get their real value in requests to
+  their declared hosts, and a stand-in anywhere else refuses the request
+  (substitute.py).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ import time
 
 from mitmproxy import http, tls
 from mitmproxy.proxy import server_hooks
+from substitute import Substitutor
 
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+$")
 MAX_FIELD = 200
@@ -85,6 +89,7 @@ class EgressPolicy:
         self.gateways = _gateways()
         self.tunnels: dict[str, str] = {}  # client connection id -> the CONNECT host
         self.pinned: dict[tuple[str, int], str] = {}  # checked address -> the name it was resolved from
+        self.substitutor = Substitutor()  # stand-ins -> real values, for their declared hosts only
 
     # -- helpers -----------------------------------------------------------------
 
@@ -189,11 +194,18 @@ class EgressPolicy:
             leaked = self.leaked_credentials(host, blobs)
             if leaked:
                 why = f"request carries credential(s) {', '.join(leaked)} that may not be sent to this host"
+        if why is None:
+            why = self.substitutor.check(req, host)
         if why is not None:
             self.log("deny", kind, host, req.port, why, method=req.method, path=req.path)
             flow.response = http.Response.make(403, f"bottle egress: {why}\n".encode())
             return
-        self.log("allow", kind, host, req.port, "allow-list", method=req.method, path=req.path)
+        substituted = self.substitutor.apply(req, host)
+        reason = "allow-list" + (f"; real value of {', '.join(substituted)} put in" if substituted else "")
+        self.log("allow", kind, host, req.port, reason, method=req.method, path=req.path)
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self.substitutor.scrub_response(flow.response)
 
     def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
         if data.server.address is None:
