@@ -162,7 +162,7 @@ passthrough = ["pinned.allowed.test"]
 upstream_ca = "{world_ca}"
 
 [bottles.net.egress.credentials]
-{SECRET_NAME} = ["allowed.test"]
+{SECRET_NAME} = {{ hosts = ["allowed.test"], body = true }}
 
 [agents.plain]
 bottle = "plain"

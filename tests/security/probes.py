@@ -157,5 +157,79 @@ def allocate(megabytes: str) -> None:
     print("allocated", len(blocks))
 
 
+def send_header(url: str, env_name: str, header: str, scheme: str = "") -> None:
+    """Send the variable's value (whatever the bottle holds) in a header; print the status."""
+    value = os.environ[env_name]
+    if scheme == "basic":
+        import base64
+
+        value = "Basic " + base64.b64encode(f"x-access-token:{value}".encode()).decode()
+    elif scheme:
+        value = f"{scheme} {value}"
+    req = urllib.request.Request(url, headers={header: value})
+    try:
+        print(urllib.request.urlopen(req, timeout=20).status)
+    except Exception as e:
+        print(f"ERROR {e}")
+
+
+def _windows(data: bytes, prefix: bytes, length: int, digests: dict[str, str], found: dict[str, int]) -> None:
+    import hashlib
+
+    start = data.find(prefix)
+    while start != -1:
+        digest = hashlib.sha256(data[start : start + length]).hexdigest()
+        for label, want in digests.items():
+            if digest == want:
+                found[label] += 1
+        start = data.find(prefix, start + 1)
+
+
+def find_secret(prefix: str, length: str, *labelled: str) -> None:
+    """Look for values (known here only by prefix, length and SHA-256) in every process's environment
+    and command line and in every readable file; print `label count where...` per value.
+
+    The values themselves never enter the bottle for this: only their hashes do.
+    """
+    digests = dict(item.split("=", 1) for item in labelled)
+    found = dict.fromkeys(digests, 0)
+    where: dict[str, list[str]] = {label: [] for label in digests}
+    pre, size = prefix.encode(), int(length)
+    scanned = 0
+
+    def scan(path: str, data: bytes) -> None:
+        before = dict(found)
+        _windows(data, pre, size, digests, found)
+        for label in digests:
+            if found[label] != before[label]:
+                where[label].append(path)
+
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            for part in ("environ", "cmdline"):
+                try:
+                    with open(f"/proc/{pid}/{part}", "rb") as f:
+                        scan(f"/proc/{pid}/{part}", f.read())
+                except OSError:
+                    pass
+    for top in os.listdir("/"):
+        if top in ("proc", "sys", "dev"):
+            continue
+        for dirpath, _dirs, filenames in os.walk("/" + top):
+            for name in filenames:
+                path = os.path.join(dirpath, name)
+                try:
+                    if os.path.islink(path) or not os.path.isfile(path) or os.path.getsize(path) > 256 << 20:
+                        continue
+                    with open(path, "rb") as f:
+                        scan(path, f.read())
+                    scanned += 1
+                except OSError:
+                    pass
+    print("files", scanned)
+    for label in digests:
+        print(label, found[label], " ".join(where[label][:50]))
+
+
 if __name__ == "__main__":
     globals()[sys.argv[1]](*sys.argv[2:])

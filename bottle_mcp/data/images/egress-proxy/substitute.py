@@ -93,9 +93,12 @@ class Substitutor:
 
     def _places(self, request) -> list[tuple[str, bytes, str]]:  # type: ignore[no-untyped-def]
         """(where, bytes, kind) of every part of a request; kind says what may be substituted there."""
+        # The raw method and path, as the bottle sent them (`request.method` is upper-cased).
         places = [
-            ("the method", request.method.encode(errors="replace"), "never"),
+            ("the method", bytes(request.data.method or b""), "never"),
             ("the URL", request.url.encode(errors="replace"), "never"),
+            ("the URL", bytes(request.data.path or b""), "never"),
+            ("the URL", bytes(request.data.authority or b""), "never"),
         ]
         for name, value in request.headers.fields:
             places.append(("a header name", bytes(name), "never"))
