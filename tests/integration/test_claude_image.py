@@ -8,7 +8,6 @@ exact command line the server gives it and that a cancel leaves nothing behind.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import secrets
@@ -22,12 +21,12 @@ import pytest
 from bottle_mcp import labels as L
 from bottle_mcp.backends.docker import DockerBackend
 from bottle_mcp.backends.docker.bottle import DockerBottle
-from bottle_mcp.backends.docker.egress import EGRESS_IMAGE
 from bottle_mcp.labels import Instance
 from bottle_mcp.manifest import load_manifest
 from bottle_mcp.service import BottleService, ServiceConfig
 
 from ..conftest import REPO
+from .outside import engine_view, hits, start_host
 
 pytestmark = pytest.mark.anyio
 
@@ -105,50 +104,6 @@ REPLY = "The stand-in model answers through the proxy."
 MODEL_NAMES = ["api.model.test", "other.model.test"]
 
 
-def _start_model_api(client: docker.DockerClient, network: str, expected_sha256: str) -> tuple[str, str]:
-    """The test's own "outside": a scripted Messages API over HTTPS. Returns (container id, CA PEM)."""
-    created = client.api.create_container(
-        image=EGRESS_IMAGE,
-        entrypoint=["python3", "-c", MODEL_SCRIPT],
-        command=MODEL_NAMES,
-        user="0:0",
-        environment={"EXPECT_KEY_SHA256": expected_sha256, "REPLY_TEXT": REPLY},
-        labels=Instance.current().labels("sidecar", **{L.BOTTLE: "test-model-api"}),
-        host_config=client.api.create_host_config(network_mode=network, init=True),
-    )
-    cid = str(created["Id"])
-    client.api.start(cid)
-    seen = ""
-    for chunk in client.api.logs(cid, stdout=True, stderr=True, stream=True, follow=True):
-        seen += chunk.decode(errors="replace")
-        if "READY" in seen:
-            pem = next(line for line in seen.splitlines() if line.startswith("CA-PEM "))
-            return cid, base64.b64decode(pem[7:]).decode()
-    raise RuntimeError(f"the model API stand-in stopped before it was ready: {seen[-500:]}")
-
-
-def _hits(client: docker.DockerClient, cid: str) -> list[list[str]]:
-    logs = client.api.logs(cid, stdout=True, stderr=False).decode(errors="replace")
-    return [line.split()[1:] for line in logs.splitlines() if line.startswith("HIT ")]
-
-
-def _engine_view(client: docker.DockerClient, bottle_id: str) -> str:
-    label = f"{L.BOTTLE}={bottle_id}"
-    parts: list[str] = []
-    containers = client.api.containers(all=True, filters={"label": [label]})
-    assert len(containers) == 3, containers  # the bottle, the proxy and the forwarder
-    for row in containers:
-        info = client.api.inspect_container(row["Id"])
-        parts.append(json.dumps(info))
-        parts += [json.dumps(client.api.exec_inspect(e)) for e in info.get("ExecIDs") or []]
-        parts.append(client.api.logs(row["Id"], stdout=True, stderr=True).decode(errors="replace"))
-    for vol in client.api.volumes(filters={"label": [label]}).get("Volumes") or []:
-        parts.append(json.dumps(client.api.inspect_volume(vol["Name"])))
-    for net in client.api.networks(filters={"label": [label]}):
-        parts.append(json.dumps(client.api.inspect_network(net["Id"])))
-    return "\n".join(parts)
-
-
 def _manifest(tmp_path: Path, ca_pem: str) -> Path:
     (tmp_path / "model-ca.pem").write_text(ca_pem)
     text = (REPO / "manifests" / "claude.toml").read_text()
@@ -189,7 +144,14 @@ async def test_claude_code_answers_through_the_proxy_holding_only_a_stand_in_key
     model_id: str | None = None
     service: BottleService | None = None
     try:
-        model_id, ca_pem = _start_model_api(docker_client, net, hashlib.sha256(real_key.encode()).hexdigest())
+        model_id, ca_pem = start_host(
+            docker_client,
+            net,
+            MODEL_SCRIPT,
+            MODEL_NAMES,
+            {"EXPECT_KEY_SHA256": hashlib.sha256(real_key.encode()).hexdigest(), "REPLY_TEXT": REPLY},
+            "model-api",
+        )
         manifest = _manifest(tmp_path, ca_pem)
         service = BottleService(
             ServiceConfig(manifest_path=manifest, cwd=tmp_path, host_roots=[tmp_path]),
@@ -216,16 +178,16 @@ async def test_claude_code_answers_through_the_proxy_holding_only_a_stand_in_key
             res = await service.delegate.wait_job(job.job_id, timeout_s=240, cursor=None)
             while not res.done:
                 res = await service.delegate.wait_job(job.job_id, timeout_s=240, cursor=res.cursor)
-            hits = _hits(docker_client, model_id)
-            assert res.agent_result is not None, (res.job, hits)
-            assert not res.agent_result.is_error, (res.agent_result, hits)
+            seen = hits(docker_client, model_id)
+            assert res.agent_result is not None, (res.job, seen)
+            assert not res.agent_result.is_error, (res.agent_result, seen)
             assert res.agent_result.final_answer is not None and REPLY in res.agent_result.final_answer
 
             # The model API saw the real key on every call that carried one, never the stand-in.
-            messages = [h for h in hits if h[2] == "/v1/messages"]
-            assert messages and all(h[0] == "api.model.test" and h[3] == "key=real" for h in messages), hits
+            messages = [h for h in seen if h[2] == "/v1/messages"]
+            assert messages and all(h[0] == "api.model.test" and h[3] == "key=real" for h in messages), seen
             stand_in_sha = hashlib.sha256(stand_in.encode()).hexdigest()
-            assert not any(h[3] == f"key=sha256:{stand_in_sha}" for h in hits), hits
+            assert not any(h[3] == f"key=sha256:{stand_in_sha}" for h in seen), seen
 
             # Another allowed host is refused the stand-in and receives nothing.
             sent = await bottle.exec(
@@ -236,7 +198,7 @@ async def test_claude_code_answers_through_the_proxy_holding_only_a_stand_in_key
                 stdin=PROBES,
             )
             assert "403" in sent.stdout, sent
-            assert not any(h[0].startswith("other.model.test") for h in _hits(docker_client, model_id))
+            assert not any(h[0].startswith("other.model.test") for h in hits(docker_client, model_id))
             log = await service.egress_log(bottle.id)
             assert any(d.action == "deny" and "ANTHROPIC_API_KEY" in d.reason for d in log.decisions)
             assert real_key not in log.model_dump_json()
@@ -253,7 +215,7 @@ async def test_claude_code_answers_through_the_proxy_holding_only_a_stand_in_key
             counts = {line.split()[0]: line.split()[1:] for line in out.stdout.strip().splitlines()}
             assert counts["real"][0] == "0", out
             assert int(counts["stand-in"][0]) >= 1 and "environ" in out.stdout, out
-            assert real_key not in _engine_view(docker_client, bottle.id)
+            assert real_key not in engine_view(docker_client, bottle.id)
     finally:
         if service is not None:
             await service.aclose()
