@@ -168,11 +168,13 @@ class Substitution:
         }
 
 
-def bottle_values(plan: BottlePlan, environ: Mapping[str, str]) -> tuple[dict[str, str], list[Substitution]]:
-    """The variables the bottle gets for its credentials (fresh stand-ins), and what the proxy must hold."""
+def bottle_values(
+    credentials: list[CredentialPlan], environ: Mapping[str, str]
+) -> tuple[dict[str, str], list[Substitution]]:
+    """The variables the bottle gets for a plan's credentials (fresh stand-ins), and what the proxy must hold."""
     env: dict[str, str] = {}
     subs: list[Substitution] = []
-    for c in plan.credentials:
+    for c in credentials:
         value = environ.get(c.name)
         if value is None:
             continue

@@ -217,7 +217,7 @@ class DockerBackend(Backend):
         started = time.monotonic()
         env = {"BOTTLE_AGENT": plan.agent}
         # Stand-ins made now, for this bottle only; the real values go to the proxy alone.
-        cred_env, substitutions = credentials.bottle_values(plan, os.environ)
+        cred_env, substitutions = credentials.bottle_values(plan.credentials, os.environ)
         env.update(cred_env)
         sidecars = plan.network.effective == "egress-proxy" or gates.needed(bdef)
         # Spares have no sidecars: bottles with egress or gates always launch cold.
