@@ -85,19 +85,27 @@ log "engine $(docker version --format '{{.Server.Version}}') answers"
 # docs/security.md). Adding a runtime needs only a configuration reload (SIGHUP),
 # which leaves running containers alone. Skipped for a remote engine
 # (DOCKER_HOST) and with BOTTLE_MCP_GVISOR=0.
-if [ "${BOTTLE_MCP_GVISOR:-1}" = 1 ] && [ -z "${DOCKER_HOST:-}" ] \
-   && ! docker info --format '{{json .Runtimes}}' 2>/dev/null | grep -q '"runsc"'; then
-  if ! runsc --version 2>/dev/null | grep -q '0.0~2024\|0.0~2025\|0.0~2026' \
-     && grep -q 'VERSION_CODENAME=bookworm' /etc/os-release 2>/dev/null; then
+# Every check captures a command's output first and tests it afterwards: `cmd | grep -q`
+# under pipefail fails at random when grep exits early and cmd dies of SIGPIPE.
+engine_runtimes() { docker info --format '{{json .Runtimes}}' 2>/dev/null || true; }
+runsc_usable() {   # the backports build (2024 or later); Debian bookworm's own is too broken
+  local v
+  v=$(runsc --version 2>/dev/null || true)
+  case "$v" in *"0.0~2024"*|*"0.0~2025"*|*"0.0~2026"*) return 0 ;; *) return 1 ;; esac
+}
+gvisor_wanted=0
+if [ "${BOTTLE_MCP_GVISOR:-1}" = 1 ] && [ -z "${DOCKER_HOST:-}" ]; then gvisor_wanted=1; fi
+if [ "$gvisor_wanted" = 1 ] && [[ "$(engine_runtimes)" != *'"runsc"'* ]]; then
+  if ! runsc_usable && grep -q 'VERSION_CODENAME=bookworm' /etc/os-release 2>/dev/null; then
     mirror=${BOTTLE_MCP_DEBIAN_MIRROR:-http://deb.debian.org/debian}
     log "installing gVisor (runsc) from bookworm-backports"
     as_root sh -c "echo 'deb $mirror bookworm-backports main' > /etc/apt/sources.list.d/bottle-mcp-backports.list"
     as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq || true
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-      -t bookworm-backports runsc >/dev/null || log "runsc could not be installed; bottles will use runc"
+      -t bookworm-backports runsc >/dev/null || log "runsc could not be installed"
   fi
   runsc_path=$(command -v runsc || true)
-  if [ -n "$runsc_path" ] && runsc --version 2>/dev/null | grep -q '0.0~2024\|0.0~2025\|0.0~2026'; then
+  if [ -n "$runsc_path" ] && runsc_usable; then
     log "registering runsc with the engine (configuration reload, no restart)"
     as_root python3 - "$runsc_path" <<'PY'
 import json, os, sys
@@ -115,11 +123,22 @@ PY
     pid=$(cat /var/run/docker.pid 2>/dev/null || true)
     if [ -n "$pid" ]; then as_root kill -HUP "$pid"; fi
     for _ in $(seq 1 50); do
-      docker info --format '{{json .Runtimes}}' 2>/dev/null | grep -q '"runsc"' && break
+      [[ "$(engine_runtimes)" == *'"runsc"'* ]] && break
       sleep 0.1
     done
-    docker info --format '{{json .Runtimes}}' 2>/dev/null | grep -q '"runsc"' \
-      || log "the engine did not pick up runsc; bottles will use runc"
+  fi
+fi
+# Read the engine's runtimes back: that, not the install, is what bottles get.
+if [ "$gvisor_wanted" = 1 ]; then
+  if [[ "$(engine_runtimes)" == *'"runsc"'* ]]; then
+    log "gVisor (runsc) is registered with the engine"
+  else
+    log "WARNING: gVisor (runsc) is NOT registered with the engine: bottles with runtime \"auto\" will run"
+    log "WARNING: under runc, and the security suite cannot cover gVisor (runtimes: $(engine_runtimes))"
+    if [ "${CI:-}" = true ]; then
+      log "CI=true: failing, since this machine is expected to run gVisor (BOTTLE_MCP_GVISOR=0 opts out)"
+      exit 1
+    fi
   fi
 fi
 

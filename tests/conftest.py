@@ -22,6 +22,8 @@ REPO = Path(__file__).resolve().parent.parent
 WORKER_CONTEXT = REPO / "bottle_mcp" / "data" / "images" / "worker"
 
 _docker_state: dict[str, object] = {"checked": False, "error": None, "passed": 0}
+# The container runtimes that runtime-parametrized tests really ran under, reported at the end.
+RUNTIMES_COVERED: set[str] = set()
 
 
 def engine_error() -> str | None:
@@ -71,6 +73,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if report.when == "call" and report.passed and "docker" in report.keywords:
         _docker_state["passed"] = int(_docker_state["passed"]) + 1  # type: ignore[call-overload]
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if RUNTIMES_COVERED:
+        covered = ", ".join(sorted(RUNTIMES_COVERED))
+        terminalreporter.write_line(f"container runtimes covered by the runtime-parametrized tests: {covered}")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -10,6 +10,7 @@ traffic anywhere but loopback and these containers.
 from __future__ import annotations
 
 import base64
+import os
 import secrets
 import shlex
 from collections.abc import AsyncIterator, Iterator
@@ -26,7 +27,7 @@ from bottle_mcp.backends.docker.egress import EGRESS_IMAGE
 from bottle_mcp.labels import Instance
 from bottle_mcp.service import BottleService, ServiceConfig
 
-from ..conftest import engine_error
+from ..conftest import IN_CI, RUNTIMES_COVERED, engine_error
 
 WORLD_SCRIPT = (Path(__file__).parent / "world.py").read_text()
 ALLOWED_NAMES = ["allowed.test", "api.allowed.test", "pinned.allowed.test"]
@@ -43,7 +44,17 @@ def _runtimes() -> list[str]:
         have = set((client.info().get("Runtimes") or {}).keys())
     finally:
         client.close()
+    if "runsc" not in have and _gvisor_expected():
+        raise pytest.UsageError(
+            "CI=true and this machine is expected to run gVisor, but the engine has no runsc runtime "
+            f"(it has {sorted(have)}): run scripts/setup.sh, or set BOTTLE_MCP_GVISOR=0 to test under runc alone"
+        )
     return ["runc"] + (["runsc"] if "runsc" in have else [])
+
+
+def _gvisor_expected() -> bool:
+    """In CI on the local engine, gVisor is part of what the suite must cover (a remote engine may lack it)."""
+    return IN_CI and not os.environ.get("DOCKER_HOST") and os.environ.get("BOTTLE_MCP_GVISOR", "1") == "1"
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +64,7 @@ def anyio_backend() -> str:
 
 @pytest.fixture(scope="module", params=_runtimes())
 def runtime(request: pytest.FixtureRequest) -> str:
+    RUNTIMES_COVERED.add(str(request.param))
     return str(request.param)
 
 
