@@ -13,6 +13,15 @@ import docker
 from bottle_mcp import labels as L
 from bottle_mcp.backends.docker.egress import EGRESS_IMAGE
 from bottle_mcp.labels import Instance
+from bottle_mcp.manifest import Egress
+
+# The tests' "outside" hosts sit on engine networks (private addresses). Where the proxy refuses
+# non-public destinations unless the manifest lists them, the manifests here list these ranges.
+ALLOW_PRIVATE = (
+    'allow_private = ["172.16.0.0/12", "192.168.0.0/16", "10.0.0.0/8"]\n'
+    if "allow_private" in Egress.model_fields
+    else ""
+)
 
 
 def start_host(

@@ -26,7 +26,7 @@ from bottle_mcp.manifest import load_manifest
 from bottle_mcp.service import BottleService, ServiceConfig
 
 from ..conftest import REPO
-from .outside import engine_view, hits, start_host
+from .outside import ALLOW_PRIVATE, engine_view, hits, start_host
 
 pytestmark = pytest.mark.anyio
 
@@ -115,7 +115,7 @@ def _manifest(tmp_path: Path, ca_pem: str) -> Path:
     egress = f"""[bottles.claude.egress]
 allow = {json.dumps(MODEL_NAMES)}
 upstream_ca = "{tmp_path / "model-ca.pem"}"
-
+{ALLOW_PRIVATE}
 [bottles.claude.egress.credentials]
 ANTHROPIC_API_KEY = ["api.model.test"]
 

@@ -21,7 +21,7 @@ from bottle_mcp.backends.docker import DockerBackend
 from bottle_mcp.labels import Instance
 from bottle_mcp.service import BottleService, ServiceConfig
 
-from .outside import engine_view, hits, start_host
+from .outside import ALLOW_PRIVATE, engine_view, hits, start_host
 
 pytestmark = pytest.mark.anyio
 
@@ -54,7 +54,7 @@ network = "egress"
 [bottles.forge.egress]
 allow = ["git.forge.test", "mirror.forge.test"]
 upstream_ca = "{tmp_path / "forge-ca.pem"}"
-
+{ALLOW_PRIVATE}
 [bottles.forge.egress.credentials]
 FORGE_TOKEN = ["git.forge.test"]
 
