@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 ENV_MANIFEST = "BOTTLE_MCP_MANIFEST"
+ENV_CONTEXT = "BOTTLE_MCP_DOCKER_CONTEXT"  # the same name as backends/docker/endpoint.py reads
 
 
 def default_manifest() -> Path:
@@ -53,6 +54,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--version", action="version", version=f"bottle-mcp {__version__}")
     ap.add_argument("--backend", default=None, help="backend name (default: $BOTTLE_MCP_BACKEND or docker)")
+    ap.add_argument(
+        "--context",
+        default=None,
+        help="Docker context to use (beats $DOCKER_HOST and $DOCKER_CONTEXT, as with the docker CLI)",
+    )
     ap.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
@@ -491,6 +497,9 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.context:
+        # Read once, when the engine's address is resolved (backends/docker/endpoint.py).
+        os.environ[ENV_CONTEXT] = args.context
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         stream=sys.stderr,

@@ -14,7 +14,15 @@ from typing import Any
 from mcp import Client, StdioServerParameters
 from mcp.types import CallToolResult, TextContent
 
-PASSTHROUGH_ENV = ("DOCKER_HOST", "DOCKER_CERT_PATH", "DOCKER_TLS_VERIFY", "BOTTLE_MCP_BACKEND")
+PASSTHROUGH_ENV = (
+    "DOCKER_HOST",
+    "DOCKER_CERT_PATH",
+    "DOCKER_TLS_VERIFY",
+    "DOCKER_CONTEXT",
+    "DOCKER_CONFIG",
+    "BOTTLE_MCP_DOCKER_CONTEXT",
+    "BOTTLE_MCP_BACKEND",
+)
 
 
 class DemoFailed(Exception):

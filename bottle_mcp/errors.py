@@ -89,13 +89,15 @@ class EngineNotFoundError(EngineError):
 
 
 class EngineUnreachableError(EngineError):
-    def __init__(self, where: str, detail: str = "") -> None:
+    def __init__(self, where: str, detail: str = "", fix: str = "") -> None:
         extra = f" ({detail})" if detail else ""
-        super().__init__(
-            f"the container engine at {where} is unreachable{extra}. Start it (scripts/setup.sh starts a "
-            "local one) or point DOCKER_HOST at a running engine, then retry."
+        fix = fix or (
+            "start it (scripts/setup.sh starts a local one) or point DOCKER_HOST or a Docker context at a "
+            "running engine"
         )
+        super().__init__(f"the container engine at {where} is unreachable{extra}. To fix: {fix}, then retry.")
         self.where = where
+        self.fix = fix
 
 
 class BackendNotFoundError(BottleError):

@@ -13,6 +13,7 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
+import docker
 import pytest
 
 pytest_plugins = ["tests.engine_fixtures"]
@@ -26,14 +27,19 @@ _docker_state: dict[str, object] = {"checked": False, "error": None, "passed": 0
 RUNTIMES_COVERED: set[str] = set()
 
 
+def engine_client(timeout: int = 60) -> docker.DockerClient:
+    """A client for the engine the server would use (DOCKER_HOST, Docker contexts, ssh:// included)."""
+    from bottle_mcp.backends.docker.endpoint import connect, resolve
+
+    return connect(resolve(), max_pool_size=64, timeout=timeout)
+
+
 def engine_error() -> str | None:
     """None when a Docker engine answers, else why not (checked once per session)."""
     if not _docker_state["checked"]:
         _docker_state["checked"] = True
         try:
-            import docker
-
-            client = docker.from_env(timeout=10)
+            client = engine_client(timeout=10)
             client.ping()
             client.close()
         except Exception as e:  # any failure means: no usable engine

@@ -18,7 +18,7 @@ from bottle_mcp.backends.docker import DockerBackend
 from bottle_mcp.labels import Instance
 from bottle_mcp.service import BottleService, ServiceConfig
 
-from .conftest import ManifestFactory, engine_error
+from .conftest import ManifestFactory, engine_client, engine_error
 
 WORKER_IMAGE = "bottle-mcp/worker:latest"
 
@@ -35,7 +35,7 @@ def _managed(client: docker.DockerClient) -> set[str]:
 def docker_client() -> Iterator[docker.DockerClient]:
     if engine_error() is not None:
         pytest.skip(engine_error() or "")
-    client = docker.from_env()
+    client = engine_client()
     before = _managed(client)
     yield client
     leaked = _managed(client) - before

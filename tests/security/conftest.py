@@ -27,7 +27,7 @@ from bottle_mcp.backends.docker.egress import EGRESS_IMAGE
 from bottle_mcp.labels import Instance
 from bottle_mcp.service import BottleService, ServiceConfig
 
-from ..conftest import IN_CI, RUNTIMES_COVERED, engine_error
+from ..conftest import IN_CI, RUNTIMES_COVERED, engine_client, engine_error
 
 WORLD_SCRIPT = (Path(__file__).parent / "world.py").read_text()
 ALLOWED_NAMES = ["allowed.test", "api.allowed.test", "pinned.allowed.test"]
@@ -39,7 +39,7 @@ SECRET_VALUE = "tok-" + "7" * 8 + secrets.token_hex(12)
 def _runtimes() -> list[str]:
     if engine_error() is not None:
         return ["runc"]
-    client = docker.from_env()
+    client = engine_client()
     try:
         have = set((client.info().get("Runtimes") or {}).keys())
     finally:

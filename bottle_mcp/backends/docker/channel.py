@@ -40,6 +40,7 @@ import anyio.to_thread
 from ...errors import BottleGoneError, EngineError
 from .engine import Engine
 from .execstream import ExecOutcome, ExecStream, create_exec
+from .rawsock import stream_socket
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ class Channel:
             lambda c: create_exec(c, self.container_id, self.bottle_id, argv, user=self.user, workdir=None, stdin=True),
         )
         raw = self.engine.call_sync("start the exec channel", lambda c: c.api.exec_start(exec_id, socket=True))
-        sock = getattr(raw, "_sock", raw)
+        sock = stream_socket(raw)
         if type(sock) is not socket.socket:
             with contextlib.suppress(Exception):
                 raw.close()

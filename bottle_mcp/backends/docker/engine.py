@@ -7,7 +7,6 @@ in exactly one place.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable
 from functools import partial
@@ -20,27 +19,34 @@ import docker.errors
 import requests.exceptions
 
 from ...errors import EngineError, EngineNotFoundError, EngineUnreachableError
+from .endpoint import Endpoint, connect, failure_fix, resolve
 
 T = TypeVar("T")
 
 POOL_SIZE = 64
 HTTP_TIMEOUT_S = 30
+STALE_RETRIES = 3
 
 
 class Engine:
     """A lazily connected docker-py client plus the off-loop call helper."""
 
-    def __init__(self) -> None:
+    def __init__(self, endpoint: Endpoint | None = None, *, context: str | None = None) -> None:
         self._client: docker.DockerClient | None = None
         self._lock = threading.Lock()
         self._limiter = anyio.CapacityLimiter(POOL_SIZE)
-        self.where = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+        self.endpoint = endpoint or resolve(context)
+        self.where = self.endpoint.describe()
 
     def _connect(self) -> docker.DockerClient:
         with self._lock:
             if self._client is None:
-                self._client = docker.DockerClient.from_env(max_pool_size=POOL_SIZE, timeout=HTTP_TIMEOUT_S)
+                self._client = connect(self.endpoint, max_pool_size=POOL_SIZE, timeout=HTTP_TIMEOUT_S)
             return self._client
+
+    def unreachable(self, detail: str) -> EngineUnreachableError:
+        """The error for a failure to reach this engine, with the fix that fits its transport and cause."""
+        return EngineUnreachableError(self.where, detail, failure_fix(self.endpoint, detail))
 
     @property
     def client(self) -> docker.DockerClient:
@@ -50,22 +56,33 @@ class Engine:
     def call_sync(self, what: str, fn: Callable[[docker.DockerClient], T]) -> T:
         """Run fn(client) here and now, mapping engine errors. For use inside worker threads."""
         try:
-            return fn(self._connect())
+            return self._call_with_stale_retry(fn)
         except docker.errors.NotFound as e:
             raise EngineNotFoundError(f"{what}: {_explain(e)}") from None
         except docker.errors.APIError as e:
             raise EngineError(f"{what}: the engine refused: {_explain(e)}") from None
         except (requests.exceptions.ConnectionError, ConnectionError, FileNotFoundError) as e:
             self._client = None
-            raise EngineUnreachableError(self.where, _short(e)) from None
+            raise self.unreachable(_short(e)) from None
         except requests.exceptions.Timeout as e:
-            raise EngineUnreachableError(self.where, f"no answer within {HTTP_TIMEOUT_S} s: {_short(e)}") from None
+            raise self.unreachable(f"no answer within {HTTP_TIMEOUT_S} s: {_short(e)}") from None
         except docker.errors.DockerException as e:
             text = str(e)
             if "Connection" in text or "No such file" in text or "Error while fetching server API" in text:
                 self._client = None
-                raise EngineUnreachableError(self.where, _short(e)) from None
+                raise self.unreachable(_short(e)) from None
             raise EngineError(f"{what}: {text}") from None
+
+    def _call_with_stale_retry(self, fn: Callable[[docker.DockerClient], T]) -> T:
+        # Over ssh://, a pooled connection whose ssh process has ended answers its next request
+        # with a disconnect before reading it; the pool drops it, so the call is retried.
+        for _ in range(STALE_RETRIES):
+            try:
+                return fn(self._connect())
+            except requests.exceptions.ConnectionError as e:
+                if self.endpoint.transport != "ssh" or "RemoteDisconnected" not in str(e):
+                    raise
+        return fn(self._connect())
 
     async def call(self, what: str, fn: Callable[[docker.DockerClient], T]) -> T:
         """Run fn(client) in a worker thread."""

@@ -15,12 +15,13 @@ import struct
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import IO, Any, cast
+from typing import IO, Any
 
 import docker
 
 from ...errors import BottleGoneError, EngineError, EngineNotFoundError
 from .engine import Engine
+from .rawsock import stream_socket
 
 # `$$` of a fresh `docker exec` is a session and process-group leader, so
 # killing that group and session later reaches everything the command started.
@@ -135,7 +136,7 @@ class ExecStream:
         deadline = time.monotonic() + self.timeout_s
         exec_id = self.engine.call_sync("exec", self._create)
         raw = self.engine.call_sync("exec", lambda c: c.api.exec_start(exec_id, socket=True))
-        sock = cast(socket.socket, getattr(raw, "_sock", raw))
+        sock = stream_socket(raw)
         self._sock = sock
         try:
             if self.stdin is not None:
