@@ -67,6 +67,8 @@ print("CASE header-other-host", outcome(r, "other.test"))
 # The stand-in in the URL, the method or a header name of the declared host: refused.
 r = request(f"https://api.model.test/v1?key={STAND_IN}", {})
 print("CASE url-declared", outcome(r, "api.model.test"))
+r = request("https://other.test/v1?k=" + "".join(f"%{b:02x}" for b in STAND_IN.encode()), {})
+print("CASE url-encoded-other-host", outcome(r, "other.test"))
 r = request("https://api.model.test/v1", {})
 r.method = STAND_IN  # as the bottle sent it (make() would upper-case it)
 print("CASE method-declared", outcome(r, "api.model.test"))

@@ -174,7 +174,7 @@ async def test_substitution_rules_on_real_mitmproxy_messages(docker_client: dock
     assert cases["bearer-declared"] == "substituted MODEL_KEY True"
     assert cases["basic-declared"] == "substituted GIT_TOKEN True"
     assert cases["gzip-body-declared"] == "substituted GIT_TOKEN True"
-    for other in ("header-other-host", "basic-other-host", "gzip-body-other-host"):
+    for other in ("header-other-host", "basic-other-host", "gzip-body-other-host", "url-encoded-other-host"):
         assert cases[other].startswith("refused: request carries credential(s)"), (other, cases[other])
     for where, case in (("URL", "url"), ("method", "method"), ("header name", "header-name"), ("body", "body")):
         name = f"{case}-declared" if case != "body" else "body-not-allowed"

@@ -29,6 +29,7 @@ import binascii
 import contextlib
 import json
 import os
+import urllib.parse
 
 CREDENTIALS_FILE = os.path.join(os.environ.get("HOME", "/run/egress-conf"), "credentials.json")
 AUTH_HEADERS = (b"authorization", b"proxy-authorization")
@@ -97,6 +98,7 @@ class Substitutor:
         places = [
             ("the method", bytes(request.data.method or b""), "never"),
             ("the URL", request.url.encode(errors="replace"), "never"),
+            ("the URL", urllib.parse.unquote_plus(request.url).encode(errors="replace"), "never"),
             ("the URL", bytes(request.data.path or b""), "never"),
             ("the URL", bytes(request.data.authority or b""), "never"),
         ]
