@@ -10,6 +10,7 @@ import re
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -337,65 +338,81 @@ _STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)")
 
 
 def cmd_images(args: argparse.Namespace) -> int:
-    from .backends.docker import Engine
-    from .images import build_builtin, build_image, builtin_images, builtin_status, image_status
+    from .backends.docker import DockerBackend
+    from .backends.docker.images import build_builtin, build_image, builtin_images, builtin_status, image_status
+    from .labels import Instance
     from .manifest import load_manifest
-    from .progress import Bar, wants_bar
 
     lm = load_manifest(args.manifest or default_manifest())
-    engine = Engine()
-    bar_wanted = not args.json and wants_bar(sys.stderr)
+    # The CLI chooses the backend; builds go through its engine connection (blocking calls: no event loop here).
+    engine = DockerBackend(Instance.current()).engine
     summary: list[dict[str, str]] = []
+    try:
+        for name, bottle in lm.manifest.bottles.items():
+            if bottle.build is None:
+                summary.append({"bottle": name, "image": lm.image_for(name), "action": "not built here (no [build])"})
+                continue
+            status = image_status(engine, lm, name)
+            summary.append(
+                _build_one(
+                    args,
+                    name,
+                    status.image,
+                    status.present and not status.stale,
+                    partial(build_image, engine, lm, name, extra_ca=args.extra_ca_certs),
+                    f"for bottle {name!r}",
+                )
+            )
+        for tag in builtin_images():  # the server's own images (the egress proxy, the git gate)
+            status = builtin_status(engine, tag)
+            summary.append(
+                _build_one(
+                    args,
+                    "(server)",
+                    tag,
+                    status.present and not status.stale,
+                    partial(build_builtin, engine, tag, extra_ca=args.extra_ca_certs),
+                    "(the server's own)",
+                )
+            )
+    finally:
+        engine.close()
+    if args.json:
+        _print_json(summary)
+    return 0
+
+
+def _build_one(
+    args: argparse.Namespace,
+    bottle: str,
+    image: str,
+    current: bool,
+    build: Callable[..., str],
+    why: str,
+) -> dict[str, str]:
+    """Build one image unless it is current (and no rebuild was asked for), showing its progress."""
+    from .progress import Bar, wants_bar
 
     def say(text: str) -> None:
         if not args.json:
             print(f"[images] {text}", file=sys.stderr)
 
-    for name, bottle in lm.manifest.bottles.items():
-        if bottle.build is None:
-            summary.append({"bottle": name, "image": lm.image_for(name), "action": "not built here (no [build])"})
-            continue
-        status = image_status(engine, lm, name)
-        if status.present and not status.stale and not args.rebuild:
-            say(f"{status.image} is current")
-            summary.append({"bottle": name, "image": status.image, "action": "current"})
-            continue
-        say(f"building {status.image} for bottle {name!r}")
-        with Bar(0, f"building {status.image}", enabled=bar_wanted) as bar:
+    if current and not args.rebuild:
+        say(f"{image} is current")
+        return {"bottle": bottle, "image": image, "action": "current"}
+    say(f"building {image} {why}")
+    with Bar(0, f"building {image}", enabled=not args.json and wants_bar(sys.stderr)) as bar:
 
-            def on_line(line: str, bar: Bar = bar) -> None:
-                if bar.enabled:
-                    if m := _STEP.match(line):
-                        bar.update(int(m.group(1)) - 1, m.group(3)[:40], total=int(m.group(2)))
-                elif not args.json:
-                    print(f"  {line}", file=sys.stderr)
+        def on_line(line: str) -> None:
+            if bar.enabled:
+                if m := _STEP.match(line):
+                    bar.update(int(m.group(1)) - 1, m.group(3)[:40], total=int(m.group(2)))
+            elif not args.json:
+                print(f"  {line}", file=sys.stderr)
 
-            image_id = build_image(engine, lm, name, extra_ca=args.extra_ca_certs, on_line=on_line)
-        say(f"built {status.image} ({image_id[:19]})")
-        summary.append({"bottle": name, "image": status.image, "action": "built", "image_id": image_id})
-    for tag in builtin_images():  # the server's own images (the egress proxy)
-        status = builtin_status(engine, tag)
-        if status.present and not status.stale and not args.rebuild:
-            say(f"{tag} is current")
-            summary.append({"bottle": "(server)", "image": tag, "action": "current"})
-            continue
-        say(f"building {tag} (the server's own)")
-        with Bar(0, f"building {tag}", enabled=bar_wanted) as bar:
-
-            def on_builtin_line(line: str, bar: Bar = bar) -> None:
-                if bar.enabled:
-                    if m := _STEP.match(line):
-                        bar.update(int(m.group(1)) - 1, m.group(3)[:40], total=int(m.group(2)))
-                elif not args.json:
-                    print(f"  {line}", file=sys.stderr)
-
-            image_id = build_builtin(engine, tag, extra_ca=args.extra_ca_certs, on_line=on_builtin_line)
-        say(f"built {tag} ({image_id[:19]})")
-        summary.append({"bottle": "(server)", "image": tag, "action": "built", "image_id": image_id})
-    engine.close()
-    if args.json:
-        _print_json(summary)
-    return 0
+        image_id = build(on_line=on_line)
+    say(f"built {image} ({image_id[:19]})")
+    return {"bottle": bottle, "image": image, "action": "built", "image_id": image_id}
 
 
 def cmd_schema(args: argparse.Namespace) -> int:

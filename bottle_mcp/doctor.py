@@ -11,30 +11,23 @@ Credentials are reported by name only; their values are never read out.
 from __future__ import annotations
 
 import os
-import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, Field
 
 from . import __version__
+from .backends.base import Status
 from .credentials import credential_plans
-from .errors import BottleError, EngineError, EngineUnreachableError
-from .images import image_fix_hint, image_status
+from .errors import BottleError
 from .manifest import LoadedManifest, load_manifest
 
 if TYPE_CHECKING:
     from .backends.base import Backend
-    from .backends.docker.engine import Engine
 
-Status = Literal["ok", "warn", "fail", "skip"]
 Verdict = Literal["ready", "degraded", "broken"]
-
-# Docker 20.10: every engine feature the Docker backend uses is there.
-MIN_API_VERSION = (1, 41)
-DEFAULT_SOCKET = "/var/run/docker.sock"
 
 
 class Check(BaseModel):
@@ -104,162 +97,6 @@ class _Doctor:
             "manifest", "ok", f"{lm.path} is valid: {len(m.bottles)} bottle(s), agents {', '.join(sorted(m.agents))}"
         )
         return lm
-
-    async def check_engine(self, engine: Engine) -> dict[str, Any] | None:
-        where = engine.where
-        source = "$DOCKER_HOST" if self.environ.get("DOCKER_HOST") else "the default socket"
-        try:
-            version = await engine.call("engine version", lambda c: c.version())
-            info = await engine.call("engine info", lambda c: c.info())
-        except EngineUnreachableError as e:
-            cause = str(e).partition(". Start it")[0]  # its generic fix gives way to a more precise one
-            self.add("engine", "fail", f"{cause}; address from {source}", _engine_fix(where, self.environ))
-            return None
-        except EngineError as e:
-            self.add(
-                "engine",
-                "fail",
-                f"the engine at {where} ({source}) answered with an error: {e}",
-                _engine_fix(where, self.environ),
-            )
-            return None
-        self.add(
-            "engine",
-            "ok",
-            f"{info.get('Name', 'engine')} at {where} ({source}) answers: Docker {version.get('Version', '?')}, "
-            f"{info.get('OperatingSystem', '?')}, {info.get('NCPU', '?')} CPUs",
-        )
-        api = str(version.get("ApiVersion", "0.0"))
-        parts = tuple(int(x) for x in re.findall(r"\d+", api)[:2])
-        if parts < MIN_API_VERSION:
-            want = ".".join(map(str, MIN_API_VERSION))
-            self.add(
-                "engine API",
-                "fail",
-                f"engine API {api} is older than {want} (Docker 20.10), the oldest this server supports",
-                "upgrade the Docker engine to 20.10 or newer",
-            )
-        else:
-            self.add("engine API", "ok", f"API {api} (client needs {'.'.join(map(str, MIN_API_VERSION))} or newer)")
-        return info
-
-    def check_runtimes(self, info: dict[str, Any], lm: LoadedManifest | None) -> None:
-        runtimes = set((info.get("Runtimes") or {}).keys())
-        default = str(info.get("DefaultRuntime", "runc"))
-        if "runc" not in runtimes:
-            self.add(
-                "runtime runc",
-                "fail",
-                f"the engine has no runc runtime (it has: {', '.join(sorted(runtimes)) or 'none'})",
-                "install runc (apt-get install runc) and restart the engine",
-            )
-        else:
-            self.add("runtime runc", "ok", f"runc is registered (default runtime: {default})")
-        wants = {name: b.runtime for name, b in lm.manifest.bottles.items()} if lm else {}
-        needs_runsc = sorted(n for n, r in wants.items() if r == "runsc")
-        if "runsc" in runtimes:
-            self.add("runtime runsc", "ok", "gVisor (runsc) is registered: bottles with runtime 'auto' use it")
-        elif needs_runsc:
-            self.add(
-                "runtime runsc",
-                "fail",
-                f"bottle(s) {', '.join(needs_runsc)} ask for runtime = 'runsc' but the engine has no runsc runtime",
-                "install gVisor and register it with the engine (https://gvisor.dev/docs/user_guide/install/), "
-                "or set runtime = 'auto' in the manifest",
-            )
-        else:
-            self.add(
-                "runtime runsc",
-                "warn",
-                "gVisor (runsc) is not registered: bottles run with runc and share the host kernel",
-                "for a stronger boundary, install gVisor and register it as the runtime 'runsc' "
-                "(https://gvisor.dev/docs/user_guide/install/); nothing else changes",
-            )
-
-    async def check_images(self, engine: Engine, lm: LoadedManifest) -> None:
-        for name, bottle in lm.manifest.bottles.items():
-            check = f"image {name}"
-            try:
-                status = await engine.run(image_status, engine, lm, name)
-            except EngineError as e:
-                self.add(check, "fail", f"could not inspect {lm.image_for(name)!r}: {e}", "check the engine (above)")
-                continue
-            if status.present and not status.stale:
-                self.add(check, "ok", f"{status.image} is present" + (" and current" if bottle.build else ""))
-                continue
-            if status.present:
-                self.add(
-                    check,
-                    "warn",
-                    f"{status.image} was built from an older version of its build folder",
-                    image_fix_hint(lm),
-                )
-                continue
-            if bottle.build is None:
-                self.add(
-                    check,
-                    "fail",
-                    f"{status.image} is not on the engine and the manifest has no [build] table for it",
-                    f"pull or load it (docker pull {status.image}), or add a [bottles.{name}.build] table",
-                )
-                continue
-            bases = _base_images(lm.resolve(bottle.build.context) / bottle.build.dockerfile)
-            missing = [b for b in bases if not await _image_present(engine, b)]
-            if missing:
-                self.add(
-                    check,
-                    "fail",
-                    f"{status.image} is missing and cannot be built yet: its base image "
-                    f"{', '.join(missing)} is not on the engine (builds do not pull)",
-                    "run scripts/setup.sh (it bootstraps bottle-mcp/base:bookworm from the Debian mirror)"
-                    if any(b.startswith("bottle-mcp/base") for b in missing)
-                    else f"docker pull {missing[0]}, then {image_fix_hint(lm)}",
-                )
-            else:
-                self.add(
-                    check,
-                    "fail",
-                    f"{status.image} is missing (buildable: its base image {', '.join(bases) or '(none)'} is present); "
-                    "launch_bottle fails until it is built",
-                    image_fix_hint(lm),
-                )
-
-    async def check_networks(self, engine: Engine, lm: LoadedManifest | None) -> None:
-        try:
-            names = await engine.call("list networks", lambda c: [n["Name"] for n in c.api.networks()])
-        except EngineError as e:
-            self.add("networks", "fail", f"could not list networks: {e}", "check the engine (above)")
-            return
-        if "none" not in names:
-            self.add(
-                "networks",
-                "fail",
-                "the engine has no 'none' network, which offline bottles use",
-                "restart the engine so that it recreates its built-in networks",
-            )
-            return
-        egress = sorted(n for n, b in lm.manifest.bottles.items() if b.network == "egress") if lm else []
-        if egress:
-            from .backends.docker.egress import EGRESS_IMAGE
-
-            try:
-                await engine.call("inspect egress image", lambda c: c.images.get(EGRESS_IMAGE).id)
-                self.add(
-                    "networks",
-                    "ok",
-                    f"bottle(s) {', '.join(egress)} reach only their allowed hosts, through the egress proxy "
-                    f"({EGRESS_IMAGE} is present); the others run without a network",
-                )
-            except EngineError:
-                self.add(
-                    "networks",
-                    "fail",
-                    f"bottle(s) {', '.join(egress)} declare network = 'egress', whose proxy image {EGRESS_IMAGE} "
-                    "is missing: their launch fails",
-                    "build it with `bottle-mcp images` (or run scripts/setup.sh)",
-                )
-        else:
-            self.add("networks", "ok", "the engine's 'none' network is there; every bottle runs without a network")
 
     async def check_leftovers(self) -> None:
         try:
@@ -391,20 +228,11 @@ class _Doctor:
             f"bottle-mcp {__version__} on Python {sys.version.split()[0]} ({sys.executable})",
         )
         lm = self.check_manifest()
-        engine = _engine_of(self.backend)
-        if engine is None:
-            self.add("engine", "ok", f"backend {self.backend.name!r} needs no container engine")
-            await self.check_leftovers()
-        elif (info := await self.check_engine(engine)) is None:
-            for name in ("runtimes", "images", "networks", "leftovers"):
-                self.add(name, "skip", "skipped: no engine answers")
+        found = await self.backend.diagnose(lm, self.environ)
+        self.checks += [Check(name=d.name, status=d.status, detail=d.detail, fix=d.fix) for d in found]
+        if any(d.name == "engine" and d.status == "fail" for d in found):
+            self.add("leftovers", "skip", "skipped: no engine answers")
         else:
-            self.check_runtimes(info, lm)
-            if lm is not None:
-                await self.check_images(engine, lm)
-            else:
-                self.add("images", "skip", "skipped: the manifest is invalid")
-            await self.check_networks(engine, lm)
             await self.check_leftovers()
         if lm is not None:
             self.check_host_roots(lm)
@@ -448,61 +276,6 @@ async def run_doctor(
         environ=os.environ if environ is None else environ,
     )
     return await doctor.run()
-
-
-def _engine_of(backend: Backend) -> Engine | None:
-    engine = getattr(backend, "engine", None)
-    from .backends.docker.engine import Engine
-
-    return engine if isinstance(engine, Engine) else None
-
-
-def _engine_fix(where: str, environ: Mapping[str, str]) -> str:
-    if not environ.get("DOCKER_HOST"):
-        sock = Path(DEFAULT_SOCKET)
-        if sock.exists() and not os.access(sock, os.R_OK | os.W_OK):
-            return (
-                f"{DEFAULT_SOCKET} exists but this user may not use it: add the user to the 'docker' group "
-                "(sudo usermod -aG docker $USER, then log in again), or point DOCKER_HOST at an engine you may use"
-            )
-        if not sock.exists():
-            return (
-                "start the Docker engine (sudo systemctl start docker, or scripts/setup.sh), or set DOCKER_HOST. "
-                "Agent hosts start the server with a small environment: if your engine is not at the default "
-                "socket, pass DOCKER_HOST in the registration (claude mcp add -e DOCKER_HOST=...)"
-            )
-    return (
-        f"start the engine at {where} or point DOCKER_HOST at a running one; agent hosts pass only the "
-        "variables in their registration, so put DOCKER_HOST there too (claude mcp add -e DOCKER_HOST=...)"
-    )
-
-
-_FROM_RE = re.compile(r"^\s*FROM\s+(?:--platform=\S+\s+)?(\S+)", re.IGNORECASE | re.MULTILINE)
-
-
-def _base_images(dockerfile: Path) -> list[str]:
-    """Images a Dockerfile builds FROM (stage names and `scratch` left out)."""
-    try:
-        text = dockerfile.read_text(encoding="utf-8")
-    except OSError:
-        return []
-    stages = {m.lower() for m in re.findall(r"^\s*FROM\s+\S+\s+AS\s+(\S+)", text, re.IGNORECASE | re.MULTILINE)}
-    out: list[str] = []
-    for ref in _FROM_RE.findall(text):
-        if ref.lower() in stages or ref == "scratch" or "$" in ref or ref in out:
-            continue
-        out.append(ref)
-    return out
-
-
-async def _image_present(engine: Engine, ref: str) -> bool:
-    from .errors import EngineNotFoundError
-
-    try:
-        await engine.call("inspect image", lambda c: c.images.get(ref).id)
-    except EngineNotFoundError:
-        return False
-    return True
 
 
 def format_report(report: DoctorReport, *, color: bool = False) -> str:

@@ -175,11 +175,15 @@ class _Packer:
             raise PathError(f"{arcname!r} is not a regular file, folder or symlink (device, fifo or socket)")
 
 
-@contextmanager
-def pack_tar(entries: list[TarEntry], *, max_bytes: int = 2 * 1024**3) -> Iterator[tuple[IO[bytes], PackStats]]:
-    """Pack entries into a temporary tar file (in memory while small); yield it rewound, and its stats."""
+def packed_tar(entries: list[TarEntry], *, max_bytes: int = 2 * 1024**3) -> tuple[IO[bytes], PackStats]:
+    """Pack entries into a temporary tar file (in memory while small); return it rewound, and its stats.
+
+    Blocking and possibly slow (up to `max_bytes` read from disk): run it in a worker thread.
+    The caller closes the file.
+    """
     stats = PackStats()
-    with tempfile.SpooledTemporaryFile(max_size=16 * 1024**2) as buf:
+    buf = tempfile.SpooledTemporaryFile(max_size=16 * 1024**2)  # noqa: SIM115 - handed to the caller
+    try:
         with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
             packer = _Packer(tar, stats, max_bytes)
             for entry in entries:
@@ -190,6 +194,17 @@ def pack_tar(entries: list[TarEntry], *, max_bytes: int = 2 * 1024**3) -> Iterat
                     assert entry.root is not None
                     packer.add_tree(entry.source, entry.root, entry.arcname)
         buf.seek(0)
+    except BaseException:
+        buf.close()
+        raise
+    return buf, stats
+
+
+@contextmanager
+def pack_tar(entries: list[TarEntry], *, max_bytes: int = 2 * 1024**3) -> Iterator[tuple[IO[bytes], PackStats]]:
+    """`packed_tar` as a context manager that closes the file (on the calling thread)."""
+    buf, stats = packed_tar(entries, max_bytes=max_bytes)
+    with buf:
         yield buf, stats
 
 

@@ -111,7 +111,7 @@ class BottleService:
         """Forget a bottle that vanished (or cannot be used) and remove what is left of it."""
         self._bottles.pop(bottle.id, None)
         self.delegate.on_stop(bottle.id)
-        await bottle.close()
+        await bottle.aclose()
 
     def _credential_names(self) -> set[str]:
         """Every credential the manifest (as now, or as at any live bottle's launch) forwards."""
@@ -224,7 +224,7 @@ class BottleService:
             return await bottle.exec(command, timeout_s=timeout_s, workdir=workdir, output_cap=self.output_cap)
         except BottleGoneError as e:
             self._forget_if_gone(bottle_id, e)
-            await bottle.close()
+            await bottle.aclose()
             raise
 
     async def cp_in(self, bottle_id: str, host_path: str, bottle_path: str) -> CopyResult:
@@ -237,7 +237,7 @@ class BottleService:
                 await bottle.put_tar(tar, dest.parent)
             except BottleGoneError as e:
                 self._forget_if_gone(bottle_id, e)
-                await bottle.close()
+                await bottle.aclose()
                 raise
         return CopyResult(
             bottle_id=bottle_id,
@@ -252,7 +252,7 @@ class BottleService:
 
     async def stop(self, bottle_id: str) -> StopResult:
         bottle = await self._bottle(bottle_id)
-        removed = await bottle.close()
+        removed = await bottle.aclose()
         self._bottles.pop(bottle_id, None)
         self.delegate.on_stop(bottle_id)
         return StopResult(bottle_id=bottle_id, removed=removed)
@@ -320,6 +320,6 @@ class BottleService:
 
 async def _close_quietly(bottle: Bottle) -> None:
     try:
-        await bottle.close()
+        await bottle.aclose()
     except Exception:
         log.exception("could not remove bottle %s; `bottle-mcp cleanup` will find it", bottle.id)

@@ -22,7 +22,7 @@ dir=${BOTTLE_MCP_ENGINE2_DIR:-/var/tmp/bottle-mcp-engine2}
 host="tcp://127.0.0.1:$port"
 bridge=${BOTTLE_MCP_ENGINE2_BRIDGE:-bmcp-engine2}
 # The egress proxy's tag is the hash of its recipe: ask the package for it.
-egress_image=$("$here/.venv/bin/python" -c 'from bottle_mcp.images import builtin_tag; print(builtin_tag("egress-proxy"))' 2>/dev/null || true)
+egress_image=$("$here/.venv/bin/python" -c 'from bottle_mcp.backends.docker.images import builtin_tag; print(builtin_tag("egress-proxy"))' 2>/dev/null || true)
 images=${BOTTLE_MCP_ENGINE2_IMAGES:-bottle-mcp/worker:latest bottle-mcp/standin:latest $egress_image}
 log() { printf '[engine2] %s\n' "$*" >&2; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }

@@ -22,7 +22,7 @@ import anyio
 
 from .. import labels as L
 from ..errors import BottleGoneError, ImageMissingError, PathError, PlanError
-from ..manifest import AgentDef, BottleDef, format_size, parse_size
+from ..manifest import AgentDef, BottleDef
 from ..models import (
     BottleInfo,
     BottlePlan,
@@ -36,10 +36,10 @@ from ..models import (
     MountPlan,
     NetworkPlan,
     ResourceKind,
-    ResourcePlan,
     RuntimePlan,
 )
 from ..output import safe_text, trim_partial_utf8
+from ..planning import BackendPlan, resources
 from .base import Backend, Bottle, Progress, _no_progress
 
 
@@ -169,7 +169,7 @@ class FakeBottle:
             raise PathError(f"{prefix!r} is larger than the copy limit of {max_bytes} bytes")
         return buf.getvalue()
 
-    async def close(self) -> list[str]:
+    async def aclose(self) -> list[str]:
         removed = []
         for oid in [o.id for o in self.world.objects.values() if o.labels.get(L.BOTTLE) == self.id]:
             kind = self.world.objects.pop(oid).kind
@@ -183,48 +183,27 @@ class FakeBackend(Backend):
     def __init__(self, instance: L.Instance, world: FakeWorld | None = None) -> None:
         super().__init__(instance)
         self.world = world or FakeWorld()
-        self.launched: list[FakeBottle] = []
 
-    async def _resolve_plan(
-        self, spec: BottleSpec, agent: AgentDef, bottle: BottleDef, common: dict[str, object]
-    ) -> dict[str, object]:
+    async def _resolve_plan(self, spec: BottleSpec, agent: AgentDef, bottle: BottleDef) -> BackendPlan:
         image = spec.manifest.image_for(agent.bottle)
-        warnings = list(common.pop("warnings", []))  # type: ignore[call-overload]
         present = image not in self.world.missing_images
-        if not present:
-            warnings.append(f"image {image!r} is missing")
         if bottle.runtime == "runsc" and "runsc" not in self.world.runtimes:
             raise PlanError("the manifest asks for runtime = 'runsc' but this engine has no runsc runtime")
         effective = "runsc" if bottle.runtime != "runc" and "runsc" in self.world.runtimes else "runc"
-        res = bottle.resources
-        return {
-            **common,
-            "warnings": warnings,
-            "image": image,
-            "image_present": present,
-            "runtime": RuntimePlan(requested=bottle.runtime, effective=effective, reason="fake engine"),
-            "capabilities_dropped": ["ALL"],
-            "capabilities_added": [],
-            "no_new_privileges": True,
-            "seccomp": "engine default profile",
-            "read_only_root": bottle.read_only_root,
-            "init": True,
-            "mounts": [MountPlan(target=bottle.workdir, kind="volume", read_only=False, purpose="workspace")],
-            "host_mounts": [],
-            "network": NetworkPlan(
+        return BackendPlan(
+            image=image,
+            image_present=present,
+            runtime=RuntimePlan(requested=bottle.runtime, effective=effective, reason="fake engine"),
+            read_only_root=bottle.read_only_root,
+            mounts=(MountPlan(target=bottle.workdir, kind="volume", read_only=False, purpose="workspace"),),
+            network=NetworkPlan(
                 mode=bottle.network,
                 egress_allow=list(bottle.egress.allow) if bottle.egress else [],
                 effective="none",
             ),
-            "resources": ResourcePlan(
-                cpus=res.cpus,
-                memory=format_size(res.memory_bytes),
-                memory_bytes=res.memory_bytes,
-                pids=res.pids,
-                tmp_size=format_size(parse_size(res.tmp_size)),
-                home_size=format_size(parse_size(res.home_size)),
-            ),
-        }
+            resources=resources(bottle),
+            warnings=() if present else (f"image {image!r} is missing",),
+        )
 
     async def launch(self, plan: BottlePlan, spec: BottleSpec, progress: Progress = _no_progress) -> Bottle:
         if plan.image in self.world.missing_images:
@@ -251,7 +230,6 @@ class FakeBackend(Backend):
         )
         bottle = FakeBottle(self.world, info, cid)
         await progress("ready")
-        self.launched.append(bottle)
         return bottle
 
     async def list_active(self) -> list[BottleInfo]:
@@ -296,7 +274,3 @@ class FakeBackend(Backend):
         for item in plan.remove:
             self.world.objects.pop(item.id, None)
         return CleanupReport(dry_run=False, removed=plan.remove, kept=plan.keep, failed=[])
-
-    async def check_alive(self, bottle: Bottle) -> None:
-        assert isinstance(bottle, FakeBottle)
-        bottle._alive()

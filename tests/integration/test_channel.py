@@ -88,9 +88,9 @@ class CountingEngine(Engine):
         self.calls.append(what)
         return await super().call(what, fn)
 
-    async def run(self, fn: Any, *args: Any) -> Any:
+    async def run(self, fn: Any, *args: Any, abandon_on_cancel: bool = False) -> Any:
         self.calls.append(getattr(fn, "__name__", "run"))
-        return await super().run(fn, *args)
+        return await super().run(fn, *args, abandon_on_cancel=abandon_on_cancel)
 
 
 async def test_list_active_is_one_engine_call_whatever_the_number_of_bottles(

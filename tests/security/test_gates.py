@@ -26,8 +26,8 @@ from docker.models.containers import Container
 
 from bottle_mcp import labels as L
 from bottle_mcp.backends.docker import DockerBackend
+from bottle_mcp.backends.docker.images import CONTEXT_LABEL, context_hash
 from bottle_mcp.errors import LaunchError
-from bottle_mcp.images import CONTEXT_LABEL, context_hash
 from bottle_mcp.labels import Instance
 from bottle_mcp.models import ExecResult
 from bottle_mcp.service import BottleService, ServiceConfig

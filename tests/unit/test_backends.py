@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pydantic
 import pytest
@@ -15,6 +17,7 @@ from bottle_mcp.errors import BackendNotFoundError, PlanError
 from bottle_mcp.labels import Instance
 from bottle_mcp.manifest import LoadedManifest, load_manifest
 from bottle_mcp.models import BottlePlan, BottleSpec
+from bottle_mcp.planning import HARDENING
 
 from ..conftest import ManifestFactory
 
@@ -275,3 +278,31 @@ async def test_a_missing_image_is_a_warning_in_the_plan(write_manifest: Manifest
     plan: BottlePlan = await backend.prepare(spec(load(write_manifest), manifest_dir))
     assert not plan.image_present
     assert any("bottle-mcp/worker:latest" in w for w in plan.warnings)
+
+
+# -- the host-side walks stay off the event loop; the posture is the one HARDENING states ----------
+
+
+class RecordingBackend(FakeBackend):
+    def __init__(self) -> None:
+        super().__init__(Instance.current(), FakeWorld())
+        self.offloaded: list[str] = []
+
+    async def offload(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        self.offloaded.append(f"{fn.__name__} {Path(args[0]).name}")
+        return await super().offload(fn, *args, **kwargs)
+
+
+async def test_tree_walks_of_prepare_run_off_the_event_loop(
+    write_manifest: ManifestFactory, in_repository: Path
+) -> None:
+    backend = RecordingBackend()
+    plan = await backend.prepare(spec(load(write_manifest), in_repository, copy_cwd=True))
+    assert plan.copy_cwd is not None
+    assert backend.offloaded == ["tree_size review", "tree_size .git"]
+
+
+async def test_every_backend_states_the_same_posture(write_manifest: ManifestFactory, manifest_dir: Path) -> None:
+    plan = await FakeBackend(Instance.current(), FakeWorld()).prepare(spec(load(write_manifest), manifest_dir))
+    assert (plan.capabilities_dropped, plan.capabilities_added) == (["ALL"], [])
+    assert (plan.no_new_privileges, plan.init, plan.seccomp) == (True, True, HARDENING.seccomp)

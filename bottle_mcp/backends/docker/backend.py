@@ -7,6 +7,7 @@ import logging
 import os
 import secrets
 import time
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import PurePosixPath
@@ -27,7 +28,6 @@ from ...errors import (
     LaunchError,
     PlanError,
 )
-from ...images import image_fix_hint, image_status
 from ...manifest import AgentDef, BottleDef, LoadedManifest, format_size, parse_size
 from ...models import (
     BottleInfo,
@@ -39,15 +39,18 @@ from ...models import (
     CleanupReport,
     MountPlan,
     ResourceKind,
-    ResourcePlan,
     RuntimePlan,
 )
-from ...paths import TarEntry, pack_tar
-from ..base import Backend, Bottle, Progress, _no_progress, find_repo, prompt_text
+from ...paths import TarEntry, packed_tar
+from ...planning import BackendPlan, find_repo, prompt_text, resources
+from ..base import Backend, Bottle, Diagnosis, Progress, _no_progress
 from . import egress, gates
 from .bottle import DockerBottle
 from .channel import Channel
+from .diagnose import diagnose
 from .engine import Engine
+from .images import image_fix_hint, image_status
+from .mould import Mould
 from .pool import SPARE_PREFIX, PoolTarget, Spare, Started, WarmPool, pool_key
 
 log = logging.getLogger(__name__)
@@ -106,10 +109,8 @@ class DockerBackend(Backend):
             self._runtimes_seen = (now, set((info.get("Runtimes") or {}).keys()))
         return set(self._runtimes_seen[1])
 
-    async def _resolve_plan(
-        self, spec: BottleSpec, agent: AgentDef, bottle: BottleDef, common: dict[str, object]
-    ) -> dict[str, object]:
-        warnings = list(common.pop("warnings", []))  # type: ignore[call-overload]
+    async def _resolve_plan(self, spec: BottleSpec, agent: AgentDef, bottle: BottleDef) -> BackendPlan:
+        warnings: list[str] = []
         image = spec.manifest.image_for(agent.bottle)
         status = await self.engine.run(image_status, self.engine, spec.manifest, agent.bottle)
         if not status.present:
@@ -118,80 +119,40 @@ class DockerBackend(Backend):
             warnings.append(
                 f"image {image!r} was built from an older version of its build folder; {image_fix_hint(spec.manifest)}"
             )
-        runtimes = await self._runtimes()
-        runtime = self._pick_runtime(bottle, runtimes)
+        runtime = self._pick_runtime(bottle, await self._runtimes())
         if runtime.effective == "runc" and bottle.runtime == "auto":
             warnings.append("gVisor (runsc) is not installed on this engine: the bottle shares the host kernel")
-        res = bottle.resources
         network = egress.network_plan(bottle)
         warnings += egress.plan_warnings(bottle, agent.credentials)
         if network.effective == "egress-proxy":
-            try:
-                await self.engine.call("inspect egress image", lambda c: c.images.get(egress.EGRESS_IMAGE).id)
-            except EngineNotFoundError:
-                warnings.append(
-                    f"the egress proxy image {egress.EGRESS_IMAGE!r} is missing: build it with `bottle-mcp images` "
-                    "(or run scripts/setup.sh); launch fails until then"
-                )
+            warnings += await self._sidecar_image_warning(egress.EGRESS_IMAGE, "the egress proxy image")
         gates.validate(spec.manifest, bottle, agent.bottle)
         warnings += gates.plan_warnings(bottle)
         if gates.needed(bottle):
-            try:
-                await self.engine.call("inspect gate image", lambda c: c.images.get(gates.GATE_IMAGE).id)
-            except EngineNotFoundError:
-                warnings.append(
-                    f"the git gate image {gates.GATE_IMAGE!r} is missing: build it with `bottle-mcp images` "
-                    "(or run scripts/setup.sh); launch fails until then"
-                )
+            warnings += await self._sidecar_image_warning(gates.GATE_IMAGE, "the git gate image")
         if not bottle.read_only_root:
             warnings.append("read_only_root = false in the manifest: the agent can modify the image's files")
-        return {
-            "gates": gates.gate_plan(bottle),
-            **common,
-            "warnings": warnings,
-            "image": image,
-            "image_present": status.present,
-            "runtime": runtime,
-            "capabilities_dropped": ["ALL"],
-            "capabilities_added": [],
-            "no_new_privileges": True,
-            "seccomp": "engine default profile",
-            "read_only_root": bottle.read_only_root,
-            "init": True,
-            "mounts": [
-                MountPlan(
-                    target="/tmp",
-                    kind="tmpfs",
-                    read_only=False,
-                    size=format_size(parse_size(res.tmp_size)),
-                    purpose="scratch space",
-                ),
-                MountPlan(
-                    target=bottle.home,
-                    kind="tmpfs",
-                    read_only=False,
-                    size=format_size(parse_size(res.home_size)),
-                    purpose="the user's home (prompt, skills, tools)",
-                ),
-                MountPlan(
-                    target=bottle.workdir,
-                    kind="volume",
-                    read_only=False,
-                    size=None,
-                    purpose="workspace volume, removed with the bottle",
-                ),
-            ],
-            "host_mounts": [],
-            "network": network,
-            "resources": ResourcePlan(
-                cpus=res.cpus,
-                memory=format_size(res.memory_bytes),
-                memory_bytes=res.memory_bytes,
-                pids=res.pids,
-                tmp_size=format_size(parse_size(res.tmp_size)),
-                home_size=format_size(parse_size(res.home_size)),
-            ),
-        }
+        return BackendPlan(
+            image=image,
+            image_present=status.present,
+            runtime=runtime,
+            read_only_root=bottle.read_only_root,
+            mounts=_mounts(bottle),
+            network=network,
+            resources=resources(bottle),
+            gates=gates.gate_plan(bottle),
+            warnings=tuple(warnings),
+        )
+
+    async def _sidecar_image_warning(self, image: str, what: str) -> list[str]:
+        try:
+            await self.engine.call(f"inspect {what}", partial(_image_id, image))
+        except EngineNotFoundError:
+            return [
+                f"{what} {image!r} is missing: build it with `bottle-mcp images` (or run scripts/setup.sh); "
+                "launch fails until then"
+            ]
+        return []
 
     @staticmethod
     def _pick_runtime(bottle: BottleDef, runtimes: set[str]) -> RuntimePlan:
@@ -212,7 +173,6 @@ class DockerBackend(Backend):
     # -- launch --------------------------------------------------------------------
 
     async def launch(self, plan: BottlePlan, spec: BottleSpec, progress: Progress = _no_progress) -> Bottle:
-        agent = spec.manifest.manifest.agents[plan.agent]
         bdef = spec.manifest.manifest.bottles[plan.bottle]
         started = time.monotonic()
         env = {"BOTTLE_AGENT": plan.agent}
@@ -227,6 +187,43 @@ class DockerBackend(Backend):
             handle = await self._adopt(spare, plan, bdef, env)
             if handle is not None:
                 return await self._finish_launch(handle, plan, spec, progress, started)
+        handle, ca_pem = await self._create_cold(plan, spec, bdef, env, progress, substitutions)
+        try:
+            await progress("starting the exec channel and provisioning")
+            # The supervisor starts while the files go in through an engine exec of their own.
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(partial(handle.start_channel, wait=False))
+                tg.start_soon(partial(self._provision, handle, plan, spec, via_engine=True))
+            if ca_pem is not None:
+                res = await handle.exec(
+                    egress.INSTALL_CA, timeout_s=30, workdir=None, output_cap=4096, stdin=ca_pem.encode()
+                )
+                _check_ca_installed(res.exit_code, res.stderr)
+            if handle.gate is not None:
+                await self._provision_gates(handle, bdef, plan)
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                await handle.aclose()
+            raise self._launch_failure(plan, exc.exceptions[0] if isinstance(exc, BaseExceptionGroup) else exc) from exc
+        return await self._finish_launch(handle, plan, spec, progress, started, provisioned=True)
+
+    async def _create_cold(
+        self,
+        plan: BottlePlan,
+        spec: BottleSpec,
+        bdef: BottleDef,
+        env: dict[str, str],
+        progress: Progress,
+        substitutions: list[credentials.Substitution],
+    ) -> tuple[DockerBottle, str | None]:
+        """Sidecars, then the bottle, then their forwarders; the handle and the egress CA (PEM), if any.
+
+        On any failure everything created here is removed before the error is raised.
+        """
+        # The plan was re-made just before launch (the service checks it is still current),
+        # so its word on the image is fresh.
+        if not plan.image_present:
+            raise ImageMissingError(plan.image, image_fix_hint(spec.manifest))
         bottle_id = f"b-{secrets.token_hex(4)}"
         name = f"bottle-mcp-{plan.agent}-{bottle_id}"
         extra = {L.AGENT: plan.agent, L.PLAN: plan.plan_id}
@@ -238,24 +235,13 @@ class DockerBackend(Backend):
             L.CREATED: _now(),
             **extra,
         }
-        # The plan was re-made just before launch (the service checks it is still current),
-        # so its word on the image is fresh.
-        if not plan.image_present:
-            raise ImageMissingError(plan.image, image_fix_hint(spec.manifest))
-        stack: egress.EgressStack | None = None
-        gate: gates.GateStack | None = None
+        sides: list[egress.EgressStack | gates.GateStack] = []
         made: Started | None = None
         ca_pem: str | None = None
         try:
-            if plan.network.effective == "egress-proxy":
-                await progress("starting the egress proxy")
-                stack = egress.EgressStack(self.engine, self.instance, name, sidecar_labels)
-                await stack.start_proxy(spec.manifest, bdef, agent.credentials, substitutions)
-                env.update(egress.bottle_env(bdef.home))
-            if gates.needed(bdef):
-                await progress("starting the git/ssh gate (mirroring the upstreams)")
-                gate = gates.GateStack(self.engine, self.instance, name, sidecar_labels, bottle_id, self.gate_network)
-                await gate.start(spec.manifest, bdef, agent.credentials)
+            stack, gate = await self._start_sidecars(
+                plan, spec, bdef, name, sidecar_labels, env, sides, progress, substitutions
+            )
             await progress("creating and starting the container")
             made = await self.start_container(
                 bottle_id, name, plan.bottle, bdef, plan.image, plan.runtime.effective, {**env}, extra
@@ -267,10 +253,9 @@ class DockerBackend(Backend):
                 await gate.start_forwarder(made.container_id)
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
-                for side in (stack, gate):
-                    if side is not None:
-                        with contextlib.suppress(EngineError):
-                            await side.remove()
+                for side in sides:
+                    with contextlib.suppress(EngineError):
+                        await side.remove()
                 if made is not None:
                     await self._undo(made.container_id, made.volume)
             raise self._launch_failure(plan, exc) from exc
@@ -285,24 +270,39 @@ class DockerBackend(Backend):
             gate=gate,
             env=env,
         )
-        try:
-            await progress("starting the exec channel and provisioning")
-            # The supervisor starts while the files go in through an engine exec of their own.
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(partial(handle.start_channel, wait=False))
-                tg.start_soon(partial(self._provision, handle, plan, spec, via_engine=True))
-            if ca_pem is not None:
-                res = await handle.exec(
-                    egress.INSTALL_CA, timeout_s=30, workdir=None, output_cap=4096, stdin=ca_pem.encode()
-                )
-                _check_ca_installed(res.exit_code, res.stderr)
-            if gate is not None:
-                await self._provision_gates(handle, bdef, plan)
-        except BaseException as exc:
-            with anyio.CancelScope(shield=True):
-                await handle.close()
-            raise self._launch_failure(plan, exc.exceptions[0] if isinstance(exc, BaseExceptionGroup) else exc) from exc
-        return await self._finish_launch(handle, plan, spec, progress, started, provisioned=True)
+        return handle, ca_pem
+
+    async def _start_sidecars(
+        self,
+        plan: BottlePlan,
+        spec: BottleSpec,
+        bdef: BottleDef,
+        name: str,
+        labels: dict[str, str],
+        env: dict[str, str],
+        sides: list[egress.EgressStack | gates.GateStack],
+        progress: Progress,
+        substitutions: list[credentials.Substitution],
+    ) -> tuple[egress.EgressStack | None, gates.GateStack | None]:
+        """Start the egress proxy and the gate the plan needs; each joins `sides` before it starts.
+
+        The proxy gets the real values of the credentials the bottle holds stand-ins for.
+        """
+        forwarded = spec.manifest.manifest.agents[plan.agent].credentials
+        stack: egress.EgressStack | None = None
+        gate: gates.GateStack | None = None
+        if plan.network.effective == "egress-proxy":
+            await progress("starting the egress proxy")
+            stack = egress.EgressStack(self.engine, self.instance, name, labels)
+            sides.append(stack)
+            await stack.start_proxy(spec.manifest, bdef, forwarded, substitutions)
+            env.update(egress.bottle_env(bdef.home))
+        if gates.needed(bdef):
+            await progress("starting the git/ssh gate (mirroring the upstreams)")
+            gate = gates.GateStack(self.engine, self.instance, name, labels, labels[L.BOTTLE], self.gate_network)
+            sides.append(gate)
+            await gate.start(spec.manifest, bdef, forwarded)
+        return stack, gate
 
     async def _adopt(self, spare: Spare, plan: BottlePlan, bdef: BottleDef, env: dict[str, str]) -> DockerBottle | None:
         """Make a claimed spare this plan's bottle (renamed for its agent); None when the spare is unusable."""
@@ -316,7 +316,7 @@ class DockerBackend(Backend):
             await self.engine.call("claim a warm bottle", lambda c: c.api.rename(spare.container_id, name))
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
-                await handle.close()
+                await handle.aclose()
             if not isinstance(exc, EngineError):
                 raise
             log.warning("a warm bottle could not be claimed (%s); launching cold", exc)
@@ -341,7 +341,7 @@ class DockerBackend(Backend):
             return handle
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
-                await handle.close()
+                await handle.aclose()
             raise self._launch_failure(plan, exc) from exc
 
     @staticmethod
@@ -399,11 +399,8 @@ class DockerBackend(Backend):
             **env,
         }
         try:
-            # The engine creates the workspace volume with the container, labelled through the mount.
-            container_id = await self.engine.call(
-                "create container",
-                lambda c: self._create(c, image, runtime, bdef, name, volume, full_env, labels),
-            )
+            mould = self._mould(image, runtime, bdef, name, volume, full_env, labels)
+            container_id = await self.engine.call("create container", mould.create)
             await self.engine.call("start container", lambda c: c.api.start(container_id))
         except BaseException:
             with anyio.CancelScope(shield=True):
@@ -411,9 +408,8 @@ class DockerBackend(Backend):
             raise
         return Started(container_id=container_id, volume=volume, created=created)
 
-    def _create(
+    def _mould(
         self,
-        c: docker.DockerClient,
         image: str,
         runtime: str,
         bdef: BottleDef,
@@ -421,37 +417,11 @@ class DockerBackend(Backend):
         volume: str,
         env: dict[str, str],
         labels: dict[str, str],
-    ) -> str:
+    ) -> Mould:
         res = bdef.resources
         uid, _, gid = bdef.user.partition(":")
         gid = gid or uid
-        host_config = c.api.create_host_config(
-            init=True,
-            read_only=bdef.read_only_root,
-            cap_drop=["ALL"],
-            security_opt=["no-new-privileges:true"],
-            tmpfs={
-                "/tmp": f"rw,nosuid,nodev,size={parse_size(res.tmp_size)}",
-                bdef.home: f"rw,nosuid,nodev,size={parse_size(res.home_size)},uid={uid},gid={gid},mode=0700",
-            },
-            mounts=[
-                Mount(
-                    target=bdef.workdir,
-                    source=volume,
-                    type="volume",
-                    labels=self.instance.labels("workspace", **labels),
-                )
-            ],
-            network_mode="none",
-            pids_limit=res.pids,
-            mem_limit=res.memory_bytes,
-            memswap_limit=res.memory_bytes,
-            nano_cpus=int(res.cpus * 1e9),
-            ipc_mode="private",
-            cgroupns="private",
-            runtime=runtime,
-        )
-        created = c.api.create_container(
+        return Mould(
             image=image,
             command=["sleep", "infinity"],
             name=name,
@@ -460,10 +430,26 @@ class DockerBackend(Backend):
             working_dir=bdef.workdir,
             environment=env,
             labels=self.instance.labels("bottle", **labels),
-            host_config=host_config,
-            network_disabled=False,
+            network_mode="none",
+            runtime=runtime,
+            read_only=bdef.read_only_root,
+            tmpfs={
+                "/tmp": f"rw,nosuid,nodev,size={parse_size(res.tmp_size)}",
+                bdef.home: f"rw,nosuid,nodev,size={parse_size(res.home_size)},uid={uid},gid={gid},mode=0700",
+            },
+            # The engine creates the workspace volume with the container, labelled through the mount.
+            mounts=(
+                Mount(
+                    target=bdef.workdir,
+                    source=volume,
+                    type="volume",
+                    labels=self.instance.labels("workspace", **labels),
+                ),
+            ),
+            pids=res.pids,
+            memory=res.memory_bytes,
+            nano_cpus=int(res.cpus * 1e9),
         )
-        return str(created["Id"])
 
     async def _provision(
         self, handle: DockerBottle, plan: BottlePlan, spec: BottleSpec, *, via_engine: bool = False
@@ -485,7 +471,8 @@ class DockerBackend(Backend):
             )
         if not entries:
             return
-        with pack_tar(entries) as (tar, _stats):
+        tar, _stats = await self.engine.run(packed_tar, entries)
+        with tar:
             await handle.put_tar(tar, PurePosixPath("/"), via_engine=via_engine)
         if plan.copy_cwd is not None:
             res = await handle.exec(
@@ -502,7 +489,8 @@ class DockerBackend(Backend):
         home = bdef.home.lstrip("/")
         files = gates.bottle_files(bdef)
         entries = [TarEntry(arcname=f"{home}/{rel}", data=text.encode()) for rel, text in files.items()]
-        with pack_tar(entries) as (tar, _stats):
+        tar, _stats = await self.engine.run(packed_tar, entries)
+        with tar:
             await handle.put_tar(tar, PurePosixPath("/"))
         if plan.copy_cwd is not None and bdef.git:
             # A copied repository's own remote of the same name would add a second URL to the gate's.
@@ -522,14 +510,10 @@ class DockerBackend(Backend):
     async def _undo(self, container_id: str | None, volume: str | None) -> None:
         if container_id is not None:
             with contextlib.suppress(EngineError):
-                await self.engine.call("remove container", lambda c: c.api.remove_container(container_id, force=True))
+                await self.engine.remove_resource("container", container_id)
         if volume is not None:
             with contextlib.suppress(EngineError):
-                await self.engine.call("remove volume", lambda c: c.api.remove_volume(volume, force=True))
-
-    async def check_alive(self, bottle: Bottle) -> None:
-        assert isinstance(bottle, DockerBottle)
-        await bottle.check_alive()
+                await self.engine.remove_resource("volume", volume)
 
     # -- listing and cleanup ----------------------------------------------------------
 
@@ -596,8 +580,7 @@ class DockerBackend(Backend):
         async def remove(item: CleanupItem) -> None:
             async with limiter:
                 try:
-                    attempts = 1 if item.kind == "container" else 10
-                    await self.engine.remove(f"remove {item.kind}", lambda c: _remove(c, item), attempts=attempts)
+                    await self.engine.remove_resource(item.kind, item.id)
                     removed.append(item)  # removed now, or already gone
                 except EngineError as e:
                     failed.append(CleanupFailure(item=item, error=str(e)))
@@ -609,6 +592,13 @@ class DockerBackend(Backend):
                     if item.kind == kind:
                         tg.start_soon(remove, item)
         return CleanupReport(dry_run=False, removed=removed, kept=plan.keep, failed=failed)
+
+    async def offload(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        # Through the engine's limiter, like every other worker thread of this backend.
+        return await self.engine.run(partial(fn, *args, **kwargs))
+
+    async def diagnose(self, manifest: LoadedManifest | None, environ: Mapping[str, str]) -> list[Diagnosis]:
+        return await diagnose(self.engine, manifest, environ)
 
     async def aclose(self) -> None:
         with anyio.CancelScope(shield=True):
@@ -625,13 +615,31 @@ def _name(row: dict[str, Any]) -> str:
     return str(names[0]).lstrip("/")
 
 
-def _remove(c: docker.DockerClient, item: CleanupItem) -> None:
-    if item.kind == "container":
-        c.api.remove_container(item.id, force=True)
-    elif item.kind == "volume":
-        c.api.remove_volume(item.id, force=True)
-    else:
-        c.api.remove_network(item.id)
+def _mounts(bottle: BottleDef) -> tuple[MountPlan, ...]:
+    res = bottle.resources
+    return (
+        MountPlan(
+            target="/tmp",
+            kind="tmpfs",
+            read_only=False,
+            size=format_size(parse_size(res.tmp_size)),
+            purpose="scratch space",
+        ),
+        MountPlan(
+            target=bottle.home,
+            kind="tmpfs",
+            read_only=False,
+            size=format_size(parse_size(res.home_size)),
+            purpose="the user's home (prompt, skills, tools)",
+        ),
+        MountPlan(
+            target=bottle.workdir,
+            kind="volume",
+            read_only=False,
+            size=None,
+            purpose="workspace volume, removed with the bottle",
+        ),
+    )
 
 
 def _check_ca_installed(exit_code: int | None, stderr: str) -> None:

@@ -74,7 +74,6 @@ class DockerBottle:
         self._channel: Channel | None = None
         self._channel_attempts = 0
         self._channel_lock = anyio.Lock()
-        self.channel_notes: list[str] = []
 
     @property
     def channel_alive(self) -> bool:
@@ -158,15 +157,15 @@ class DockerBottle:
             environment=self.env,
         )
         try:
-            out = await anyio.to_thread.run_sync(stream.run, abandon_on_cancel=True)
+            out = await self._engine.run(stream.run, abandon_on_cancel=True)
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
                 stream.abort.set()
-                await anyio.to_thread.run_sync(stream.done.wait, 5.0)
-                await anyio.to_thread.run_sync(stream.kill)
+                await self._engine.run(stream.done.wait, 5.0)
+                await self._engine.run(stream.kill)
             raise
         if out.timed_out:
-            await anyio.to_thread.run_sync(stream.kill)
+            await self._engine.run(stream.kill)
         return out, []
 
     @property
@@ -257,7 +256,7 @@ class DockerBottle:
             timeout_s=600,
             output_cap=max_bytes + 1,
         )
-        out = await anyio.to_thread.run_sync(stream.run)
+        out = await self._engine.run(stream.run)
         detail, _ = safe_text(bytes(out.stderr))
         detail = detail.strip()[:500]
         if out.exit_code == 3:
@@ -289,10 +288,7 @@ class DockerBottle:
         if not state.get("Running"):
             raise BottleGoneError(self.id, f"its container is {state.get('Status', 'stopped')}")
 
-    async def check_alive(self) -> None:
-        await self._raise_if_gone()
-
-    async def close(self) -> list[str]:
+    async def aclose(self) -> list[str]:
         if self._closed:
             return []
         removed: list[str] = []
@@ -313,22 +309,10 @@ class DockerBottle:
                     removed += await self.gate.remove()
                 except EngineError as e:
                     gate_error = e
-            try:
-                await self._engine.call(
-                    "remove container", lambda c: c.api.remove_container(self.container_id, force=True)
-                )
+            if await self._engine.remove_resource("container", self.container_id):
                 removed.append(f"container {self.container_id[:12]}")
-            except EngineNotFoundError:
-                pass
-            try:
-                await self._engine.call("remove volume", lambda c: c.api.remove_volume(self.volume, force=True))
-                removed.append(f"volume {self.volume}")
-            except EngineNotFoundError:
-                pass
-            except EngineError:
-                # The engine may still hold the volume for a moment after the container goes.
-                await anyio.sleep(0.2)
-                await self._engine.call("remove volume", lambda c: c.api.remove_volume(self.volume, force=True))
+            # The engine may still hold the volume for a moment after the container goes: retried.
+            if await self._engine.remove_resource("volume", self.volume):
                 removed.append(f"volume {self.volume}")
             if egress_error is not None:
                 raise egress_error

@@ -35,7 +35,6 @@ from importlib import resources
 from typing import IO, Any, cast
 
 import anyio
-import anyio.to_thread
 
 from ...errors import BottleGoneError, EngineError
 from .engine import Engine
@@ -256,43 +255,19 @@ class Channel:
             if 0 < rid < self._next_id:
                 return  # late output of a request the server already gave up on
             raise ChannelError(f"a frame for request {rid}, which was never sent")
-        out = req.outcome
         if kind in (T_STDOUT, T_STDERR):
-            into = out.stdout if kind == T_STDOUT else out.stderr
-            if kind == T_STDOUT:
-                out.stdout_bytes += len(payload)
-            else:
-                out.stderr_bytes += len(payload)
-            room = req.cap - len(into)
-            if room > 0:
-                into += payload[:room]
+            _on_output(req, kind == T_STDOUT, payload)
         elif kind == T_STARTED:
             pid = _json(payload).get("pid")
             if not isinstance(pid, int) or isinstance(pid, bool) or not 0 <= pid < MAX_PID:
                 raise ChannelError(f"bad pid {pid!r}")
-            out.pid = pid or None
+            req.outcome.pid = pid or None
             req.started.set()
         elif kind == T_CREDIT:
-            if len(payload) != 4:
-                raise ChannelError("a credit frame of the wrong size")
-            (n,) = struct.unpack(">I", payload)
-            if n > req.unacked:
-                raise ChannelError("the bottle acknowledged more input than it was sent")
-            req.unacked -= n
-            req.credit.set()
+            _on_credit(req, payload)
         elif kind == T_EXIT:
-            info = _json(payload)
-            code = info.get("code")
-            if code is not None and (not isinstance(code, int) or isinstance(code, bool) or not -1 < code < 256):
-                raise ChannelError(f"bad exit code {code!r}")
-            out.exit_code = code
-            # The supervisor counts what it dropped past the cap; never report less than was received.
-            out.stdout_bytes = max(out.stdout_bytes, _count(info.get("out")))
-            out.stderr_bytes = max(out.stderr_bytes, _count(info.get("err")))
+            _on_exit(req, payload)
             del self._pending[rid]
-            req.started.set()
-            req.done.set()
-            req.credit.set()
         else:
             raise ChannelError(f"unknown frame type {kind}")
 
@@ -313,7 +288,7 @@ class Channel:
                 raise ChannelError(self.dead or "") from None
             if sent < len(data):
                 try:
-                    await anyio.to_thread.run_sync(sock.sendall, data[sent:], abandon_on_cancel=True)
+                    await self.engine.run(sock.sendall, data[sent:], abandon_on_cancel=True)
                 except OSError as e:
                     self.close(f"writing to the channel failed: {e}")
                     raise ChannelError(self.dead or "") from None
@@ -391,7 +366,7 @@ class Channel:
                 await req.credit.wait()
             if req.done.is_set():
                 return
-            chunk = reader() if isinstance(stdin, bytes) else await anyio.to_thread.run_sync(reader)
+            chunk = reader() if isinstance(stdin, bytes) else await self.engine.run(reader)
             req.unacked += len(chunk)
             await self._send(T_STDIN, req.rid, chunk)
             if not chunk:
@@ -439,3 +414,40 @@ def _count(value: object) -> int:
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < MAX_COUNT:
         return value
     return 0
+
+
+def _on_output(req: _Request, stdout: bool, payload: bytes) -> None:
+    out = req.outcome
+    into = out.stdout if stdout else out.stderr
+    if stdout:
+        out.stdout_bytes += len(payload)
+    else:
+        out.stderr_bytes += len(payload)
+    room = req.cap - len(into)
+    if room > 0:
+        into += payload[:room]
+
+
+def _on_credit(req: _Request, payload: bytes) -> None:
+    if len(payload) != 4:
+        raise ChannelError("a credit frame of the wrong size")
+    (n,) = struct.unpack(">I", payload)
+    if n > req.unacked:
+        raise ChannelError("the bottle acknowledged more input than it was sent")
+    req.unacked -= n
+    req.credit.set()
+
+
+def _on_exit(req: _Request, payload: bytes) -> None:
+    out = req.outcome
+    info = _json(payload)
+    code = info.get("code")
+    if code is not None and (not isinstance(code, int) or isinstance(code, bool) or not -1 < code < 256):
+        raise ChannelError(f"bad exit code {code!r}")
+    out.exit_code = code
+    # The supervisor counts what it dropped past the cap; never report less than was received.
+    out.stdout_bytes = max(out.stdout_bytes, _count(info.get("out")))
+    out.stderr_bytes = max(out.stderr_bytes, _count(info.get("err")))
+    req.started.set()
+    req.done.set()
+    req.credit.set()

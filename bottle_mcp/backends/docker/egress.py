@@ -31,11 +31,12 @@ import docker
 from ... import labels as L
 from ...credentials import Substitution
 from ...errors import EngineError, EngineNotFoundError, ImageMissingError, LaunchError
-from ...images import builtin_tag
 from ...manifest import BottleDef, LoadedManifest
 from ...models import EgressDecision, NetworkPlan
 from .engine import Engine
 from .execstream import ExecStream
+from .images import builtin_tag
+from .mould import Mould, forwarder
 
 EGRESS_IMAGE = builtin_tag("egress-proxy")
 PROXY_PORT = 3128
@@ -195,19 +196,6 @@ class EgressStack:
     def _labels(self, role: L.Role, what: str) -> dict[str, str]:
         return self._instance.labels(role, **self._extra, **{f"{L.PREFIX}.egress": what})
 
-    def _hardened(self, c: docker.DockerClient, **kw: Any) -> Any:
-        return c.api.create_host_config(
-            init=True,
-            read_only=True,
-            cap_drop=["ALL"],
-            security_opt=["no-new-privileges:true"],
-            ipc_mode="private",
-            cgroupns="private",
-            runtime="runc",
-            mounts=[docker.types.Mount(target=SOCKET_DIR, source=self.volume_name, type="volume")],
-            **kw,
-        )
-
     async def start_proxy(
         self,
         lm: LoadedManifest,
@@ -244,29 +232,22 @@ class EgressStack:
             self.network_id = str(net["Id"])
             c.api.create_volume(name=self.volume_name, labels=self._labels("sidecar", "socket"))
             self.volume_made = True
-            created = c.api.create_container(
+            self.sidecar_id = Mould(
                 image=EGRESS_IMAGE,
                 command=["proxy"],
                 name=self._sidecar_name,
                 user=SIDECAR_USER,
                 environment=env,
                 labels=self._labels("sidecar", "proxy"),
-                host_config=self._hardened(
-                    c,
-                    network_mode=self.network_name,
-                    # The decision log is the container's output: json-file (so the engine can return it),
-                    # rotated so that a bottle hammering the proxy cannot fill the host's disk.
-                    log_config=docker.types.LogConfig(
-                        type="json-file", config={"max-size": LOG_MAX_SIZE, "max-file": "2"}
-                    ),
-                    tmpfs={CONF_DIR: "rw,nosuid,nodev,size=64m,uid=10101,gid=10101,mode=0700"},
-                    pids_limit=256,
-                    mem_limit=512 * 1024**2,
-                    memswap_limit=512 * 1024**2,
-                ),
-            )
-            self.sidecar_id = str(created["Id"])
-            c.api.start(self.sidecar_id)
+                network_mode=self.network_name,
+                mounts=(docker.types.Mount(target=SOCKET_DIR, source=self.volume_name, type="volume"),),
+                tmpfs={CONF_DIR: "rw,nosuid,nodev,size=64m,uid=10101,gid=10101,mode=0700"},
+                pids=256,
+                memory=512 * 1024**2,
+                # The decision log is the container's output (read back through the engine): a larger
+                # rotation than the mould's default, still bounded.
+                log_max_size=LOG_MAX_SIZE,
+            ).run(c)
 
         await self._engine.call("create the egress proxy", create)
         if substitutions:
@@ -319,24 +300,19 @@ class EgressStack:
     async def start_forwarder(self, bottle_container_id: str) -> None:
         """Join the bottle's network namespace with a forwarder to the proxy's socket."""
 
+        mould = forwarder(
+            image=EGRESS_IMAGE,
+            command=["forward"],
+            name=self._forwarder_name,
+            user=SIDECAR_USER,
+            labels=self._labels("sidecar", "forwarder"),
+            bottle_container_id=bottle_container_id,
+            socket_volume=self.volume_name,
+            socket_dir=SOCKET_DIR,
+        )
+
         def create(c: docker.DockerClient) -> None:
-            created = c.api.create_container(
-                image=EGRESS_IMAGE,
-                command=["forward"],
-                name=self._forwarder_name,
-                user=SIDECAR_USER,
-                labels=self._labels("sidecar", "forwarder"),
-                host_config=self._hardened(
-                    c,
-                    network_mode=f"container:{bottle_container_id}",
-                    # socat forks per connection: this bounds the bottle's concurrent proxy connections.
-                    pids_limit=128,
-                    mem_limit=128 * 1024**2,
-                    memswap_limit=128 * 1024**2,
-                ),
-            )
-            self.forwarder_id = str(created["Id"])
-            c.api.start(self.forwarder_id)
+            self.forwarder_id = mould.run(c)
 
         await self._engine.call("create the egress forwarder", create)
 
@@ -358,8 +334,7 @@ class EgressStack:
             )
             self.forwarder_id = self.sidecar_id = None
             if self.volume_made:
-                vol = self.volume_name
-                await self._engine.remove("remove egress socket volume", lambda c: c.api.remove_volume(vol))
+                await self._engine.remove_resource("volume", self.volume_name, "egress socket volume")
                 removed.append(f"volume {self.volume_name}")
                 self.volume_made = False
             if self.network_id is not None:
@@ -367,7 +342,7 @@ class EgressStack:
                 # Nothing else belongs on this network; whatever was attached to it goes off first.
                 with contextlib.suppress(EngineError):
                     await self._engine.call("detach from egress network", lambda c: _detach_all(c, net))
-                await self._engine.remove("remove egress network", lambda c: c.api.remove_network(net))
+                await self._engine.remove_resource("network", net, "egress network")
                 removed.append(f"network {self.network_name}")
                 self.network_id = None
         return removed

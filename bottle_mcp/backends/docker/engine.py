@@ -19,6 +19,7 @@ import docker.errors
 import requests.exceptions
 
 from ...errors import EngineError, EngineNotFoundError, EngineUnreachableError
+from ...models import ResourceKind
 from .endpoint import Endpoint, connect, failure_fix, resolve
 
 T = TypeVar("T")
@@ -47,11 +48,6 @@ class Engine:
     def unreachable(self, detail: str) -> EngineUnreachableError:
         """The error for a failure to reach this engine, with the fix that fits its transport and cause."""
         return EngineUnreachableError(self.where, detail, failure_fix(self.endpoint, detail))
-
-    @property
-    def client(self) -> docker.DockerClient:
-        """The client, connecting on first use (blocking: call from a worker thread)."""
-        return self._connect()
 
     def call_sync(self, what: str, fn: Callable[[docker.DockerClient], T]) -> T:
         """Run fn(client) here and now, mapping engine errors. For use inside worker threads."""
@@ -106,17 +102,27 @@ class Engine:
                 await anyio.sleep(0.2)
         return False
 
+    async def remove_resource(self, kind: ResourceKind, ref: str, what: str | None = None) -> bool:
+        """Remove a container (killed first), volume or network; False if it was already gone.
+
+        The one way resources are removed: volumes and networks get the retries of `remove`.
+        """
+        fn = {"container": remove_container, "volume": _remove_volume, "network": _remove_network}[kind](ref)
+        return await self.remove(f"remove {what or kind}", fn, attempts=1 if kind == "container" else 10)
+
     async def remove_containers(self, named: list[tuple[str, str | None]]) -> list[str]:
         """Remove containers given as (what, id), skipping None ids; return 'what id' of those removed."""
         removed: list[str] = []
         for what, cid in named:
-            if cid is not None and await self.remove(f"remove {what}", remove_container(cid), attempts=1):
+            if cid is not None and await self.remove_resource("container", cid, what):
                 removed.append(f"{what} {cid[:12]}")
         return removed
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run any blocking function (already mapping its own errors) in a worker thread."""
-        return await anyio.to_thread.run_sync(partial(fn, *args), limiter=self._limiter)
+    async def run(self, fn: Callable[..., T], *args: Any, abandon_on_cancel: bool = False) -> T:
+        """Run any blocking function (already mapping its own errors) in a worker thread, under the limiter."""
+        return await anyio.to_thread.run_sync(
+            partial(fn, *args), limiter=self._limiter, abandon_on_cancel=abandon_on_cancel
+        )
 
     def close(self) -> None:
         if self._client is not None:
@@ -143,3 +149,11 @@ def remove_container(container_id: str) -> Callable[[docker.DockerClient], None]
         c.api.remove_container(container_id, force=True)
 
     return remove
+
+
+def _remove_volume(name: str) -> Callable[[docker.DockerClient], None]:
+    return lambda c: c.api.remove_volume(name, force=True)
+
+
+def _remove_network(network: str) -> Callable[[docker.DockerClient], None]:
+    return lambda c: c.api.remove_network(network)

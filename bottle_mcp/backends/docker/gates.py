@@ -25,20 +25,21 @@ import hashlib
 import json
 import os
 import re
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import anyio
-import anyio.to_thread
 import docker
 
 from ... import labels as L
 from ...errors import EngineError, EngineNotFoundError, ImageMissingError, LaunchError, PlanError
-from ...images import builtin_tag
 from ...manifest import BottleDef, LoadedManifest
 from ...models import GateEvent, GatePlan
 from .engine import Engine
 from .execstream import ExecStream
+from .images import builtin_tag
+from .mould import Mould, forwarder
 
 GATE_IMAGE = builtin_tag("git-gate")
 GATE_USER = "10102:10102"
@@ -240,7 +241,7 @@ def bottle_files(bottle: BottleDef) -> dict[str, str]:
                 known.append(f"{s.host} {key}")
         files[".ssh/config"] = "\n".join(conf) + "\n"
         files[".ssh/known_hosts"] = "".join(line + "\n" for line in known)
-        files[".bottle-mcp/ssh-agent-relay.py"] = AGENT_RELAY
+        files[".bottle-mcp/ssh-agent-relay.py"] = agent_relay()
     return files
 
 
@@ -259,62 +260,9 @@ def relay_command(bottle: BottleDef) -> str | None:
     )
 
 
-# Runs in the bottle (Python 3 standard library only): a Unix socket per ssh entry, where ssh
-# looks for its agent, relayed to the forwarder's loopback port (the gate's agent). The agent
-# answers signature requests; it never hands out the key.
-AGENT_RELAY = '''\
-"""ssh-agent relay: SOCKET:PORT... (written by bottle-mcp; the key stays in the gate)."""
-import os, socket, sys, threading
-
-
-def pump(src, dst):
-    try:
-        while True:
-            data = src.recv(65536)
-            if not data:
-                break
-            dst.sendall(data)
-    except OSError:
-        pass
-    finally:
-        for s in (src, dst):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-
-def serve(path, port):
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-    server = socket.socket(socket.AF_UNIX)
-    old = os.umask(0o077)
-    server.bind(path)
-    os.umask(old)
-    server.listen(16)
-    while True:
-        client, _ = server.accept()
-        try:
-            upstream = socket.create_connection(("127.0.0.1", port), timeout=10)
-            upstream.settimeout(None)
-        except OSError:
-            client.close()
-            continue
-        threading.Thread(target=pump, args=(client, upstream), daemon=True).start()
-        threading.Thread(target=pump, args=(upstream, client), daemon=True).start()
-
-
-threads = []
-for arg in sys.argv[1:]:
-    path, _, port = arg.rpartition(":")
-    t = threading.Thread(target=serve, args=(path, int(port)), daemon=True)
-    t.start()
-    threads.append(t)
-for t in threads:
-    t.join()
-'''
+def agent_relay() -> str:
+    """The ssh-agent relay the bottle runs (bottle_mcp/data/ssh_agent_relay.py)."""
+    return (resources.files("bottle_mcp") / "data" / "ssh_agent_relay.py").read_text(encoding="utf-8")
 
 
 def parse_events(text: str) -> list[GateEvent]:
@@ -363,18 +311,6 @@ class GateStack:
     def _labels(self, role: L.Role, what: str) -> dict[str, str]:
         return self._instance.labels(role, **self._extra, **{f"{L.PREFIX}.gate": what})
 
-    def _hardened(self, c: docker.DockerClient, mounts: list[docker.types.Mount], **kw: Any) -> Any:
-        return c.api.create_host_config(
-            init=True,
-            read_only=True,
-            cap_drop=["ALL"],
-            security_opt=["no-new-privileges:true"],
-            ipc_mode="private",
-            runtime="runc",
-            mounts=mounts,
-            **kw,
-        )
-
     async def start(self, lm: LoadedManifest, bottle: BottleDef, credentials: list[str]) -> None:
         """Create the gate, hand it its keys and wait until it mirrors every upstream and serves."""
         try:
@@ -399,24 +335,18 @@ class GateStack:
                 docker.types.Mount(target="/run/fwd", source=self.socket_volume, type="volume"),
                 docker.types.Mount(target="/srv/git", source=self.repo_volume, type="volume"),
             ]
-            created = c.api.create_container(
+            self.gate_id = Mould(
                 image=GATE_IMAGE,
                 command=["serve"],
                 name=self._gate_name,
                 user=GATE_USER,
                 labels=self._labels("sidecar", "gate"),
-                host_config=self._hardened(
-                    c,
-                    mounts,
-                    network_mode=self.network_name,
-                    tmpfs={"/run/gate": "rw,nosuid,nodev,size=16m,uid=10102,gid=10102,mode=0700"},
-                    pids_limit=256,
-                    mem_limit=1024**3,
-                    memswap_limit=1024**3,
-                ),
-            )
-            self.gate_id = str(created["Id"])
-            c.api.start(self.gate_id)
+                network_mode=self.network_name,
+                mounts=tuple(mounts),
+                tmpfs={"/run/gate": "rw,nosuid,nodev,size=16m,uid=10102,gid=10102,mode=0700"},
+                pids=256,
+                memory=1024**3,
+            ).run(c)
 
         await self._engine.call("create the git gate", create)
         code, _out, err = await self.run_in_gate(
@@ -440,31 +370,26 @@ class GateStack:
             output_cap=EVENTS_CAP,
             stdin=stdin,
         )
-        out = await anyio.to_thread.run_sync(stream.run, abandon_on_cancel=True)
+        out = await self._engine.run(stream.run, abandon_on_cancel=True)
         return out.exit_code, out.stdout.decode(errors="replace"), out.stderr.decode(errors="replace")
 
     async def start_forwarder(self, bottle_container_id: str) -> None:
         """Join the bottle's network namespace with the forwarder and wait until its ports listen."""
         mappings = self._mappings
 
+        mould = forwarder(
+            image=GATE_IMAGE,
+            command=["forward", *mappings],
+            name=self._forwarder_name,
+            user=GATE_USER,
+            labels=self._labels("sidecar", "forwarder"),
+            bottle_container_id=bottle_container_id,
+            socket_volume=self.socket_volume,
+            socket_dir="/run/fwd",
+        )
+
         def create(c: docker.DockerClient) -> str:
-            created = c.api.create_container(
-                image=GATE_IMAGE,
-                command=["forward", *mappings],
-                name=self._forwarder_name,
-                user=GATE_USER,
-                labels=self._labels("sidecar", "forwarder"),
-                host_config=self._hardened(
-                    c,
-                    [docker.types.Mount(target="/run/fwd", source=self.socket_volume, type="volume")],
-                    network_mode=f"container:{bottle_container_id}",
-                    pids_limit=128,
-                    mem_limit=128 * 1024**2,
-                    memswap_limit=128 * 1024**2,
-                ),
-            )
-            self.forwarder_id = str(created["Id"])
-            c.api.start(self.forwarder_id)
+            self.forwarder_id = mould.run(c)
             return self.forwarder_id
 
         fwd = await self._engine.call("create the gate forwarder", create)
@@ -500,12 +425,12 @@ class GateStack:
             )
             self.forwarder_id = self.gate_id = None
             for vol in list(self.volumes):
-                await self._engine.remove("remove gate volume", lambda c, v=vol: c.api.remove_volume(v))  # type: ignore[misc]
+                await self._engine.remove_resource("volume", vol, "gate volume")
                 removed.append(f"volume {vol}")
                 self.volumes.remove(vol)
             if self.network_id is not None:
                 net = self.network_id
-                await self._engine.remove("remove gate network", lambda c: c.api.remove_network(net))
+                await self._engine.remove_resource("network", net, "gate network")
                 removed.append(f"network {self.network_name}")
                 self.network_id = None
         return removed

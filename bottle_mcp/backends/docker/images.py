@@ -17,14 +17,12 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from . import labels as L
-from .errors import BottleError, EngineNotFoundError
-from .manifest import LoadedManifest
-
-if TYPE_CHECKING:
-    from .backends.docker.engine import Engine
+from ... import labels as L
+from ...errors import BottleError, EngineNotFoundError
+from ...manifest import LoadedManifest
+from .engine import Engine
 
 CONTEXT_LABEL = f"{L.PREFIX}.context-sha"
 CA_FOLDER = ".bottle-mcp-ca"
@@ -152,7 +150,7 @@ def _build(
 # Images the server itself runs (not named by any manifest), by the folder under data/images that
 # holds their recipe. Each is tagged with the hash of its recipe, so a server always runs the
 # sidecar its own code was written for, and servers of different versions can share an engine.
-_DATA_IMAGES = Path(__file__).parent / "data" / "images"
+_DATA_IMAGES = Path(__file__).parents[2] / "data" / "images"
 BUILTIN_RECIPES = ("egress-proxy", "git-gate")
 
 

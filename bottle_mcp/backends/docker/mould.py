@@ -1,0 +1,121 @@
+"""The one mould every container of the Docker backend is cast from.
+
+The bottle, the egress proxy and its forwarder, the git gate and its forwarder,
+and warm-pool spares all come out of `Mould.create`: what differs between them
+(image, command, user, network, mounts, limits) is a field, while the hardening
+is not a choice. Every container gets: all capabilities dropped and none added
+(no sidecar needs one: they run as unprivileged users and bind no port below
+1024), no-new-privileges, private IPC and cgroup namespaces, an init process,
+pids and memory limits with no swap beyond them, a log the engine rotates, and
+the project's labels. The root file system is read-only unless the manifest
+opts a bottle out; sidecars never opt out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import docker
+from docker.types import LogConfig, Mount
+
+from ...planning import HARDENING
+
+# What the engine keeps of a container's output: json-file (so `logs` can read it back),
+# rotated, so that a bottle or sidecar writing without end cannot fill the host's disk.
+LOG_MAX_SIZE = "4m"
+LOG_FILES = "2"
+
+
+@dataclass(frozen=True)
+class Mould:
+    """The create arguments of one hardened container (everything but the hardening)."""
+
+    image: str
+    command: list[str]
+    name: str
+    user: str
+    labels: Mapping[str, str]
+    network_mode: str
+    pids: int
+    memory: int
+    runtime: str = "runc"
+    read_only: bool = True
+    mounts: tuple[Mount, ...] = ()
+    tmpfs: Mapping[str, str] = field(default_factory=dict)
+    environment: Mapping[str, str] = field(default_factory=dict)
+    nano_cpus: int | None = None
+    working_dir: str | None = None
+    hostname: str | None = None
+    log_max_size: str = LOG_MAX_SIZE
+
+    def host_config(self, c: docker.DockerClient) -> Any:
+        extra: dict[str, Any] = {} if self.nano_cpus is None else {"nano_cpus": self.nano_cpus}
+        return c.api.create_host_config(
+            init=HARDENING.init,
+            read_only=self.read_only,
+            cap_drop=list(HARDENING.capabilities_dropped),
+            security_opt=["no-new-privileges:true"] if HARDENING.no_new_privileges else [],
+            ipc_mode="private",
+            cgroupns="private",
+            runtime=self.runtime,
+            network_mode=self.network_mode,
+            mounts=list(self.mounts),
+            tmpfs=dict(self.tmpfs),
+            pids_limit=self.pids,
+            mem_limit=self.memory,
+            memswap_limit=self.memory,
+            log_config=LogConfig(type="json-file", config={"max-size": self.log_max_size, "max-file": LOG_FILES}),
+            **extra,
+        )
+
+    def create(self, c: docker.DockerClient) -> str:
+        """Create the container (not started); its id. Blocking: call through Engine.call."""
+        created = c.api.create_container(
+            image=self.image,
+            command=self.command,
+            name=self.name,
+            hostname=self.hostname,
+            user=self.user,
+            working_dir=self.working_dir,
+            environment=dict(self.environment),
+            labels=dict(self.labels),
+            host_config=self.host_config(c),
+        )
+        return str(created["Id"])
+
+    def run(self, c: docker.DockerClient) -> str:
+        """Create and start the container; its id."""
+        container_id = self.create(c)
+        c.api.start(container_id)
+        return container_id
+
+
+FORWARDER_PIDS = 128  # socat forks per connection: this bounds the bottle's concurrent connections
+FORWARDER_MEMORY = 128 * 1024**2
+
+
+def forwarder(
+    *,
+    image: str,
+    command: list[str],
+    name: str,
+    user: str,
+    labels: Mapping[str, str],
+    bottle_container_id: str,
+    socket_volume: str,
+    socket_dir: str,
+) -> Mould:
+    """A forwarder in the bottle's network namespace (not its files or processes) to a sidecar's sockets."""
+    return Mould(
+        image=image,
+        command=command,
+        name=name,
+        user=user,
+        labels=labels,
+        network_mode=f"container:{bottle_container_id}",
+        mounts=(Mount(target=socket_dir, source=socket_volume, type="volume"),),
+        pids=FORWARDER_PIDS,
+        memory=FORWARDER_MEMORY,
+    )
