@@ -43,11 +43,10 @@ from mcp.server.mcpserver import (
     ElicitationResult,
     Resolve,
 )
-from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import BaseModel, Field
 
-from .errors import BottleError
-from .manifest import ApprovePolicy, LoadedManifest
+from .errors import ApprovalError, BottleError
+from .manifest import ApprovePolicy, LoadedManifest, format_size
 from .models import BottlePlan, LaunchResult
 from .service import BottleService
 
@@ -157,15 +156,6 @@ def decide(plan: BottlePlan, manifest: LoadedManifest, override: ApprovePolicy |
     )
 
 
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
-
-
 def render_question(plan: BottlePlan, policy: ApprovePolicy, reasons: tuple[str, ...]) -> str:
     """The plan in a short form a person can read before saying yes. Names only, never secret values."""
     net = plan.network
@@ -178,11 +168,11 @@ def render_question(plan: BottlePlan, policy: ApprovePolicy, reasons: tuple[str,
     creds = [f"{c.name} ({c.in_bottle + ' in the bottle' if c.present else 'not set'})" for c in plan.credentials]
     copies = []
     if plan.prompt is not None:
-        copies.append(f"prompt ({_size(plan.prompt.bytes)})")
-    copies += [f"skill {s.name} ({s.files} files, {_size(s.bytes)})" for s in plan.skills]
+        copies.append(f"prompt ({format_size(plan.prompt.bytes, approx=True)})")
+    copies += [f"skill {s.name} ({s.files} files, {format_size(s.bytes, approx=True)})" for s in plan.skills]
     if plan.copy_cwd is not None:
         cc = plan.copy_cwd
-        copies.append(f"repository {cc.host_repo} (.git: {cc.files} files, {_size(cc.bytes)})")
+        copies.append(f"repository {cc.host_repo} (.git: {cc.files} files, {format_size(cc.bytes, approx=True)})")
     copies += [f"host mount {p}" for p in plan.host_mounts]
     res = plan.resources
     rt = plan.runtime
@@ -272,7 +262,7 @@ class ApprovalLog:
             if not required:
                 log.warning("could not record %s for plan %s in %s: %s", event, plan.plan_id, self.path, e)
                 return
-            raise ToolError(
+            raise ApprovalError(
                 f"the approval decision could not be recorded in {self.path} ({e.strerror}); nothing was "
                 "launched. Fix the folder's permissions, or start the server with --approvals-log PATH"
             ) from None
@@ -295,10 +285,7 @@ def approval_log(service: BottleService) -> ApprovalLog:
 async def decide_launch(plan_id: str, ctx: Context) -> LaunchDecision:
     """Resolver: whether this launch needs a person's approval. Talks to nobody; re-runs each round."""
     service = _service(ctx)
-    try:
-        plan, spec = service.stored_plan(plan_id)
-    except BottleError as e:
-        raise ToolError(str(e)) from e
+    plan, spec = service.stored_plan(plan_id)  # an unknown plan: the server maps the project's error
     return decide(plan, spec.manifest, service.config.approve)
 
 
@@ -319,7 +306,7 @@ async def ask_person(
         service = _service(ctx)
         await approval_log(service).record("no-client-support", decision, service.instance.id)
         why = "; ".join(decision.reasons) or "every launch is asked"
-        raise ToolError(
+        raise ApprovalError(
             f"launching plan {decision.plan_id!r} needs a person's approval (approve = '{decision.policy}', "
             f"{decision.policy_source}; this plan: {why}), but this MCP client cannot ask its user: it did not "
             "declare the elicitation capability. Nothing was launched. Use a client that supports elicitation, "
@@ -352,7 +339,7 @@ async def launch_approved(
         else:
             event, how = "declined", "declined (accepted the form without ticking 'approve')"
         await record.record(event, decision, instance)
-        raise ToolError(
+        raise ApprovalError(
             f"the person {how} launching plan {decision.plan_id!r} (agent '{decision.plan.agent}'); nothing was "
             "launched. Do not retry it unless they ask you to."
         )

@@ -19,7 +19,7 @@ import anyio
 from pydantic import BaseModel
 
 from . import __version__
-from .errors import BottleError
+from .errors import BottleError, InvalidArgumentError
 from .labels import Instance
 
 if TYPE_CHECKING:
@@ -173,7 +173,7 @@ def parse_http_address(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     host = host.strip("[]")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise BottleError(f"--http {value!r}: write it as ADDRESS:PORT, e.g. 127.0.0.1:8765")
+        raise InvalidArgumentError(f"--http {value!r}: write it as ADDRESS:PORT, e.g. 127.0.0.1:8765")
     if host == "localhost":
         host = "127.0.0.1"
     try:
@@ -181,7 +181,7 @@ def parse_http_address(value: str) -> tuple[str, int]:
     except ValueError:
         loopback = False
     if not loopback:
-        raise BottleError(
+        raise InvalidArgumentError(
             f"--http {value!r}: the HTTP transport has no authentication, so it binds only to loopback "
             "addresses (127.0.0.1 or ::1); use stdio for everything else"
         )
@@ -203,7 +203,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         approvals_log=args.approvals_log,
     )
     if args.warm_pool is not None and not 0 <= args.warm_pool <= 64:
-        raise BottleError(f"--warm-pool {args.warm_pool}: give a number of spares from 0 to 64")
+        raise InvalidArgumentError(f"--warm-pool {args.warm_pool}: give a number of spares from 0 to 64")
     service = BottleService(config, _instance_backend(args))
     log = logging.getLogger("bottle_mcp")
     log.info(
@@ -440,7 +440,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     written = False
     if not args.print_only:
         if path.exists() and not args.force:
-            raise BottleError(
+            raise InvalidArgumentError(
                 f"{str(path)!r} already exists; pass --force to overwrite it, or --print-only to print the "
                 "registration for it"
             )

@@ -1,7 +1,7 @@
-"""Delegating work to a bottle and collecting it: agent runs, background jobs, copies out, commits.
+"""The delegation part: agent runs, background jobs, copies out, commits and diffs.
 
-The service owns one `Delegation`; the MCP tools call it through the service. Policy comes
-from the plan a bottle was launched with (its agent command, prompt and workdir) and from the
+It works on the live bottles it is given (live.py) and knows nothing of the lifecycle part. Policy
+comes from the plan a bottle was launched with (its agent command, prompt and workdir) and from the
 manifest's host roots; what comes back from the bottle is treated as hostile everywhere.
 """
 
@@ -12,20 +12,26 @@ import secrets
 import shlex
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
 
 import anyio
 
 from .agents import agent_invocation
 from .backends.base import Bottle
 from .copyout import confine_host_dest, extract_tar
-from .errors import BottleError, BottleGoneError
+from .errors import (
+    AgentCommandError,
+    BottleError,
+    BottleGoneError,
+    GitError,
+    InvalidArgumentError,
+    NotARepositoryError,
+)
 from .gitout import EMPTY_TREE, OID_RE, check_branch, import_bundle
-from .jobs import Job, JobManager
-from .models import BottlePlan
+from .jobs import Job, JobProgress, no_job_progress
+from .live import LiveBottle, LiveBottles, RepoOrigin
+from .models import ExecResult
 from .paths import check_bottle_path
 from .results import (
     BranchResult,
@@ -37,79 +43,48 @@ from .results import (
     JobResult,
 )
 
-if TYPE_CHECKING:
-    from .service import BottleService
-
 log = logging.getLogger(__name__)
 
 CP_OUT_LIMIT = 256 * 1024**2  # the tar is held in memory on its way out
 BUNDLE_DIR = PurePosixPath("/tmp/bottle-mcp-out")
 GIT = "git -c safe.directory='*'"
 
-Progress = Callable[[float, str], Awaitable[None]]
-
-
-async def _no_progress(_elapsed: float, _message: str) -> None:
-    return None
-
-
-@dataclass(frozen=True)
-class RepoOrigin:
-    """Where a copy_cwd bottle's repository came from, and the commit it started at."""
-
-    host_repo: Path
-    start: str | None
-
 
 class Delegation:
-    def __init__(self, service: BottleService) -> None:
-        self._service = service
-        self.jobs = JobManager(lambda: service.output_cap)
-        self._plans: dict[str, BottlePlan] = {}
-        self._origins: dict[str, RepoOrigin] = {}
-
-    # -- hooks the service calls -----------------------------------------------------------
-
-    async def on_launch(self, bottle: Bottle, plan: BottlePlan) -> None:
-        self._plans[bottle.id] = plan
-        if plan.copy_cwd is None:
-            return
-        # Read before the launch call returns, so before anything of the agent's ran in the bottle.
-        res = await bottle.exec(
-            f"{GIT} rev-parse --verify --quiet 'HEAD^{{commit}}'", timeout_s=30, workdir=plan.workdir, output_cap=4096
-        )
-        head = res.stdout.strip()
-        start = head if res.exit_code == 0 and OID_RE.match(head) else None
-        self._origins[bottle.id] = RepoOrigin(host_repo=Path(plan.copy_cwd.host_repo), start=start)
-
-    def on_stop(self, bottle_id: str) -> None:
-        self.jobs.forget_bottle(bottle_id)
-        self._plans.pop(bottle_id, None)
-        self._origins.pop(bottle_id, None)
-
-    def credential_names(self) -> set[str]:
-        return {c.name for plan in self._plans.values() for c in plan.credentials}
+    def __init__(
+        self,
+        live: LiveBottles,
+        *,
+        output_cap: Callable[[], int],
+        host_roots: Callable[[], list[Path]],
+        redact: Callable[[str], str] = lambda s: s,
+    ) -> None:
+        self.live = live
+        self.jobs = live.jobs
+        self._output_cap = output_cap
+        self._host_roots = host_roots
+        self._redact = redact
 
     # -- jobs -----------------------------------------------------------------------------
 
     async def run_agent(self, bottle_id: str, prompt: str, *, timeout_s: float, workdir: str | None) -> JobInfo:
-        bottle = await self._service.bottle(bottle_id)
-        plan = self._plans[bottle_id]
+        entry = await self.live.get(bottle_id)
+        plan = entry.plan
         if not prompt.strip():
-            raise BottleError("prompt is empty; say what the agent should do")
+            raise InvalidArgumentError("prompt is empty; say what the agent should do")
         system_prompt = plan.prompt.bottle_path if plan.prompt else None
         invocation = agent_invocation(plan.command, system_prompt)
         try:
             script = invocation.script(system_prompt)
         except ValueError as e:
-            raise BottleError(f"agent {plan.agent!r}: {e}; fix its command in the manifest") from None
+            raise AgentCommandError(f"agent {plan.agent!r}: {e}; fix its command in the manifest") from None
         where = str(check_bottle_path(workdir, what="workdir")) if workdir else plan.workdir
         shown = invocation.display(system_prompt)
         if invocation.prompt_on_stdin:
             shown += ["<", "(the prompt, on stdin)"]
-        try:
+        async with self.live.guard(entry.bottle):
             return await self.jobs.start(
-                bottle,
+                entry.bottle,
                 kind="agent",
                 script=script,
                 command=shown,
@@ -117,48 +92,36 @@ class Delegation:
                 timeout_s=timeout_s,
                 prompt=prompt.encode(),
             )
-        except BottleGoneError:
-            await self._service.discard(bottle)
-            raise
 
-    async def exec_background(self, bottle: Bottle, command: str, *, timeout_s: float, workdir: str | None) -> JobInfo:
-        plan = self._plans.get(bottle.id)
-        where = workdir or (plan.workdir if plan else "/")
-        try:
+    async def exec_background(self, bottle_id: str, command: str, *, timeout_s: float, workdir: str | None) -> JobInfo:
+        entry = await self.live.get(bottle_id)
+        where = str(check_bottle_path(workdir, what="workdir")) if workdir is not None else entry.plan.workdir
+        async with self.live.guard(entry.bottle):
             return await self.jobs.start(
-                bottle,
+                entry.bottle,
                 kind="exec",
                 script=command + "\n",
                 command=["/bin/sh", "-c", command],
                 workdir=where,
                 timeout_s=timeout_s,
             )
-        except BottleGoneError:
-            await self._service.discard(bottle)
-            raise
 
     async def wait_job(
-        self, job_id: str, *, timeout_s: float, cursor: str | None, progress: Progress = _no_progress
+        self, job_id: str, *, timeout_s: float, cursor: str | None, progress: JobProgress = no_job_progress
     ) -> JobResult:
         job = self.jobs.get(job_id)
-        try:
+        async with self.live.guard(job.bottle):
             return await self.jobs.wait(
-                job_id, timeout_s=timeout_s, cursor=cursor, progress=progress, redact=self._service.redactor.text
+                job_id, timeout_s=timeout_s, cursor=cursor, progress=progress, redact=self._redact
             )
-        except BottleGoneError:
-            await self._service.discard(job.bottle)
-            raise
 
     async def cancel_job(self, job_id: str) -> CancelResult:
         job = self.jobs.get(job_id)
-        try:
+        async with self.live.guard(job.bottle):
             return await self.jobs.cancel(job_id)
-        except BottleGoneError:
-            await self._service.discard(job.bottle)
-            raise
 
     async def list_jobs(self, bottle_id: str) -> JobList:
-        bottle = await self._service.bottle(bottle_id)
+        entry = await self.live.get(bottle_id)
         jobs = self.jobs.of_bottle(bottle_id)
         gone: list[BottleGoneError] = []
 
@@ -174,18 +137,18 @@ class Delegation:
             for job in jobs:
                 tg.start_soon(refresh, job)
         if gone:
-            await self._service.discard(bottle)
-            raise gone[0]
+            async with self.live.guard(entry.bottle):
+                raise gone[0]
         return JobList(jobs=[j.info() for j in jobs])
 
     # -- results out ------------------------------------------------------------------------
 
     async def cp_out(self, bottle_id: str, bottle_path: str, host_path: str) -> CopyOutResult:
-        bottle = await self._service.bottle(bottle_id)
+        entry = await self.live.get(bottle_id)
         src = check_bottle_path(bottle_path)
-        dest, _root = confine_host_dest(host_path, self._service.host_roots())
+        dest, _root = confine_host_dest(host_path, self._host_roots())
         started = time.monotonic()
-        data = await self._get_tar(bottle, src)
+        data = await self._get_tar(entry.bottle, src)
         stats = await anyio.to_thread.run_sync(extract_tar, data, src.name, dest)
         return CopyOutResult(
             bottle_id=bottle_id,
@@ -200,43 +163,42 @@ class Delegation:
         )
 
     async def _get_tar(self, bottle: Bottle, src: PurePosixPath) -> bytes:
-        try:
+        async with self.live.guard(bottle):
             return await bottle.get_tar(src, max_bytes=CP_OUT_LIMIT)
-        except BottleGoneError:
-            await self._service.discard(bottle)
-            raise
 
-    def _origin(self, bottle_id: str) -> RepoOrigin:
-        origin = self._origins.get(bottle_id)
-        if origin is None:
-            raise BottleError(
-                f"bottle {bottle_id!r} was not launched with copy_cwd=true, so it has no host repository to "
+    async def _sh(
+        self, entry: LiveBottle, command: str, *, timeout_s: float, cap: int, workdir: str | None
+    ) -> ExecResult:
+        """Run a command of the server's own in the bottle (through the gone-bottle guard)."""
+        async with self.live.guard(entry.bottle):
+            return await entry.bottle.exec(command, timeout_s=timeout_s, workdir=workdir, output_cap=cap)
+
+    @staticmethod
+    def _origin(entry: LiveBottle) -> RepoOrigin:
+        if entry.origin is None:
+            raise NotARepositoryError(
+                f"bottle {entry.id!r} was not launched with copy_cwd=true, so it has no host repository to "
                 "bring commits back to; copy files out with cp_out instead"
             )
-        return origin
+        return entry.origin
 
-    async def _git(self, bottle: Bottle, args: str, *, cap: int = 65536) -> tuple[int | None, str, bool]:
-        plan = self._plans[bottle.id]
-        try:
-            res = await bottle.exec(f"{GIT} {args}", timeout_s=120, workdir=plan.workdir, output_cap=cap)
-        except BottleGoneError:
-            await self._service.discard(bottle)
-            raise
+    async def _git(self, entry: LiveBottle, args: str, *, cap: int = 65536) -> tuple[int | None, str, bool]:
+        res = await self._sh(entry, f"{GIT} {args}", timeout_s=120, cap=cap, workdir=entry.plan.workdir)
         if res.exit_code not in (0, 1):
             what = args.split(maxsplit=1)[0]
-            raise BottleError(f"git {what} failed in bottle {bottle.id!r}: {res.stderr.strip()[:300]}")
+            raise GitError(f"git {what} failed in bottle {entry.id!r}: {res.stderr.strip()[:300]}")
         return res.exit_code, res.stdout, res.truncated
 
-    async def _head(self, bottle: Bottle) -> str | None:
-        code, out, _ = await self._git(bottle, "rev-parse --verify --quiet 'HEAD^{commit}'")
+    async def _head(self, entry: LiveBottle) -> str | None:
+        code, out, _ = await self._git(entry, "rev-parse --verify --quiet 'HEAD^{commit}'")
         head = out.strip()
         return head if code == 0 and OID_RE.match(head) else None
 
     async def fetch_branch(self, bottle_id: str, branch: str) -> BranchResult:
-        bottle = await self._service.bottle(bottle_id)
-        origin = self._origin(bottle_id)
+        entry = await self.live.get(bottle_id)
+        origin = self._origin(entry)
         await anyio.to_thread.run_sync(check_branch, origin.host_repo, branch)
-        head = await self._head(bottle)
+        head = await self._head(entry)
         base = BranchResult(
             bottle_id=bottle_id,
             host_repo=str(origin.host_repo),
@@ -254,18 +216,19 @@ class Delegation:
         name = f"commits-{secrets.token_hex(4)}.bundle"
         bundle = BUNDLE_DIR / name
         span = f"HEAD ^{origin.start}" if origin.start else "HEAD"
-        res = await bottle.exec(
+        res = await self._sh(
+            entry,
             f"mkdir -p {BUNDLE_DIR} && {GIT} bundle create -q {shlex.quote(str(bundle))} {span}",
             timeout_s=300,
-            workdir=self._plans[bottle_id].workdir,
-            output_cap=65536,
+            cap=65536,
+            workdir=entry.plan.workdir,
         )
         if res.exit_code != 0:
-            raise BottleError(f"making a git bundle in bottle {bottle_id!r} failed: {res.stderr.strip()[:300]}")
+            raise GitError(f"making a git bundle in bottle {bottle_id!r} failed: {res.stderr.strip()[:300]}")
         try:
-            data = await self._get_tar(bottle, bundle)
+            data = await self._get_tar(entry.bottle, bundle)
         finally:
-            await bottle.exec(f"rm -f {shlex.quote(str(bundle))}", timeout_s=30, workdir=None, output_cap=4096)
+            await self._sh(entry, f"rm -f {shlex.quote(str(bundle))}", timeout_s=30, cap=4096, workdir=None)
         with tempfile.TemporaryDirectory(prefix="bottle-mcp-bundle-") as tmp:
             local = Path(tmp) / name
             await anyio.to_thread.run_sync(extract_tar, data, name, local)
@@ -286,17 +249,17 @@ class Delegation:
         )
 
     async def diff(self, bottle_id: str) -> DiffResult:
-        bottle = await self._service.bottle(bottle_id)
-        origin = self._origin(bottle_id)
+        entry = await self.live.get(bottle_id)
+        origin = self._origin(entry)
         start = origin.start or EMPTY_TREE
-        cap = self._service.output_cap
-        _, stat, _ = await self._git(bottle, f"diff --stat {start} --")
-        _, diff, truncated = await self._git(bottle, f"diff {start} --", cap=cap)
-        _, untracked, _ = await self._git(bottle, "ls-files --others --exclude-standard")
+        cap = self._output_cap()
+        _, stat, _ = await self._git(entry, f"diff --stat {start} --")
+        _, diff, truncated = await self._git(entry, f"diff {start} --", cap=cap)
+        _, untracked, _ = await self._git(entry, "ls-files --others --exclude-standard")
         return DiffResult(
             bottle_id=bottle_id,
             start=origin.start,
-            head=await self._head(bottle),
+            head=await self._head(entry),
             stat=stat,
             diff=diff,
             untracked=[u for u in untracked.splitlines() if u][:1000],

@@ -17,7 +17,16 @@ into tool errors the supervising agent can act on, the CLI prints them.
     │   ├── EngineNotFoundError      the engine has no such object
     │   └── EngineUnreachableError   no engine answers at all
     ├── BackendNotFoundError   BOTTLE_MCP_BACKEND names a backend that does not exist
-    └── LimitError             a server-side limit was reached (too many bottles, ...)
+    ├── LimitError             a server-side limit was reached (too many bottles, ...)
+    ├── InvalidArgumentError   a tool or command-line argument is well-typed but unusable (empty prompt, ...)
+    ├── CopyError              packing or unpacking a copy failed inside the bottle
+    ├── ImageBuildError        an image cannot be built as asked
+    ├── AgentCommandError      the manifest's agent command cannot be run as the manifest wrote it
+    ├── ApprovalError          a launch that needs a person's approval did not get it (or it was not recorded)
+    ├── JobError               a job could not be started or read in its bottle
+    │   └── JobNotFoundError   no job with that id on this server
+    ├── NotARepositoryError    the bottle has no host repository (not launched with copy_cwd)
+    └── GitError               git failed inside the bottle
 """
 
 from __future__ import annotations
@@ -110,3 +119,44 @@ class BackendNotFoundError(BottleError):
 
 class LimitError(BottleError):
     """A configured limit was reached."""
+
+
+class InvalidArgumentError(BottleError):
+    """A tool or command-line argument passed its schema but cannot be used; the message says what to pass."""
+
+
+class CopyError(BottleError):
+    """Packing or unpacking a copy failed inside the bottle (a folder it cannot write, a file it cannot read)."""
+
+
+class ImageBuildError(BottleError):
+    """An image cannot be built as asked (no recipe, or the build failed)."""
+
+
+class AgentCommandError(BottleError):
+    """The agent's command in the manifest cannot be turned into a run."""
+
+
+class ApprovalError(BottleError):
+    """A launch needed a person's approval and did not get it, or the decision could not be recorded."""
+
+
+class JobError(BottleError):
+    """A job could not be started, or what the bottle reported about it is unreadable."""
+
+
+class JobNotFoundError(JobError):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(
+            f"no job {job_id[:40]!r} on this server; list_jobs(bottle_id) lists the jobs of a bottle "
+            "(jobs live as long as the server and their bottle)"
+        )
+        self.job_id = job_id
+
+
+class NotARepositoryError(BottleError):
+    """Commits or diffs were asked of a bottle that was not launched with copy_cwd."""
+
+
+class GitError(BottleError):
+    """A git command inside the bottle failed."""

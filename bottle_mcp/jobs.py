@@ -32,15 +32,16 @@ import shlex
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from importlib import resources
 from pathlib import PurePosixPath
 
 import anyio
 
 from .agents import describe_line, parse_agent_result
 from .backends.base import Bottle
-from .errors import BottleError, BottleGoneError, LimitError
-from .output import safe_text
+from .errors import BottleError, BottleGoneError, InvalidArgumentError, JobError, JobNotFoundError, LimitError
+from .labels import utc_stamp
+from .output import complete_utf8, safe_text
 from .paths import TarEntry, pack_tar
 from .results import (
     AgentResult,
@@ -64,122 +65,27 @@ POLL_FIRST_S = 0.2
 POLL_MAX_S = 1.0
 CONTROL_TIMEOUT_S = 30.0
 
-# The runner. $1 job folder, $2 workdir, $3 bytes kept per stream, $4 deadline in seconds.
-# stdout and stderr are split with a spare fd: the command's stderr goes through the inner pipe,
-# its stdout through fd 3 to the outer one. `keep` stores the first bytes and counts the rest, so a
-# flood neither fills the bottle's disk nor blocks (or kills with SIGPIPE) the command.
-RUN_SH = r"""d=$1; w=$2; cap=$3; limit=$4
-echo "$$" > "$d/pid.tmp" && mv -f "$d/pid.tmp" "$d/pid"
-export BOTTLE_MCP_JOB_DIR="$d"
-keep() { dd bs=65536 iflag=count_bytes count="$cap" status=none > "$1"; wc -c > "$1.dropped"; }
-(
-  i=0
-  while [ "$i" -lt "$limit" ] && [ ! -e "$d/exit" ]; do sleep 1; i=$((i + 1)); done
-  if [ ! -e "$d/exit" ]; then
-    : > "$d/deadline"
-    env -u BOTTLE_MCP_JOB setsid /bin/sh "$d/kill.sh" "$BOTTLE_MCP_JOB" "$$" "$d/timed_out" </dev/null >/dev/null 2>&1
-  fi
-) </dev/null >/dev/null 2>&1 &
-if cd -- "$w" 2>/dev/null; then
-  { { /bin/sh "$d/command.sh" </dev/null; echo "$?" > "$d/rc"; } 2>&1 1>&3 3>&- | keep "$d/stderr"; } 3>&1 \
-    | keep "$d/stdout"
-else
-  : > "$d/stdout"; echo "workdir $w does not exist in the bottle" > "$d/stderr"; echo 126 > "$d/rc"
-fi
-if [ -e "$d/rc" ]; then mv -f "$d/rc" "$d/exit"; else echo killed > "$d/exit"; fi
-"""
 
-# Kill a job: $1 job id, $2 its session id (0: unknown), $3 a file to create when done (optional).
-# TERM first (agents may save state), then KILL the session, the process group, and any process
-# whose environment carries the job's marker.
-KILL_SH = r"""id=$1; sid=$2; me=$$
-case "$sid" in ''|*[!0-9]*) exit 2 ;; esac
-[ "$sid" = 1 ] && exit 2
-if [ "$sid" -gt 1 ]; then
-  kill -TERM -- "-$sid" 2>/dev/null
-  i=0
-  while [ "$i" -lt 20 ] && kill -0 -- "-$sid" 2>/dev/null; do sleep 0.1; i=$((i + 1)); done
-fi
-for round in 1 2 3; do
-  if [ "$sid" -gt 1 ]; then kill -KILL -- "-$sid" 2>/dev/null; pkill -KILL -s "$sid" 2>/dev/null; fi
-  for p in /proc/[0-9]*; do
-    p=${p#/proc/}
-    [ "$p" = "$me" ] && continue
-    if tr '\0' '\n' < "/proc/$p/environ" 2>/dev/null | grep -qxF "BOTTLE_MCP_JOB=$id"; then
-      kill -KILL "$p" 2>/dev/null
-    fi
-  done
-  sleep 0.1
-done
-[ -n "$3" ] && : > "$3"
-true
-"""
-
-# How many processes of a job are still alive: $1 job id, $2 session id.
-COUNT_SH = r"""id=$1; sid=$2; me=$$; n=0
-for p in /proc/[0-9]*; do
-  p=${p#/proc/}
-  [ "$p" = "$me" ] && continue
-  s=$(cut -d' ' -f6 "/proc/$p/stat" 2>/dev/null) || continue
-  if [ "$s" = "$sid" ] || tr '\0' '\n' < "/proc/$p/environ" 2>/dev/null | grep -qxF "BOTTLE_MCP_JOB=$id"; then
-    n=$((n + 1))
-  fi
-done
-echo "$n"
-"""
-
-# Start the runner detached in its own session, marked; print its pid once it wrote it.
-START_SH = r"""d=$1
-: > "$d/stdout"; : > "$d/stderr"
-cd / && BOTTLE_MCP_JOB="${d##*/}" setsid /bin/sh "$d/run.sh" "$d" "$2" "$3" "$4" </dev/null >/dev/null 2>&1 &
-i=0
-while [ ! -s "$d/pid" ] && [ "$i" -lt 200 ]; do sleep 0.05; i=$((i + 1)); done
-cat "$d/pid"
-"""
-
-# One look at a job: $1 folder, $2 runner pid, $3/$4 stdout/stderr offsets, $5 bytes per stream, $6 tail bytes.
-# Every process started in a bottle costs tens of milliseconds: builtins do what they can here.
-POLL_SH = r"""d=$1; pid=$2; o=$3; e=$4; n=$5; t=$6; x=
-if [ -e "$d/exit" ]; then st=exit; read -r x < "$d/exit"
-elif kill -0 "$pid" 2>/dev/null; then st=running
-elif [ -e "$d/exit" ]; then st=exit; read -r x < "$d/exit"
-elif [ -e "$d/deadline" ] && [ ! -e "$d/timed_out" ]; then st=running
-else st=lost; fi
-case $x in *[!0-9a-z]*) x=bad ;; esac
-[ "${#x}" -gt 16 ] && x=bad
-[ "$st" = exit ] && st="exit $x"
-[ -e "$d/timed_out" ] && st="$st timed_out"
-echo "state $st"
-xo=0; xe=0
-[ -e "$d/stdout.dropped" ] && read -r xo < "$d/stdout.dropped"
-[ -e "$d/stderr.dropped" ] && read -r xe < "$d/stderr.dropped"
-case $xo in ''|*[!0-9]*) xo=0 ;; esac
-case $xe in ''|*[!0-9]*) xe=0 ;; esac
-set -- $(stat -c %s -- "$d/stdout" "$d/stderr" 2>/dev/null)
-echo "size stdout ${1:-0} $xo"
-echo "size stderr ${2:-0} $xe"
-if [ "$t" -gt 0 ]; then echo "tail $(tail -c "$t" "$d/stdout" | base64 -w0)"; else echo "tail "; fi
-if [ "$n" -gt 0 ]; then
-  echo "out $(tail -c "+$((o + 1))" "$d/stdout" | head -c "$n" | base64 -w0)"
-  echo "err $(tail -c "+$((e + 1))" "$d/stderr" | head -c "$n" | base64 -w0)"
-else
-  echo "out "; echo "err "
-fi
-"""
-
-Progress = Callable[[float, str], Awaitable[None]]
+def _program(name: str) -> str:
+    """An in-bottle shell program shipped under bottle_mcp/data/inbottle/ (linted and tested as a file)."""
+    return (resources.files("bottle_mcp") / "data" / "inbottle" / name).read_text(encoding="utf-8")
 
 
-async def _no_progress(_elapsed: float, _message: str) -> None:
+RUN_SH = _program("run.sh")  # the runner: output kept up to a limit, the deadline enforced, the exit status last
+KILL_SH = _program("kill.sh")  # kill a job's session, process group and marked processes
+COUNT_SH = _program("count.sh")  # how many of a job's processes are still alive
+START_SH = _program("start.sh")  # start the runner detached in its own session; print its pid
+POLL_SH = _program("poll.sh")  # one look at a job: state, sizes and output from offsets
+
+JobProgress = Callable[[float, str], Awaitable[None]]
+
+
+async def no_job_progress(_elapsed: float, _message: str) -> None:
     return None
 
 
 def _sh(script: str, *args: str | int) -> str:
     return f"/bin/sh -c {shlex.quote(script)} bottle-job " + " ".join(shlex.quote(str(a)) for a in args)
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass
@@ -203,10 +109,10 @@ def parse_poll(text: str) -> Poll:
     """Parse what POLL_SH printed; anything unexpected is an error, never a guess."""
     lines = text.split("\n")
     if len(lines) < 6:
-        raise BottleError("the bottle answered a job poll with malformed output; the job folder may be damaged")
+        raise JobError("the bottle answered a job poll with malformed output; the job folder may be damaged")
     m = _STATE_RE.match(lines[0])
     if m is None:
-        raise BottleError(f"the bottle reported an unreadable job state {lines[0][:80]!r}")
+        raise JobError(f"the bottle reported an unreadable job state {lines[0][:80]!r}")
     kind = m.group(1).split(" ")[0]
     # Anything but a number (say "killed", or what a hostile agent wrote there) is no exit status.
     code = int(m.group(2)) if m.group(2) and m.group(2).isdigit() and len(m.group(2)) <= 6 else None
@@ -214,16 +120,16 @@ def parse_poll(text: str) -> Poll:
     for line in lines[1:3]:
         s = _SIZE_RE.match(line)
         if s is None:
-            raise BottleError(f"the bottle reported unreadable job sizes {line[:80]!r}")
+            raise JobError(f"the bottle reported unreadable job sizes {line[:80]!r}")
         sizes[s.group(1)] = (int(s.group(2)), int(s.group(3)))
 
     def blob(line: str, tag: str) -> bytes:
         if not line.startswith(tag + " "):
-            raise BottleError(f"the bottle's job poll lacks its {tag!r} line")
+            raise JobError(f"the bottle's job poll lacks its {tag!r} line")
         try:
             return base64.b64decode(line[len(tag) + 1 :], validate=True)
         except (binascii.Error, ValueError):
-            raise BottleError(f"the bottle's job poll has a malformed {tag!r} line") from None
+            raise JobError(f"the bottle's job poll has a malformed {tag!r} line") from None
 
     return Poll(
         state=kind,
@@ -241,23 +147,11 @@ def parse_cursor(cursor: str | None) -> tuple[int, int]:
         return 0, 0
     m = re.fullmatch(r"([0-9]{1,15}):([0-9]{1,15})", cursor)
     if m is None:
-        raise BottleError(
+        raise InvalidArgumentError(
             f"cursor {cursor[:40]!r} is not one this server issued; pass next_cursor from the last wait_job, "
             "or omit it to read from the start"
         )
     return int(m.group(1)), int(m.group(2))
-
-
-def complete_utf8(data: bytes) -> int:
-    """Length of the longest prefix of `data` that does not end inside a UTF-8 sequence."""
-    for back in range(1, min(4, len(data)) + 1):
-        b = data[-back]
-        if b < 0x80:
-            return len(data)
-        if b >= 0xC0:  # a lead byte: is its sequence complete?
-            need = 2 if b < 0xE0 else 3 if b < 0xF0 else 4
-            return len(data) if back >= need else len(data) - back
-    return len(data)
 
 
 @dataclass
@@ -349,7 +243,7 @@ class JobManager:
             command=command,
             workdir=workdir,
             timeout_s=timeout_s,
-            started_at=_now(),
+            started_at=utc_stamp(),
             pid=pid,
         )
         self._jobs[job_id] = job
@@ -367,7 +261,7 @@ class JobManager:
         )
         pid = res.stdout.strip()
         if res.exit_code != 0 or not pid.isdigit() or int(pid) <= 1:
-            raise BottleError(
+            raise JobError(
                 f"the job did not start in bottle {bottle.id!r} (exit {res.exit_code}): "
                 f"{(res.stderr or res.stdout).strip()[:300]}. The image needs /bin/sh, setsid and coreutils."
             )
@@ -383,10 +277,7 @@ class JobManager:
     def get(self, job_id: str) -> Job:
         job = self._jobs.get(job_id)
         if job is None:
-            raise BottleError(
-                f"no job {job_id[:40]!r} on this server; list_jobs(bottle_id) lists the jobs of a bottle "
-                "(jobs live as long as the server and their bottle)"
-            )
+            raise JobNotFoundError(job_id)
         return job
 
     def of_bottle(self, bottle_id: str) -> list[Job]:
@@ -400,7 +291,7 @@ class JobManager:
             output_cap=3 * chunk + 2 * tail + 65536,
         )
         if res.exit_code != 0 or res.truncated:
-            raise BottleError(
+            raise JobError(
                 f"reading job {job.job_id!r} in bottle {job.bottle.id!r} failed (exit {res.exit_code}): "
                 f"{res.stderr.strip()[:300]}"
             )
@@ -442,7 +333,7 @@ class JobManager:
         *,
         timeout_s: float,
         cursor: str | None,
-        progress: Progress = _no_progress,
+        progress: JobProgress = no_job_progress,
         redact: Callable[[str], str] = lambda s: s,
     ) -> JobResult:
         job = self.get(job_id)

@@ -12,6 +12,7 @@ import os
 import secrets
 import socket
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
@@ -92,3 +93,8 @@ class Instance:
 
     def labels(self, role: Role, **extra: str) -> dict[str, str]:
         return {MANAGED: "true", INSTANCE: self.id, OWNER: self.owner, ROLE: role, **extra}
+
+
+def utc_stamp() -> str:
+    """Now, in UTC, as the CREATED label and the tools' timestamps write it."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -59,11 +59,17 @@ def parse_size(value: str | int) -> int:
     return size
 
 
-def format_size(n: int) -> str:
-    for unit, factor in (("g", 1024**3), ("m", 1024**2), ("k", 1024)):
-        if n >= factor and n % factor == 0:
+_FORMAT_UNITS = (("g", "GiB", 1024**3), ("m", "MiB", 1024**2), ("k", "KiB", 1024))
+
+
+def format_size(n: int, *, approx: bool = False) -> str:
+    """A size as the manifest writes it ('512m', exact), or, with `approx`, for reading ('1.5 MiB')."""
+    for unit, long_unit, factor in _FORMAT_UNITS:
+        if approx and n >= factor:
+            return f"{n / factor:.1f} {long_unit}"
+        if not approx and n >= factor and n % factor == 0:
             return f"{n // factor}{unit}"
-    return str(n)
+    return f"{n} B" if approx else str(n)
 
 
 Size = Annotated[str | int, Field(description="A size such as '512m', '2g' or a number of bytes.")]
@@ -469,80 +475,104 @@ def _cross_check(lm: LoadedManifest) -> list[tuple[str, str]]:
             )
     for name, bottle in m.bottles.items():
         where = f"bottles.{name}"
-        if bottle.network == "egress" and not (bottle.egress and bottle.egress.allow):
-            problems.append((f"{where}.egress.allow", "network = 'egress' needs at least one allowed host"))
-        if bottle.network == "none" and bottle.egress and bottle.egress.allow:
+        problems += _check_egress(lm, where, bottle)
+        problems += _check_credentials(m, name, bottle)
+        problems += _check_upstreams(lm, where, bottle)
+    return problems
+
+
+def _check_credentials(m: Manifest, name: str, bottle: BottleDef) -> list[tuple[str, str]]:
+    """Credential hosts must be reachable; real_credentials must name credentials this bottle's agents get."""
+    where = f"bottles.{name}"
+    problems: list[tuple[str, str]] = []
+    if bottle.egress is not None:
+        allowed = {a.split(":")[0] for a in bottle.egress.allow}
+        for cred in bottle.egress.credentials:
+            route = bottle.egress.route(cred)
+            assert route is not None
+            for j, h in enumerate(route.hosts):
+                if not any(_host_covered(h, a) for a in allowed):
+                    problems.append(
+                        (
+                            f"{where}.egress.credentials.{cred}[{j}]",
+                            f"{h!r} is not in egress.allow, so the credential could never reach it; add it there",
+                        )
+                    )
+    forwarded = {c for a in m.agents.values() if a.bottle == name for c in a.credentials}
+    for i, cred in enumerate(bottle.real_credentials):
+        if cred not in forwarded:
             problems.append(
                 (
-                    f"{where}.network",
-                    "an egress allow-list is declared but network = 'none'; set network = 'egress'",
+                    f"{where}.real_credentials[{i}]",
+                    f"{cred!r} is not among the credentials of any agent of this bottle; add it to an agent's "
+                    "credentials or remove it here",
                 )
             )
-        if bottle.egress is not None:
-            hosts = {a.split(":")[0] for a in bottle.egress.allow}
-            for i, p in enumerate(bottle.egress.passthrough):
-                if not any(p == h or (h.startswith("*.") and p.endswith(h[1:])) for h in hosts):
-                    problems.append((f"{where}.egress.passthrough[{i}]", f"{p!r} is not in egress.allow; add it there"))
-            for cred in bottle.egress.credentials:
-                route = bottle.egress.route(cred)
-                assert route is not None
-                for j, h in enumerate(route.hosts):
-                    if not any(_host_covered(h, a) for a in hosts):
-                        problems.append(
-                            (
-                                f"{where}.egress.credentials.{cred}[{j}]",
-                                f"{h!r} is not in egress.allow, so the credential could never reach it; add it there",
-                            )
-                        )
-            ca = bottle.egress.upstream_ca
-            if ca is not None and not lm.resolve(ca).is_file():
-                problems.append((f"{where}.egress.upstream_ca", f"file {str(lm.resolve(ca))!r} does not exist"))
-        forwarded = {c for a in m.agents.values() if a.bottle == name for c in a.credentials}
-        for i, cred in enumerate(bottle.real_credentials):
-            if cred not in forwarded:
-                problems.append(
-                    (
-                        f"{where}.real_credentials[{i}]",
-                        f"{cred!r} is not among the credentials of any agent of this bottle; add it to an agent's "
-                        "credentials or remove it here",
-                    )
+    return problems
+
+
+def _check_egress(lm: LoadedManifest, where: str, bottle: BottleDef) -> list[tuple[str, str]]:
+    """A bottle's network, egress and build settings against each other and the host's files."""
+    problems: list[tuple[str, str]] = []
+    if bottle.network == "egress" and not (bottle.egress and bottle.egress.allow):
+        problems.append((f"{where}.egress.allow", "network = 'egress' needs at least one allowed host"))
+    if bottle.network == "none" and bottle.egress and bottle.egress.allow:
+        problems.append(
+            (
+                f"{where}.network",
+                "an egress allow-list is declared but network = 'none'; set network = 'egress'",
+            )
+        )
+    if bottle.egress is not None:
+        hosts = {a.split(":")[0] for a in bottle.egress.allow}
+        for i, p in enumerate(bottle.egress.passthrough):
+            if not any(p == h or (h.startswith("*.") and p.endswith(h[1:])) for h in hosts):
+                problems.append((f"{where}.egress.passthrough[{i}]", f"{p!r} is not in egress.allow; add it there"))
+        ca = bottle.egress.upstream_ca
+        if ca is not None and not lm.resolve(ca).is_file():
+            problems.append((f"{where}.egress.upstream_ca", f"file {str(lm.resolve(ca))!r} does not exist"))
+    if bottle.build is not None:
+        ctx = lm.resolve(bottle.build.context)
+        if not (ctx / bottle.build.dockerfile).is_file():
+            problems.append(
+                (
+                    f"{where}.build.context",
+                    f"no {bottle.build.dockerfile} in {str(ctx)!r}; fix the folder",
                 )
-        if bottle.build is not None:
-            ctx = lm.resolve(bottle.build.context)
-            if not (ctx / bottle.build.dockerfile).is_file():
-                problems.append(
-                    (
-                        f"{where}.build.context",
-                        f"no {bottle.build.dockerfile} in {str(ctx)!r}; fix the folder",
-                    )
+            )
+    return problems
+
+
+def _check_upstreams(lm: LoadedManifest, where: str, bottle: BottleDef) -> list[tuple[str, str]]:
+    """A bottle's git and ssh upstreams: unique names, no git upstream reachable around the gate, key files."""
+    problems: list[tuple[str, str]] = []
+    seen: dict[str, int] = {}
+    for i, g in enumerate(bottle.git):
+        if g.name in seen:
+            problems.append(
+                (
+                    f"{where}.git[{i}].name",
+                    f"{g.name!r} is already used by git[{seen[g.name]}]; names are unique",
                 )
-        seen: dict[str, int] = {}
-        for i, g in enumerate(bottle.git):
-            if g.name in seen:
-                problems.append(
-                    (
-                        f"{where}.git[{i}].name",
-                        f"{g.name!r} is already used by git[{seen[g.name]}]; names are unique",
-                    )
+            )
+        seen.setdefault(g.name, i)
+    ssh_targets = {(s.hostname.lower(), s.port): i for i, s in enumerate(bottle.ssh)}
+    for i, g in enumerate(bottle.git):
+        if g.host_port in ssh_targets:
+            host, port = g.host_port
+            problems.append(
+                (
+                    f"{where}.git[{i}].upstream",
+                    f"{host}:{port} is also reachable through ssh[{ssh_targets[g.host_port]}]; an agent could "
+                    "bypass the git gate's checks that way. Remove one of the two entries",
                 )
-            seen.setdefault(g.name, i)
-        ssh_targets = {(s.hostname.lower(), s.port): i for i, s in enumerate(bottle.ssh)}
-        for i, g in enumerate(bottle.git):
-            if g.host_port in ssh_targets:
-                host, port = g.host_port
-                problems.append(
-                    (
-                        f"{where}.git[{i}].upstream",
-                        f"{host}:{port} is also reachable through ssh[{ssh_targets[g.host_port]}]; an agent could "
-                        "bypass the git gate's checks that way. Remove one of the two entries",
-                    )
-                )
-        for kind, i, identity_file in bottle.key_files():
-            key = lm.resolve(identity_file)
-            if not key.is_file():
-                problems.append(
-                    (f"{where}.{kind}[{i}].identity_file", f"key file {str(key)!r} does not exist; fix the path")
-                )
+            )
+    for kind, i, identity_file in bottle.key_files():
+        key = lm.resolve(identity_file)
+        if not key.is_file():
+            problems.append(
+                (f"{where}.{kind}[{i}].identity_file", f"key file {str(key)!r} does not exist; fix the path")
+            )
     return problems
 
 

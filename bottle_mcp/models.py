@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from .frozen import Frozen
 from .labels import Liveness
 from .manifest import LoadedManifest
 from .results import JobInfo
@@ -28,17 +29,13 @@ class BottleSpec:
     cwd: Path = Path()
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-
-class RuntimePlan(_Frozen):
+class RuntimePlan(Frozen):
     requested: Literal["auto", "runc", "runsc"]
     effective: str = Field(description="The runtime that will really run the bottle.")
     reason: str
 
 
-class MountPlan(_Frozen):
+class MountPlan(Frozen):
     target: str
     kind: Literal["tmpfs", "volume", "bind"]
     read_only: bool
@@ -46,7 +43,7 @@ class MountPlan(_Frozen):
     purpose: str
 
 
-class NetworkPlan(_Frozen):
+class NetworkPlan(Frozen):
     mode: Literal["none", "egress"]
     egress_allow: list[str] = Field(default_factory=list)
     effective: Literal["none", "egress-proxy"] = Field(description="What the bottle will really get.")
@@ -61,7 +58,7 @@ class NetworkPlan(_Frozen):
     proxy: str = Field("", description="How the proxy is reached from inside the bottle.")
 
 
-class EgressDecision(_Frozen):
+class EgressDecision(Frozen):
     time: str
     action: Literal["allow", "deny"]
     kind: str = Field(description="CONNECT, HTTP, HTTPS (a request inside an intercepted tunnel), connect, tunnel.")
@@ -73,14 +70,14 @@ class EgressDecision(_Frozen):
     tls: str | None = Field(None, description="For CONNECT: 'intercept' or 'passthrough'.")
 
 
-class EgressLog(_Frozen):
+class EgressLog(Frozen):
     bottle_id: str
     allow: list[str] = Field(description="The allow-list in force.")
     decisions: list[EgressDecision] = Field(description="Oldest first; at most `limit` of the latest.")
     total: int = Field(description="Decisions recorded in all (the list may hold only the latest).")
 
 
-class GatePlan(_Frozen):
+class GatePlan(Frozen):
     """How the bottle reaches its git and ssh entries: only through its gate sidecar."""
 
     image: str
@@ -90,7 +87,7 @@ class GatePlan(_Frozen):
     scanner: str = Field(description="What scans pushed commits before they may leave.")
 
 
-class GateEvent(_Frozen):
+class GateEvent(Frozen):
     time: str
     kind: Literal["fetch", "hostkey", "pushed", "refused", "upstream-failed", "error"]
     remote: str
@@ -101,7 +98,7 @@ class GateEvent(_Frozen):
     findings: list[str] = Field(default_factory=list, description="Why a push was refused (secrets redacted).")
 
 
-class GateLog(_Frozen):
+class GateLog(Frozen):
     bottle_id: str
     git_remotes: dict[str, str] = Field(description="Remote name -> upstream URL.")
     ssh_hosts: dict[str, str] = Field(description="ssh alias -> host:port it reaches.")
@@ -109,7 +106,7 @@ class GateLog(_Frozen):
     total: int
 
 
-class ResourcePlan(_Frozen):
+class ResourcePlan(Frozen):
     cpus: float
     memory: str
     memory_bytes: int
@@ -118,14 +115,14 @@ class ResourcePlan(_Frozen):
     home_size: str
 
 
-class PromptPlan(_Frozen):
+class PromptPlan(Frozen):
     source: str = Field(description="'inline' or the host file it comes from.")
     bytes: int
     sha256: str
     bottle_path: str
 
 
-class SkillPlan(_Frozen):
+class SkillPlan(Frozen):
     name: str
     host_path: str
     bottle_path: str
@@ -133,7 +130,7 @@ class SkillPlan(_Frozen):
     bytes: int
 
 
-class CredentialPlan(_Frozen):
+class CredentialPlan(Frozen):
     name: str
     present: bool = Field(description="Whether the server's environment has it now (the value is never shown).")
     in_bottle: Literal["stand-in", "real value"] = Field(
@@ -149,7 +146,7 @@ class CredentialPlan(_Frozen):
     refused: str | None = Field(None, description="Why launch refuses this plan because of this credential.")
 
 
-class SshPlan(_Frozen):
+class SshPlan(Frozen):
     host: str
     hostname: str
     port: int
@@ -158,21 +155,21 @@ class SshPlan(_Frozen):
     host_key_pinned: bool
 
 
-class GitPlan(_Frozen):
+class GitPlan(Frozen):
     name: str
     upstream: str
     identity_file: str
     host_key_pinned: bool
 
 
-class CopyCwdPlan(_Frozen):
+class CopyCwdPlan(Frozen):
     host_repo: str = Field(description="Host repository whose .git is copied in.")
     bottle_path: str
     files: int
     bytes: int
 
 
-class BottlePlan(_Frozen):
+class BottlePlan(Frozen):
     """Everything a careful reviewer needs before a bottle starts."""
 
     plan_id: str
@@ -214,7 +211,7 @@ class BottlePlan(_Frozen):
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-class BottleInfo(_Frozen):
+class BottleInfo(Frozen):
     bottle_id: str
     agent: str
     bottle: str
@@ -227,7 +224,7 @@ class BottleInfo(_Frozen):
     instance: str
 
 
-class LaunchResult(_Frozen):
+class LaunchResult(Frozen):
     bottle_id: str
     status: str
     runtime: str
@@ -238,7 +235,7 @@ class LaunchResult(_Frozen):
     provisioned: list[str] = Field(description="What was copied in at launch.")
 
 
-class ExecResult(_Frozen):
+class ExecResult(Frozen):
     exit_code: int | None = Field(description="The command's exit status; null when it was killed on timeout.")
     stdout: str
     stderr: str
@@ -268,7 +265,7 @@ class ExecResult(_Frozen):
         )
 
 
-class CopyResult(_Frozen):
+class CopyResult(Frozen):
     bottle_id: str
     host_path: str
     bottle_path: str
@@ -279,7 +276,7 @@ class CopyResult(_Frozen):
     duration_ms: int
 
 
-class StopResult(_Frozen):
+class StopResult(Frozen):
     bottle_id: str
     removed: list[str]
 
@@ -287,7 +284,7 @@ class StopResult(_Frozen):
 ResourceKind = Literal["container", "volume", "network"]
 
 
-class CleanupItem(_Frozen):
+class CleanupItem(Frozen):
     kind: ResourceKind
     id: str
     name: str
@@ -296,7 +293,7 @@ class CleanupItem(_Frozen):
     instance: str
 
 
-class CleanupPlan(_Frozen):
+class CleanupPlan(Frozen):
     remove: list[CleanupItem] = Field(description="Resources whose server is gone.")
     keep: list[CleanupItem] = Field(description="Resources of live servers, or of unknown hosts; left alone.")
 
@@ -305,12 +302,12 @@ class CleanupPlan(_Frozen):
         return not self.remove
 
 
-class CleanupFailure(_Frozen):
+class CleanupFailure(Frozen):
     item: CleanupItem
     error: str
 
 
-class CleanupReport(_Frozen):
+class CleanupReport(Frozen):
     dry_run: bool
     removed: list[CleanupItem]
     kept: list[CleanupItem]

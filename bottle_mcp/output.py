@@ -26,11 +26,18 @@ def safe_text(data: bytes) -> tuple[str, list[str]]:
     return text, notes
 
 
+def complete_utf8(data: bytes) -> int:
+    """Length of the longest prefix of `data` that does not end inside a multi-byte UTF-8 character."""
+    for back in range(1, min(4, len(data)) + 1):
+        b = data[-back]
+        if b < 0x80:
+            return len(data)
+        if b >= 0xC0:  # a lead byte: is its sequence complete?
+            need = 2 if b < 0xE0 else 3 if b < 0xF0 else 4
+            return len(data) if back >= need else len(data) - back
+    return len(data)
+
+
 def trim_partial_utf8(data: bytes) -> bytes:
     """Drop a multi-byte UTF-8 character that a byte cap cut in half at the end."""
-    for back in range(1, min(4, len(data)) + 1):
-        byte = data[-back]
-        if byte & 0xC0 != 0x80:  # not a continuation byte: the start of the last character
-            need = 2 if byte >> 5 == 0b110 else 3 if byte >> 4 == 0b1110 else 4 if byte >> 3 == 0b11110 else 1
-            return data[:-back] if need > back else data
-    return data
+    return data[: complete_utf8(data)]

@@ -63,6 +63,10 @@ class RedactingServer(MCPServer[LifespanResultT]):
         super().__init__(*args, **kwargs)
         self._redactor = redactor
 
+    def redact(self, text: str) -> str:
+        """`text` with every forwarded credential's value replaced by a marker."""
+        return self._redactor.text(text)
+
     async def call_tool(
         self, name: str, arguments: dict[str, Any], context: Context[LifespanResultT, Any] | None = None
     ) -> Any:

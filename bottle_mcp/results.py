@@ -8,17 +8,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from .frozen import Frozen
 
 JobStatus = Literal["running", "exited", "timed_out", "cancelled", "lost", "bottle_gone"]
 JobKind = Literal["agent", "exec"]
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-
-class AgentResult(_Frozen):
+class AgentResult(Frozen):
     """What an agent printing Claude Code's json / stream-json output reported at the end."""
 
     final_answer: str | None = Field(description="The agent's final message (untrusted text from the bottle).")
@@ -30,7 +28,7 @@ class AgentResult(_Frozen):
     session_id: str | None
 
 
-class JobInfo(_Frozen):
+class JobInfo(Frozen):
     job_id: str
     bottle_id: str
     kind: JobKind
@@ -46,7 +44,7 @@ class JobInfo(_Frozen):
     output_dir: str = Field(description="Folder in the bottle holding the job's stdout and stderr files.")
 
 
-class JobOutput(_Frozen):
+class JobOutput(Frozen):
     """One stream of a job: the slice returned now and where the whole of it lives."""
 
     text: str = Field(description="Output from the cursor on, at most the output cap.")
@@ -56,7 +54,7 @@ class JobOutput(_Frozen):
     dropped_bytes: int = Field(description="Bytes the job wrote beyond the per-job limit, discarded in the bottle.")
 
 
-class JobResult(_Frozen):
+class JobResult(Frozen):
     job: JobInfo
     done: bool = Field(description="False while the job runs: call wait_job again with next_cursor.")
     stdout: JobOutput
@@ -70,17 +68,17 @@ class JobResult(_Frozen):
     notes: list[str] = Field(default_factory=list)
 
 
-class JobList(_Frozen):
+class JobList(Frozen):
     jobs: list[JobInfo]
 
 
-class CancelResult(_Frozen):
+class CancelResult(Frozen):
     job: JobInfo
     processes_left: int = Field(description="Processes of the job still alive in the bottle after the kill (0).")
     notes: list[str] = Field(default_factory=list)
 
 
-class CopyOutResult(_Frozen):
+class CopyOutResult(Frozen):
     bottle_id: str
     bottle_path: str
     host_path: str
@@ -92,12 +90,12 @@ class CopyOutResult(_Frozen):
     duration_ms: int
 
 
-class CommitInfo(_Frozen):
+class CommitInfo(Frozen):
     sha: str
     subject: str = Field(description="First line of the message (untrusted text from the bottle).")
 
 
-class BranchResult(_Frozen):
+class BranchResult(Frozen):
     bottle_id: str
     host_repo: str
     branch: str | None = Field(description="The host branch created; null when there was nothing to bring back.")
@@ -109,7 +107,7 @@ class BranchResult(_Frozen):
     notes: list[str] = Field(default_factory=list)
 
 
-class DiffResult(_Frozen):
+class DiffResult(Frozen):
     bottle_id: str
     start: str | None
     head: str | None

@@ -1,208 +1,31 @@
-"""Backend-agnostic orchestration: plans, this server's live bottles, limits and shutdown.
+"""The service the MCP tools and the CLI call: the lifecycle part and the delegation part, wired to
+one owner of live state.
 
-The MCP tools and the CLI both call this; it calls a backend. It is where the
-manifest's policy meets the caller's arguments: host paths are confined here,
-plans are checked against the manifest on disk before launch, and a bottle can
-be driven only by the server that launched it.
+    BottleService (this module)   composes the two parts below over one LiveBottles
+    ├── Lifecycle (lifecycle.py)  plans, launch, exec, cp_in, stop, logs, cleanup, shutdown
+    └── Delegation (delegate.py)  agent runs, background jobs, copies out, commits, diffs
+        both given LiveBottles (live.py): each bottle, its plan, origin and jobs
+
+Neither part imports the other; this module is the only place that knows both.
 """
 
 from __future__ import annotations
 
-import logging
-import time
-from collections import OrderedDict
-from dataclasses import dataclass, field
-from pathlib import Path
-
-import anyio
-
-from .backends.base import Backend, Bottle, Progress, _no_progress
-from .credentials import check_launchable
+from .backends.base import Backend
 from .delegate import Delegation
-from .errors import (
-    BottleGoneError,
-    BottleNotFoundError,
-    LimitError,
-    StalePlanError,
-    UnknownPlanError,
-)
-from .labels import Instance
-from .manifest import ApprovePolicy, LoadedManifest, load_manifest, parse_size
-from .models import (
-    BottleInfo,
-    BottlePlan,
-    BottleSpec,
-    CleanupReport,
-    CopyResult,
-    EgressLog,
-    ExecResult,
-    GateLog,
-    LaunchResult,
-    StopResult,
-)
-from .paths import TarEntry, check_bottle_path, confine_host_path, pack_tar
-from .redact import Redactor
+from .lifecycle import MAX_PLANS, SHUTDOWN_BUDGET_S, Lifecycle, ServiceConfig
+from .models import ExecResult
 
-log = logging.getLogger(__name__)
-
-MAX_PLANS = 256
-SHUTDOWN_BUDGET_S = 1.8
+__all__ = ["MAX_PLANS", "SHUTDOWN_BUDGET_S", "BottleService", "ServiceConfig"]
 
 
-@dataclass
-class ServiceConfig:
-    manifest_path: Path
-    cwd: Path = field(default_factory=Path.cwd)
-    host_roots: list[Path] | None = None  # None: from the manifest, else the cwd
-    output_cap: int | None = None  # None: from the manifest
-    warm_pool: int | None = None  # spares per bottle definition; None: each bottle's warm_pool in the manifest
-    approve: ApprovePolicy | None = None  # None: from the manifest's [host] approve
-    approvals_log: Path | None = None  # None: the user's state folder (see approval.default_log_path)
+class BottleService(Lifecycle):
+    """The lifecycle operations, plus `delegate` for handing work to a bottle and bringing it back."""
 
-
-class BottleService:
     def __init__(self, config: ServiceConfig, backend: Backend) -> None:
-        self.config = config
-        self.backend = backend
-        self.instance: Instance = backend.instance
-        self.manifest: LoadedManifest = load_manifest(config.manifest_path)
-        self._plans: OrderedDict[str, tuple[BottlePlan, BottleSpec]] = OrderedDict()
-        self._bottles: dict[str, Bottle] = {}
-        self._launching = 0
-        self.delegate = Delegation(self)
-        self.redactor = Redactor(self._credential_names)
-
-    # -- helpers ---------------------------------------------------------------------
-
-    def _reload(self) -> LoadedManifest:
-        """The manifest as it is on disk now (the human may edit it while the server runs)."""
-        self.manifest = load_manifest(self.config.manifest_path)
-        return self.manifest
-
-    @property
-    def output_cap(self) -> int:
-        if self.config.output_cap is not None:
-            return self.config.output_cap
-        return parse_size(self.manifest.manifest.host.output_cap)
-
-    def host_roots(self) -> list[Path]:
-        if self.config.host_roots:
-            return [r.resolve() for r in self.config.host_roots]
-        return self.manifest.host_roots(self.config.cwd)
-
-    async def _bottle(self, bottle_id: str) -> Bottle:
-        bottle = self._bottles.get(bottle_id)
-        if bottle is not None:
-            return bottle
-        for info in await self.backend.list_active():
-            if info.bottle_id == bottle_id:
-                raise BottleNotFoundError(
-                    bottle_id,
-                    f"it belongs to another server instance ({info.instance}, {info.owner}); a server drives only "
-                    "the bottles it launched. Launch your own with prepare_bottle and launch_bottle",
-                )
-        raise BottleNotFoundError(bottle_id)
-
-    async def bottle(self, bottle_id: str) -> Bottle:
-        """A live bottle of this server, or BottleNotFoundError saying whose it is."""
-        return await self._bottle(bottle_id)
-
-    async def discard(self, bottle: Bottle) -> None:
-        """Forget a bottle that vanished (or cannot be used) and remove what is left of it."""
-        self._bottles.pop(bottle.id, None)
-        self.delegate.on_stop(bottle.id)
-        await bottle.aclose()
-
-    def _credential_names(self) -> set[str]:
-        """Every credential the manifest (as now, or as at any live bottle's launch) forwards."""
-        names = {c for agent in self.manifest.manifest.agents.values() for c in agent.credentials}
-        return names | self.delegate.credential_names()
-
-    def _forget_if_gone(self, bottle_id: str, exc: BaseException) -> None:
-        if isinstance(exc, BottleGoneError):
-            self._bottles.pop(bottle_id, None)
-
-    # -- the operations -----------------------------------------------------------------
-
-    async def prepare(self, agent: str, *, copy_cwd: bool = False) -> BottlePlan:
-        lm = self._reload()
-        spec = BottleSpec(manifest=lm, agent=agent, copy_cwd=copy_cwd, cwd=self.config.cwd)
-        plan = await self.backend.prepare(spec)
-        self._plans[plan.plan_id] = (plan, spec)
-        while len(self._plans) > MAX_PLANS:
-            self._plans.popitem(last=False)
-        return plan
-
-    def stored_plan(self, plan_id: str) -> tuple[BottlePlan, BottleSpec]:
-        """The plan as prepare_bottle returned it (not checked against the manifest on disk)."""
-        if plan_id not in self._plans:
-            raise UnknownPlanError(plan_id)
-        return self._plans[plan_id]
-
-    async def check_plan(self, plan_id: str) -> tuple[BottlePlan, BottleSpec]:
-        """The stored plan, provided the manifest and the files it names still give the same plan."""
-        if plan_id not in self._plans:
-            raise UnknownPlanError(plan_id)
-        plan, spec = self._plans[plan_id]
-        lm = self._reload()
-        fresh_spec = BottleSpec(manifest=lm, agent=spec.agent, copy_cwd=spec.copy_cwd, cwd=spec.cwd)
-        fresh = await self.backend.prepare(fresh_spec)
-        if lm.sha256 != plan.manifest_sha256 or fresh.digest != plan.digest:
-            raise StalePlanError(
-                f"plan {plan_id!r} no longer matches the manifest or the files it names (they changed since "
-                "prepare_bottle); call prepare_bottle again, review the new plan and launch its plan_id"
-            )
-        return plan, fresh_spec
-
-    async def launch(
-        self, plan_id: str, progress: Progress = _no_progress, *, expect_digest: str | None = None
-    ) -> LaunchResult:
-        """Launch a stored plan; with `expect_digest`, only if it is still exactly that plan (an approved one)."""
-        started = time.monotonic()
-        plan, spec = await self.check_plan(plan_id)
-        if expect_digest is not None and plan.digest != expect_digest:
-            raise StalePlanError(
-                f"plan {plan_id!r} is not the plan that was approved (digest {plan.digest}, approved "
-                f"{expect_digest}); call prepare_bottle again and launch the new plan_id"
-            )
-        check_launchable(plan)
-        limit = self.manifest.manifest.host.max_bottles
-        if len(self._bottles) + self._launching >= limit:
-            raise LimitError(
-                f"this server already runs {len(self._bottles)} bottles (and launches {self._launching}), the "
-                "limit set by [host] max_bottles; stop one with stop_bottle first"
-            )
-        self._launching += 1  # reserved before the first await, so concurrent launches see it
-        try:
-            bottle = await self.backend.launch(plan, spec, progress)
-        finally:
-            self._launching -= 1
-        self._bottles[bottle.id] = bottle
-        try:
-            await self.delegate.on_launch(bottle, plan)
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await self.discard(bottle)
-            raise
-        provisioned = []
-        if plan.prompt:
-            provisioned.append(f"prompt -> {plan.prompt.bottle_path}")
-        provisioned += [f"skill {s.name} -> {s.bottle_path}" for s in plan.skills]
-        if plan.copy_cwd:
-            provisioned.append(f"repository {plan.copy_cwd.host_repo} -> {plan.workdir}")
-        provisioned += [f"credential {c.name} ({c.in_bottle})" for c in plan.credentials if c.present]
-        if plan.gates is not None:
-            provisioned += [f"git remote {n} -> {url} (the git gate)" for n, url in plan.gates.git_remotes.items()]
-            provisioned += [f"ssh host {alias} -> {how}" for alias, how in plan.gates.ssh_hosts.items()]
-        return LaunchResult(
-            bottle_id=bottle.id,
-            status=bottle.info.status,
-            runtime=bottle.info.runtime,
-            agent=plan.agent,
-            image=plan.image,
-            workdir=plan.workdir,
-            duration_ms=int((time.monotonic() - started) * 1000),
-            provisioned=provisioned,
+        super().__init__(config, backend)
+        self.delegate = Delegation(
+            self.live, output_cap=lambda: self.output_cap, host_roots=self.host_roots, redact=self.redactor.text
         )
 
     async def exec(
@@ -214,112 +37,8 @@ class BottleService:
         workdir: str | None = None,
         background: bool = False,
     ) -> ExecResult:
-        bottle = await self._bottle(bottle_id)
-        if workdir is not None:
-            workdir = str(check_bottle_path(workdir, what="workdir"))
+        """Run a command and wait for it, or, with `background`, start it as a job and return at once."""
         if background:
-            job = await self.delegate.exec_background(bottle, command, timeout_s=timeout_s, workdir=workdir)
+            job = await self.delegate.exec_background(bottle_id, command, timeout_s=timeout_s, workdir=workdir)
             return ExecResult.started_in_background(job)
-        try:
-            return await bottle.exec(command, timeout_s=timeout_s, workdir=workdir, output_cap=self.output_cap)
-        except BottleGoneError as e:
-            self._forget_if_gone(bottle_id, e)
-            await bottle.aclose()
-            raise
-
-    async def cp_in(self, bottle_id: str, host_path: str, bottle_path: str) -> CopyResult:
-        bottle = await self._bottle(bottle_id)
-        src, root = confine_host_path(host_path, self.host_roots())
-        dest = check_bottle_path(bottle_path)
-        started = time.monotonic()
-        with pack_tar([TarEntry(arcname=dest.name, source=src, root=root)]) as (tar, stats):
-            try:
-                await bottle.put_tar(tar, dest.parent)
-            except BottleGoneError as e:
-                self._forget_if_gone(bottle_id, e)
-                await bottle.aclose()
-                raise
-        return CopyResult(
-            bottle_id=bottle_id,
-            host_path=str(src),
-            bottle_path=str(dest),
-            files=stats.files,
-            directories=stats.directories,
-            symlinks=stats.symlinks,
-            bytes=stats.bytes,
-            duration_ms=int((time.monotonic() - started) * 1000),
-        )
-
-    async def stop(self, bottle_id: str) -> StopResult:
-        bottle = await self._bottle(bottle_id)
-        removed = await bottle.aclose()
-        self._bottles.pop(bottle_id, None)
-        self.delegate.on_stop(bottle_id)
-        return StopResult(bottle_id=bottle_id, removed=removed)
-
-    async def egress_log(self, bottle_id: str, *, limit: int = 200) -> EgressLog:
-        bottle = await self._bottle(bottle_id)
-        allow, decisions = await bottle.egress_log()
-        return EgressLog(bottle_id=bottle_id, allow=allow, decisions=decisions[-limit:], total=len(decisions))
-
-    async def gate_log(self, bottle_id: str, *, limit: int = 200) -> GateLog:
-        bottle = await self._bottle(bottle_id)
-        remotes, ssh_hosts, events = await bottle.gate_log()
-        return GateLog(
-            bottle_id=bottle_id, git_remotes=remotes, ssh_hosts=ssh_hosts, events=events[-limit:], total=len(events)
-        )
-
-    async def list_active(self) -> list[BottleInfo]:
-        return await self.backend.list_active()
-
-    async def cleanup(self, *, dry_run: bool = False) -> CleanupReport:
-        plan = await self.backend.prepare_cleanup()
-        if dry_run:
-            return CleanupReport(dry_run=True, removed=plan.remove, kept=plan.keep, failed=[])
-        return await self.backend.cleanup(plan)
-
-    def pool_sizes(self) -> dict[str, int]:
-        bottles = self.manifest.manifest.bottles
-        if self.config.warm_pool is not None:
-            return dict.fromkeys(bottles, self.config.warm_pool)
-        return {name: b.warm_pool for name, b in bottles.items()}
-
-    async def keep_warm(self) -> None:
-        """Keep the warm pools filled until cancelled (then the backend removes the spares).
-
-        A failing pool must not take the server down: launches are then cold.
-        """
-        try:
-            await self.backend.keep_warm(self.manifest, self.pool_sizes())
-        except Exception:
-            log.exception("the warm pools stopped; launches are cold from now on")
-
-    @property
-    def live_bottles(self) -> list[Bottle]:
-        return list(self._bottles.values())
-
-    async def aclose(self) -> None:
-        """Remove this server's bottles, in parallel, within the host's shutdown budget."""
-        bottles = list(self._bottles.values())
-        self._bottles.clear()
-        with anyio.CancelScope(shield=True):
-            if bottles:
-                log.info("removing %d bottle(s) on shutdown", len(bottles))
-                started = time.monotonic()
-                with anyio.move_on_after(SHUTDOWN_BUDGET_S * 3) as scope:
-                    async with anyio.create_task_group() as tg:
-                        for b in bottles:
-                            tg.start_soon(_close_quietly, b)
-                took = time.monotonic() - started
-                if scope.cancelled_caught:
-                    log.warning("gave up removing bottles after %.1f s; `bottle-mcp cleanup` will find them", took)
-                else:
-                    log.info("removed %d bottle(s) in %.2f s", len(bottles), took)
-            await self.backend.aclose()
-
-
-async def _close_quietly(bottle: Bottle) -> None:
-    try:
-        await bottle.aclose()
-    except Exception:
-        log.exception("could not remove bottle %s; `bottle-mcp cleanup` will find it", bottle.id)
+        return await super().exec(bottle_id, command, timeout_s=timeout_s, workdir=workdir)

@@ -48,6 +48,8 @@ command -v mmdebstrap >/dev/null 2>&1 || need_pkgs+=(mmdebstrap)
 command -v npm >/dev/null 2>&1 || need_pkgs+=(npm)   # fetches the third-party MCP clients the tests run
 # ssh-keygen: the git/ssh gate tests make throw-away keys with it.
 command -v ssh-keygen >/dev/null 2>&1 || need_pkgs+=(openssh-client)
+# shellcheck: the lint step checks the in-bottle shell programs (bottle_mcp/data/inbottle/).
+command -v shellcheck >/dev/null 2>&1 || need_pkgs+=(shellcheck)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   log "installing ${need_pkgs[*]}"
   # Keep the packages' init scripts from starting a daemon: we start our own.

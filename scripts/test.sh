@@ -17,6 +17,8 @@ leftovers() {
 echo "[test] ruff" >&2
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+echo "[test] shellcheck (the in-bottle programs)" >&2
+shellcheck --shell=sh --severity=style bottle_mcp/data/inbottle/*.sh
 echo "[test] mypy --strict" >&2
 .venv/bin/mypy
 

@@ -14,7 +14,6 @@ import shlex
 import tarfile
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import IO
 
@@ -209,7 +208,7 @@ class FakeBackend(Backend):
         if plan.image in self.world.missing_images:
             raise ImageMissingError(plan.image, "build it first")
         bottle_id = f"b-{secrets.token_hex(4)}"
-        created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        created = L.utc_stamp()
         extra = {L.BOTTLE: bottle_id, L.AGENT: plan.agent, L.BOTTLE_DEF: plan.bottle, L.CREATED: created}
         await progress("creating")
         cid = f"c-{secrets.token_hex(6)}"

@@ -12,6 +12,7 @@ import socket
 import ssl
 import sys
 import urllib.request
+from collections.abc import Iterator
 
 PROXY = ("127.0.0.1", 3128)
 
@@ -185,6 +186,34 @@ def _windows(data: bytes, prefix: bytes, length: int, digests: dict[str, str], f
         start = data.find(prefix, start + 1)
 
 
+def _process_blobs() -> Iterator[tuple[str, bytes]]:
+    """(path, bytes) of every process's environment and command line."""
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        for part in ("environ", "cmdline"):
+            try:
+                with open(f"/proc/{pid}/{part}", "rb") as f:
+                    yield f"/proc/{pid}/{part}", f.read()
+            except OSError:
+                pass
+
+
+def _file_blobs() -> Iterator[tuple[str, bytes]]:
+    """(path, bytes) of every readable regular file up to 256 MiB, outside /proc, /sys and /dev."""
+    for top in sorted(set(os.listdir("/")) - {"proc", "sys", "dev"}):
+        for dirpath, _dirs, filenames in os.walk("/" + top):
+            for name in filenames:
+                path = os.path.join(dirpath, name)
+                try:
+                    if os.path.islink(path) or not os.path.isfile(path) or os.path.getsize(path) > 256 << 20:
+                        continue
+                    with open(path, "rb") as f:
+                        yield path, f.read()
+                except OSError:
+                    pass
+
+
 def find_secret(prefix: str, length: str, *labelled: str) -> None:
     """Look for values (known here only by prefix, length and SHA-256) in every process's environment
     and command line and in every readable file; print `label count where...` per value.
@@ -194,39 +223,16 @@ def find_secret(prefix: str, length: str, *labelled: str) -> None:
     digests = dict(item.split("=", 1) for item in labelled)
     found = dict.fromkeys(digests, 0)
     where: dict[str, list[str]] = {label: [] for label in digests}
-    pre, size = prefix.encode(), int(length)
-    scanned = 0
-
-    def scan(path: str, data: bytes) -> None:
-        before = dict(found)
-        _windows(data, pre, size, digests, found)
-        for label in digests:
-            if found[label] != before[label]:
-                where[label].append(path)
-
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            for part in ("environ", "cmdline"):
-                try:
-                    with open(f"/proc/{pid}/{part}", "rb") as f:
-                        scan(f"/proc/{pid}/{part}", f.read())
-                except OSError:
-                    pass
-    for top in os.listdir("/"):
-        if top in ("proc", "sys", "dev"):
-            continue
-        for dirpath, _dirs, filenames in os.walk("/" + top):
-            for name in filenames:
-                path = os.path.join(dirpath, name)
-                try:
-                    if os.path.islink(path) or not os.path.isfile(path) or os.path.getsize(path) > 256 << 20:
-                        continue
-                    with open(path, "rb") as f:
-                        scan(path, f.read())
-                    scanned += 1
-                except OSError:
-                    pass
-    print("files", scanned)
+    files = 0
+    for kind, blobs in (("proc", _process_blobs()), ("file", _file_blobs())):
+        for path, data in blobs:
+            files += kind == "file"
+            before = dict(found)
+            _windows(data, prefix.encode(), int(length), digests, found)
+            for label in digests:
+                if found[label] != before[label]:
+                    where[label].append(path)
+    print("files", files)
     for label in digests:
         print(label, found[label], " ".join(where[label][:50]))
 

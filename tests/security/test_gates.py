@@ -320,7 +320,7 @@ async def test_a_push_carrying_a_secret_is_refused_and_nothing_changes(gated: Ga
         "in-a-merge-resolution": "f.txt",
         "added-then-removed": "oops.txt",
         "with-allowlists": "conf.py",
-        "in-a-commit-message": "(commit message)",
+        "in-a-commit-message": "message line 1",
     }[case]
     assert expected_file in res.stdout
     assert gated.world.upstream_refs() == before_upstream
@@ -477,6 +477,12 @@ async def test_an_unpinned_upstream_is_trusted_on_first_use_beside_an_egress_pro
             log = await svc.gate_log(bid)
             gate_objects = labelled(docker_client, f"{L.BOTTLE}={bid}")
             assert {"gate", "gate-fwd", "gate-sock", "gate-repos"} <= {n.rsplit(bid + "-", 1)[-1] for n in gate_objects}
+            # Every container of it (bottle, gate, forwarders, proxy) has a bounded log.
+            containers = docker_client.api.containers(filters={"label": [f"{L.BOTTLE}={bid}"]})
+            assert len(containers) >= 5
+            for c in containers:
+                logs = docker_client.api.inspect_container(c["Id"])["HostConfig"]["LogConfig"]
+                assert logs["Config"].get("max-size") and logs["Config"].get("max-file"), (c["Names"], logs)
             res = await svc.exec(bid, "git ls-remote origin refs/heads/main && echo $HTTPS_PROXY")
             assert res.exit_code == 0, res.stderr
             assert res.stdout.split()[1:] == ["refs/heads/main", "http://127.0.0.1:3128"]

@@ -1,4 +1,4 @@
-"""The gate's pieces that need no engine: patch parsing, redaction, bottle files and host key pins."""
+"""The gate's pieces that need no engine: redaction, bottle files and host key pins."""
 
 from __future__ import annotations
 
@@ -57,45 +57,6 @@ def test_plain_branch_and_tag_names_pass_the_gate(ref: str) -> None:
 )
 def test_ref_names_that_could_be_read_as_anything_else_are_refused(ref: str) -> None:
     assert not gate.valid_ref(ref)
-
-
-PATCH = """\
-diff --git a/plain.txt b/plain.txt
-new file mode 100644
---- /dev/null
-+++ b/plain.txt
-@@ -0,0 +1,2 @@
-+first
-+++ looks like a header but is content
-diff --git "a/we\\tird \\303\\251.txt" "b/we\\tird \\303\\251.txt"
---- "a/we\\tird \\303\\251.txt"
-+++ "b/we\\tird \\303\\251.txt"
-@@ -3 +3,0 @@
--gone
-@@ -10,0 +11 @@
-+added at eleven
-diff --git a/with space.txt b/with space.txt
---- a/with space.txt\t
-+++ b/with space.txt\t
-@@ -1 +1 @@
--old
-+new
-diff --git a/removed.txt b/removed.txt
-deleted file mode 100644
---- a/removed.txt
-+++ /dev/null
-@@ -1 +0,0 @@
--bye
-"""
-
-
-def test_added_lines_follow_files_and_line_numbers_through_a_patch() -> None:
-    assert list(scan.added_lines(PATCH)) == [
-        ("plain.txt", 1, "first"),
-        ("plain.txt", 2, "++ looks like a header but is content"),
-        ("we\tird é.txt", 11, "added at eleven"),
-        ("with space.txt", 1, "new"),
-    ]
 
 
 def test_redaction_keeps_a_hint_and_never_the_secret() -> None:

@@ -7,7 +7,8 @@ import base64
 import pytest
 
 from bottle_mcp.errors import BottleError
-from bottle_mcp.jobs import complete_utf8, parse_cursor, parse_poll
+from bottle_mcp.jobs import parse_cursor, parse_poll
+from bottle_mcp.output import complete_utf8
 
 
 def _b64(data: bytes) -> str:

@@ -13,11 +13,15 @@ from bottle_mcp.backends.docker.mould import LOG_FILES, LOG_MAX_SIZE, Mould, for
 class Recorder:
     """Stands in for docker-py's client: keeps what create_container was given."""
 
-    def __init__(self) -> None:
+    def __init__(self, engine: str = "Docker Engine") -> None:
         # A client pinned to an API version never contacts the engine to build a host config.
         self.api = docker.APIClient(base_url="unix:///nonexistent.sock", version="1.41")
         self.created: dict[str, Any] = {}
         self.api.create_container = self._create  # type: ignore[method-assign,assignment]
+        self.engine = engine
+
+    def version(self) -> dict[str, Any]:
+        return {"Components": [{"Name": self.engine}]}
 
     def _create(self, **kw: Any) -> dict[str, str]:
         self.created = kw
@@ -77,3 +81,25 @@ def test_a_forwarder_joins_the_bottles_network_namespace_only() -> None:
     hc = client.created["host_config"]
     assert hc["NetworkMode"] == "container:abc"
     assert "PidMode" not in hc and [m["Source"] for m in hc["Mounts"]] == ["v"]
+
+
+def test_podman_gets_its_own_spelling_of_a_tmpfs_owned_by_the_bottles_user() -> None:
+    spec = Mould(
+        image="img",
+        command=["sleep", "infinity"],
+        name="b",
+        user="1000:1000",
+        labels={},
+        network_mode="none",
+        pids=64,
+        memory=64 << 20,
+        tmpfs={"/home/u": "rw,nosuid,size=1024,uid=1000,gid=1000,mode=0700", "/tmp": "rw,size=1024"},
+    )
+    docker_client, podman_client = Recorder(), Recorder("Podman Engine")
+    spec.create(docker_client)  # type: ignore[arg-type]
+    spec.create(podman_client)  # type: ignore[arg-type]
+    assert docker_client.created["host_config"]["Tmpfs"]["/home/u"] == "rw,nosuid,size=1024,uid=1000,gid=1000,mode=0700"
+    assert podman_client.created["host_config"]["Tmpfs"] == {
+        "/home/u": "rw,nosuid,size=1024,mode=0700,U",
+        "/tmp": "rw,size=1024",
+    }

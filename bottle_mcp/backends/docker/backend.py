@@ -8,7 +8,6 @@ import os
 import secrets
 import time
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
 from functools import partial
 from pathlib import PurePosixPath
 from typing import Any
@@ -48,7 +47,7 @@ from . import egress, gates
 from .bottle import DockerBottle
 from .channel import Channel
 from .diagnose import diagnose
-from .engine import Engine
+from .engine import Engine, flavour, selectable_runtimes
 from .images import image_fix_hint, image_status
 from .mould import Mould
 from .pool import SPARE_PREFIX, PoolTarget, Spare, Started, WarmPool, pool_key
@@ -57,10 +56,6 @@ log = logging.getLogger(__name__)
 
 REMOVE_CONCURRENCY = 16
 RUNTIMES_TTL_S = 30.0
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class DockerBackend(Backend):
@@ -106,7 +101,7 @@ class DockerBackend(Backend):
         now = time.monotonic()
         if self._runtimes_seen is None or now - self._runtimes_seen[0] > RUNTIMES_TTL_S:
             info = await self.engine.call("engine info", lambda c: c.info())
-            self._runtimes_seen = (now, set((info.get("Runtimes") or {}).keys()))
+            self._runtimes_seen = (now, selectable_runtimes(info, await self.engine.call("engine kind", flavour)))
         return set(self._runtimes_seen[1])
 
     async def _resolve_plan(self, spec: BottleSpec, agent: AgentDef, bottle: BottleDef) -> BackendPlan:
@@ -232,7 +227,7 @@ class DockerBackend(Backend):
             L.BOTTLE: bottle_id,
             L.BOTTLE_DEF: plan.bottle,
             L.RUNTIME: plan.runtime.effective,
-            L.CREATED: _now(),
+            L.CREATED: L.utc_stamp(),
             **extra,
         }
         sides: list[egress.EgressStack | gates.GateStack] = []
@@ -380,7 +375,7 @@ class DockerBackend(Backend):
         extra_labels: dict[str, str],
     ) -> Started:
         """Create the workspace volume and the hardened container, and start it; undo both on any failure."""
-        created = _now()
+        created = L.utc_stamp()
         volume = f"{name}-work"
         labels = {
             L.BOTTLE: bottle_id,

@@ -14,7 +14,14 @@ from typing import IO
 
 import anyio
 
-from ...errors import BottleError, BottleGoneError, EngineError, EngineNotFoundError, EngineUnreachableError, PathError
+from ...errors import (
+    BottleGoneError,
+    CopyError,
+    EngineError,
+    EngineNotFoundError,
+    EngineUnreachableError,
+    PathError,
+)
 from ...models import BottleInfo, EgressDecision, ExecResult, GateEvent
 from ...output import safe_text, trim_partial_utf8
 from .channel import Channel, ChannelError
@@ -227,7 +234,7 @@ class DockerBottle:
         if out.exit_code != 0:
             await self._raise_if_gone()
             detail, _ = safe_text(bytes(out.stderr or out.stdout))
-            raise BottleError(
+            raise CopyError(
                 f"unpacking into {str(dest_dir)!r} failed inside bottle {self.id!r} "
                 f"(exit {out.exit_code}): {detail.strip()[:500]}. Pick a folder the bottle's user can write, "
                 "such as the workspace."
@@ -273,9 +280,7 @@ class DockerBottle:
             )
         if out.exit_code != 0:
             await self._raise_if_gone()
-            raise BottleError(
-                f"packing {str(path)!r} failed inside bottle {self.id!r} (exit {out.exit_code}): {detail}"
-            )
+            raise CopyError(f"packing {str(path)!r} failed inside bottle {self.id!r} (exit {out.exit_code}): {detail}")
         return bytes(out.stdout)
 
     async def _raise_if_gone(self) -> None:

@@ -17,7 +17,7 @@ from ...errors import EngineError, EngineNotFoundError, EngineUnreachableError
 from ...manifest import LoadedManifest
 from ..base import Diagnosis, Status
 from .egress import EGRESS_IMAGE
-from .engine import Engine
+from .engine import Engine, selectable_runtimes
 from .images import image_fix_hint, image_status
 
 # Docker 20.10: every engine feature the Docker backend uses is there.
@@ -44,6 +44,7 @@ async def diagnose(engine: Engine, lm: LoadedManifest | None, environ: Mapping[s
 
 class _EngineDoctor:
     def __init__(self, engine: Engine, environ: Mapping[str, str]) -> None:
+        self.podman = False
         self.engine = engine
         self.environ = environ
         self.found: list[Diagnosis] = []
@@ -52,14 +53,15 @@ class _EngineDoctor:
         self.found.append(Diagnosis(name, status, detail, fix if status != "ok" else None))
 
     async def check_engine(self, engine: Engine) -> dict[str, Any] | None:
-        where = engine.where
-        source = "$DOCKER_HOST" if self.environ.get("DOCKER_HOST") else "the default socket"
+        where = engine.endpoint.url
+        source = engine.endpoint.source
         try:
             version = await engine.call("engine version", lambda c: c.version())
             info = await engine.call("engine info", lambda c: c.info())
         except EngineUnreachableError as e:
-            cause = str(e).partition(". To fix")[0]  # its generic fix gives way to a more precise one
-            self.add("engine", "fail", f"{cause}; address from {source}", _engine_fix(where, self.environ))
+            cause = str(e).partition(". To fix")[0]
+            fix = e.fix if engine.endpoint.source != "the default socket" else _engine_fix(where, self.environ)
+            self.add("engine", "fail", f"{cause}; address from {source}", fix)
             return None
         except EngineError as e:
             self.add(
@@ -69,12 +71,24 @@ class _EngineDoctor:
                 _engine_fix(where, self.environ),
             )
             return None
+        components = version.get("Components") or []
+        self.podman = any("podman" in str(comp.get("Name", "")).lower() for comp in components)
+        product = "Podman" if self.podman else "Docker"
         self.add(
             "engine",
             "ok",
-            f"{info.get('Name', 'engine')} at {where} ({source}) answers: Docker {version.get('Version', '?')}, "
-            f"{info.get('OperatingSystem', '?')}, {info.get('NCPU', '?')} CPUs",
+            f"{info.get('Name', 'engine')} at {where} ({source}, over {engine.endpoint.transport}) answers: "
+            f"{product} {version.get('Version', '?')}, {info.get('OperatingSystem', '?')}, "
+            f"{info.get('NCPU', '?')} CPUs",
         )
+        if self.podman:
+            self.add(
+                "engine kind",
+                "ok",
+                "Podman's Docker-compatible API: bottles use network mode 'none' without a network object, "
+                "tmpfs mounts are given to the bottle's user with Podman's U option, images may show under "
+                "docker.io/ or localhost/",
+            )
         api = str(version.get("ApiVersion", "0.0"))
         parts = tuple(int(x) for x in re.findall(r"\d+", api)[:2])
         if parts < MIN_API_VERSION:
@@ -90,8 +104,19 @@ class _EngineDoctor:
         return info
 
     def check_runtimes(self, info: dict[str, Any], lm: LoadedManifest | None) -> None:
-        runtimes = set((info.get("Runtimes") or {}).keys())
+        runtimes = selectable_runtimes(info, "podman" if self.podman else "docker")
         default = str(info.get("DefaultRuntime", "runc"))
+        if self.podman:
+            self.add(
+                "runtime choice",
+                "warn" if default != "runsc" else "ok",
+                f"Podman runs every container with its default runtime ({default}): its Docker-compatible API "
+                "ignores a per-container runtime, so bottles get exactly that one",
+                None
+                if default == "runsc"
+                else 'for gVisor, register runsc and make it Podman\'s default (runtime = "runsc" in '
+                "containers.conf's [engine] table)",
+            )
         if "runc" not in runtimes:
             self.add(
                 "runtime runc",
@@ -176,7 +201,7 @@ class _EngineDoctor:
         except EngineError as e:
             self.add("networks", "fail", f"could not list networks: {e}", "check the engine (above)")
             return
-        if "none" not in names:
+        if "none" not in names and not self.podman:
             self.add(
                 "networks",
                 "fail",
@@ -202,6 +227,8 @@ class _EngineDoctor:
                     "is missing: their launch fails",
                     "build it with `bottle-mcp images` (or run scripts/setup.sh)",
                 )
+        elif self.podman:
+            self.add("networks", "ok", "Podman: every bottle runs with network mode 'none' (no network object needed)")
         else:
             self.add("networks", "ok", "the engine's 'none' network is there; every bottle runs without a network")
 

@@ -157,3 +157,26 @@ def _remove_volume(name: str) -> Callable[[docker.DockerClient], None]:
 
 def _remove_network(network: str) -> Callable[[docker.DockerClient], None]:
     return lambda c: c.api.remove_network(network)
+
+
+def flavour(c: docker.DockerClient) -> str:
+    """Which engine answers: "podman" (its Docker-compatible API) or "docker". Asked once per client."""
+    known = getattr(c, "_bottle_mcp_flavour", None)
+    if isinstance(known, str):
+        return known
+    components = c.version().get("Components") or []
+    name = "podman" if any("podman" in str(comp.get("Name", "")).lower() for comp in components) else "docker"
+    c._bottle_mcp_flavour = name  # type: ignore[attr-defined]
+    return name
+
+
+def selectable_runtimes(info: dict[str, Any], engine_kind: str) -> set[str]:
+    """The runtimes a bottle can really be given.
+
+    Podman's Docker-compatible API lists every runtime it knows but ignores the one a container
+    asks for and runs its default: there, only the default can be promised.
+    """
+    runtimes = set((info.get("Runtimes") or {}).keys())
+    if engine_kind == "podman":
+        return {str(info.get("DefaultRuntime") or "runc")}
+    return runtimes

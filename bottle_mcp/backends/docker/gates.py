@@ -59,8 +59,9 @@ HOST_KEY_RE = re.compile(
 )
 SCANNER = (
     "detect-secrets 1.5.0 plugins (allowlist comments ignored) plus the gate's rules for Anthropic, OpenAI, "
-    "GitHub, Google and Hugging Face tokens, private keys and this agent's forwarded credentials; every new "
-    "commit's diff and message is scanned"
+    "GitHub, Google and Hugging Face tokens, private keys and this agent's forwarded credentials; every object "
+    "a push carries (blobs, tree entry names, commit and tag headers and messages) and every pushed ref name "
+    "is scanned"
 )
 
 
@@ -127,7 +128,8 @@ def gate_plan(bottle: BottleDef) -> GatePlan | None:
         ssh_hosts={s.host: f"127.0.0.1:{SSH_PORT_BASE + i} -> {s.hostname}:{s.port}" for i, s in enumerate(bottle.ssh)},
         keys=(
             "git keys are held by the gate, which pushes upstream itself; ssh keys are held by an ssh-agent in the "
-            "gate that the bottle's ssh client may ask for signatures. No key file enters the bottle"
+            "gate that signs only logins, as the declared user, to the declared host (a destination-constrained "
+            "key). No key file enters the bottle"
         ),
         scanner=SCANNER,
     )
@@ -186,6 +188,8 @@ def gate_config(lm: LoadedManifest, bottle: BottleDef, credentials: list[str]) -
                 "index": i,
                 "hostname": s.hostname,
                 "port": s.port,
+                "user": s.user,
+                "host_keys": [k] if (k := _host_key(s.known_host_key, "ssh")) else [],
                 "key": lm.resolve(s.identity_file).read_text(),
             }
             for i, s in enumerate(bottle.ssh)
@@ -411,7 +415,15 @@ class GateStack:
     async def events(self) -> list[GateEvent]:
         if self.gate_id is None:
             return []
-        code, out, err = await self.run_in_gate(["cat", "--", "/run/gate/events.jsonl"], timeout_s=30)
+        # The gate rotates its log once: the older half first, when there is one.
+        code, out, err = await self.run_in_gate(
+            [
+                "sh",
+                "-c",
+                "if [ -f /run/gate/events.1.jsonl ]; then cat /run/gate/events.1.jsonl; fi; cat /run/gate/events.jsonl",
+            ],
+            timeout_s=30,
+        )
         if code != 0:
             raise EngineError(f"reading the git gate's log failed: {err.strip()[:300]}")
         return parse_events(out)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ... import labels as L
-from ...errors import BottleError, EngineNotFoundError
+from ...errors import EngineNotFoundError, ImageBuildError, InvalidArgumentError
 from ...manifest import LoadedManifest
 from .engine import Engine
 
@@ -79,7 +79,7 @@ def collect_ca_certs(source: Path | None) -> list[Path]:
     if source.is_file():
         return [source]
     if not source.is_dir():
-        raise BottleError(f"extra CA certificates {str(source)!r} is neither a file nor a folder")
+        raise InvalidArgumentError(f"extra CA certificates {str(source)!r} is neither a file nor a folder")
     return sorted(p for p in source.rglob("*") if p.is_file() and p.suffix in {".crt", ".pem"})
 
 
@@ -94,7 +94,7 @@ def build_image(
     """Build one bottle's image from its [build] table (blocking). Returns the image id."""
     build = lm.manifest.bottles[bottle].build
     if build is None:
-        raise BottleError(
+        raise ImageBuildError(
             f"bottle {bottle!r} has no [build] table; its image {lm.image_for(bottle)!r} comes from elsewhere"
         )
     context = lm.resolve(build.context)
@@ -135,7 +135,9 @@ def _build(
                 decode=True,
             ):
                 if "error" in chunk:
-                    raise BottleError(f"building {tag!r} from {str(context)!r} failed: {str(chunk['error']).strip()}")
+                    raise ImageBuildError(
+                        f"building {tag!r} from {str(context)!r} failed: {str(chunk['error']).strip()}"
+                    )
                 line = str(chunk.get("stream", "")).rstrip()
                 if line:
                     on_line(line)

@@ -21,6 +21,7 @@ import docker
 from docker.types import LogConfig, Mount
 
 from ...planning import HARDENING
+from .engine import flavour
 
 # What the engine keeps of a container's output: json-file (so `logs` can read it back),
 # rotated, so that a bottle or sidecar writing without end cannot fill the host's disk.
@@ -62,7 +63,7 @@ class Mould:
             runtime=self.runtime,
             network_mode=self.network_mode,
             mounts=list(self.mounts),
-            tmpfs=dict(self.tmpfs),
+            tmpfs=tmpfs_for(flavour(c), self.tmpfs),
             pids_limit=self.pids,
             mem_limit=self.memory,
             memswap_limit=self.memory,
@@ -72,6 +73,8 @@ class Mould:
 
     def create(self, c: docker.DockerClient) -> str:
         """Create the container (not started); its id. Blocking: call through Engine.call."""
+        if flavour(c) == "podman":
+            self._create_labelled_volumes(c)
         created = c.api.create_container(
             image=self.image,
             command=self.command,
@@ -85,11 +88,37 @@ class Mould:
         )
         return str(created["Id"])
 
+    def _create_labelled_volumes(self, c: docker.DockerClient) -> None:
+        # Docker creates a missing named volume with the labels its mount carries; Podman creates
+        # it without them, and an unlabelled volume could never be found by cleanup. So here the
+        # volume is made first, labelled, and the mount then finds it.
+        for mount in self.mounts:
+            labels = (mount.get("VolumeOptions") or {}).get("Labels")
+            if mount.get("Type") == "volume" and labels:
+                c.api.create_volume(name=mount["Source"], labels=dict(labels))
+
     def run(self, c: docker.DockerClient) -> str:
         """Create and start the container; its id."""
         container_id = self.create(c)
         c.api.start(container_id)
         return container_id
+
+
+def tmpfs_for(engine: str, tmpfs: Mapping[str, str]) -> dict[str, str]:
+    """Tmpfs options as the engine takes them.
+
+    Podman refuses `uid=`/`gid=` on a tmpfs; its `U` option gives the mount to the container's
+    user instead, which is what those options say.
+    """
+    if engine != "podman":
+        return dict(tmpfs)
+    out: dict[str, str] = {}
+    for target, options in tmpfs.items():
+        parts = [o for o in options.split(",") if not o.startswith(("uid=", "gid="))]
+        if len(parts) != len(options.split(",")):
+            parts.append("U")
+        out[target] = ",".join(parts)
+    return out
 
 
 FORWARDER_PIDS = 128  # socat forks per connection: this bounds the bottle's concurrent connections

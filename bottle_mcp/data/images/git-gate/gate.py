@@ -6,8 +6,9 @@
     gate.py configure   run once at launch with the configuration (keys included)
                         on stdin: writes keys to the gate's tmpfs, mirrors each
                         upstream into its bare repository, starts serving
-    gate.py hook        git's pre-receive hook: validates refs, scans every new
-                        commit, forwards the push upstream; refuses otherwise
+    gate.py hook        git's pre-receive hook: validates refs, scans every object
+                        the push carries and every ref name, forwards the push
+                        upstream; refuses otherwise
     gate.py forward PORT:SOCKET...
                         the forwarder, in the bottle's network namespace: each
                         127.0.0.1:PORT -> /run/fwd/SOCKET (the gate's end)
@@ -36,6 +37,8 @@ GATE = Path("/run/gate")
 KEYS = GATE / "keys"
 CONFIG = GATE / "config.json"
 EVENTS = GATE / "events.jsonl"
+EVENTS_OLD = GATE / "events.1.jsonl"
+EVENTS_ROTATE = 4 * 1024**2  # the log keeps the latest 4 to 8 MiB of events (on a 16 MiB tmpfs)
 SERVING = GATE / "serving"
 SERVE_ERROR = GATE / "serve-error"
 FWD = Path("/run/fwd")
@@ -61,6 +64,9 @@ def now() -> str:
 def event(kind: str, remote: str, **fields: Any) -> None:
     """Append one event to the gate's log (read by the server's gate_log tool)."""
     line = json.dumps({"time": now(), "kind": kind, "remote": remote, **fields}, sort_keys=True)
+    with contextlib.suppress(FileNotFoundError):
+        if EVENTS.stat().st_size > EVENTS_ROTATE:
+            EVENTS.replace(EVENTS_OLD)
     with EVENTS.open("a", encoding="utf-8") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         f.write(line + "\n")
@@ -119,6 +125,12 @@ def cmd_configure() -> int:
         known.write_text("".join(line + "\n" for line in entry["known_hosts"]))
     for entry in data["ssh"]:
         write_secret(KEYS / f"ssh-{int(entry['index'])}", entry.pop("key"))
+        try:
+            ssh_host_keys(entry)
+        except RuntimeError as e:
+            event("error", f"ssh[{int(entry['index'])}]", detail=str(e))
+            say(str(e))
+            return 1
     for entry in data["git"]:
         try:
             mirror(entry)
@@ -149,6 +161,46 @@ def cmd_configure() -> int:
         time.sleep(0.05)
     print(json.dumps({"ready": True}))
     return 0
+
+
+def ssh_alias(i: int) -> str:
+    """The name the gate's agent knows ssh entry i's host by (only in its own known_hosts file)."""
+    return f"ssh-entry-{i}"
+
+
+def ssh_host_keys(entry: dict[str, Any]) -> None:
+    """The host keys the agent's constraint for ssh entry i names: the manifest's pin, or the keys the
+    host shows now (trusted on first use, recorded in the log)."""
+    i = int(entry["index"])
+    keys = list(entry.get("host_keys") or [])
+    if not keys:
+        scanned = subprocess.run(
+            ["ssh-keyscan", "-T", "10", "-p", str(int(entry["port"])), entry["hostname"]],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        keys = [" ".join(line.split()[1:3]) for line in scanned.stdout.splitlines() if len(line.split()) >= 3]
+        keys = [k for k in keys if not k.startswith("#")]
+        if not keys:
+            raise RuntimeError(
+                f"ssh host {entry['hostname']}:{entry['port']} showed no host key to the gate "
+                f"(ssh-keyscan said: {scanned.stderr.strip()[-300:]}); is it up, and is it an ssh server?"
+            )
+    path = GATE / f"known_hosts-ssh-{i}"
+    path.write_text("".join(f"{ssh_alias(i)} {k}\n" for k in keys))
+    if not entry.get("host_keys"):
+        fingerprints = subprocess.run(
+            ["ssh-keygen", "-l", "-f", str(path)], capture_output=True, text=True, check=False
+        ).stdout.split("\n")
+        event(
+            "hostkey",
+            f"ssh[{i}]",
+            upstream=f"{entry['hostname']}:{entry['port']}",
+            detail="not pinned: the agent signs logins only to the host showing these keys (trusted on first "
+            "use): " + "; ".join(f.strip() for f in fingerprints if f.strip()),
+        )
 
 
 def mirror(entry: dict[str, Any]) -> None:
@@ -266,8 +318,12 @@ def start_serving(data: dict[str, Any], procs: list[subprocess.Popen[bytes]]) ->
         procs.append(subprocess.Popen(["ssh-agent", "-D", "-a", str(agent_sock)], stdout=subprocess.DEVNULL))
         wait_for(agent_sock, f"the ssh agent of ssh[{i}]")
         key = KEYS / f"ssh-{i}"
+        # Destination-constrained (OpenSSH 8.9+): the agent signs only a login, as the declared user, to
+        # a host that proves it holds one of these host keys in the session it signs for. Anything
+        # else (an SSHSIG over chosen data, a login to any other host) is refused by the agent itself.
+        hosts = GATE / f"known_hosts-ssh-{i}"
         added = subprocess.run(
-            ["ssh-add", "-q", "--", str(key)],
+            ["ssh-add", "-q", "-H", str(hosts), "-h", f"{entry['user']}@{ssh_alias(i)}", "--", str(key)],
             env={**os.environ, "SSH_AUTH_SOCK": str(agent_sock), "SSH_ASKPASS_REQUIRE": "never"},
             stdin=subprocess.DEVNULL,
             capture_output=True,
@@ -289,15 +345,25 @@ def start_serving(data: dict[str, Any], procs: list[subprocess.Popen[bytes]]) ->
 # -- the pre-receive hook ------------------------------------------------------------------
 
 
+MAX_SHOWN = 50  # findings shown to the agent and kept in the log, per refusal
+MAX_LINE = 300
+MAX_REFS = 20  # ref names kept in one event
+
+
+def clip(text: str, limit: int = MAX_LINE) -> str:
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+
+
 def refuse(remote: str, refs: list[str], reason: str, lines: list[str]) -> int:
+    """Tell the agent why (it reads these as `remote:` lines) and log it, both bounded."""
+    shown = [clip(line) for line in lines[:MAX_SHOWN]]
+    more = [f"... and {len(lines) - MAX_SHOWN} more"] if len(lines) > MAX_SHOWN else []
     say("")
     say(f"bottle-mcp git gate: push to {remote!r} refused: {reason}")
-    for line in lines[:50]:
+    for line in shown + more:
         say(f"  {line}")
-    if len(lines) > 50:
-        say(f"  ... and {len(lines) - 50} more")
     say("Nothing was changed, here or upstream.")
-    event("refused", remote, refs=refs, detail=reason, findings=lines[:200])
+    event("refused", remote, refs=refs[:MAX_REFS], detail=clip(reason, 600), findings=shown + more)
     return 1
 
 
@@ -314,62 +380,69 @@ def cmd_hook() -> int:
         parts = raw.split(" ", 2)
         if len(parts) == 3:
             updates.append((parts[0], parts[1], parts[2]))
-    refs = [ref for _o, _n, ref in updates]
-    bad = [ref for _o, _n, ref in updates if not valid_ref(ref)]
+    sys.path.insert(0, "/opt/gate")
+    import scan
+
+    scanner = scan.Scanner(data.get("credentials", []))
+    # Ref names first: a name holding a secret is never repeated, not even in a refusal for its form.
+    result = scan.scan_refs(updates, scanner)
+    refs = result.refs
+    bad = [shown for (_o, _n, ref), shown in zip(updates, refs, strict=True) if not valid_ref(ref)]
     if bad:
-        shown = [repr(r[:120]) for r in bad]
         return refuse(
             remote,
             [],
             "ref names must be refs/heads/NAME or refs/tags/NAME, each part starting with a letter or digit "
             "and using only letters, digits, '.', '_' and '-'",
-            shown,
+            bad,
         )
-    for old, new, ref in updates:
+    for (old, new, ref), shown in zip(updates, refs, strict=True):
         if not (OID_RE.fullmatch(old) and OID_RE.fullmatch(new)):
-            return refuse(remote, refs, "malformed update", [ref])
+            return refuse(remote, refs, "malformed update", [shown])
         if new == ZERO:
-            return refuse(remote, refs, "deleting refs is not allowed through the gate", [ref])
+            return refuse(remote, refs, "deleting refs is not allowed through the gate", [shown])
         if old != ZERO:
             if ref.startswith("refs/tags/"):
-                return refuse(remote, refs, "existing tags cannot be moved", [ref])
+                return refuse(remote, refs, "existing tags cannot be moved", [shown])
             ff = subprocess.run(["git", "merge-base", "--is-ancestor", old, new], check=False)
             if ff.returncode != 0:
-                return refuse(remote, refs, "only fast-forward updates pass the gate (no force pushes)", [ref])
+                return refuse(remote, refs, "only fast-forward updates pass the gate (no force pushes)", [shown])
 
     with (GATE / "push.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        sys.path.insert(0, "/opt/gate")
-        import scan
-
         try:
-            commits, findings = scan.scan_push(updates, scan.Scanner(data.get("credentials", [])))
+            scan.scan_push(repo, result, scanner)
         except scan.ScanError as e:
             return refuse(remote, refs, f"the push could not be scanned: {e}", [])
-        if findings:
+        if result.findings:
             return refuse(
                 remote,
                 refs,
-                f"{len(findings)} possible secret(s) in the pushed commits (the gate's own scanner; allowlist "
-                "files and inline allow comments in the push do not apply). Rewrite those commits without them",
-                [f.describe() for f in findings],
+                f"{len(result.findings)} possible secret(s) in the pushed objects or ref names (the gate's own "
+                "scanner; allowlist files and inline allow comments in the push do not apply). Rewrite the "
+                "objects or rename the refs without them",
+                [f.describe() for f in result.findings],
             )
         specs = [f"{new}:{ref}" for _old, new, ref in updates]
         try:
             upstream_git(entry, "push", "--porcelain", "--atomic", "--quiet", "--", entry["upstream"], *specs)
         except (RuntimeError, subprocess.TimeoutExpired) as e:
             say(f"bottle-mcp git gate: the upstream refused or failed; nothing was changed:\n{e}")
-            event("upstream-failed", remote, refs=refs, upstream=entry["upstream"], detail=str(e)[-800:])
+            event("upstream-failed", remote, refs=refs[:MAX_REFS], upstream=entry["upstream"], detail=str(e)[-800:])
             return 1
         event(
             "pushed",
             remote,
-            refs=refs,
+            refs=refs[:MAX_REFS],
             upstream=entry["upstream"],
-            commits=len(commits),
-            detail=", ".join(f"{ref} -> {new[:12]}" for _o, new, ref in updates),
+            commits=result.commits,
+            detail=clip(
+                ", ".join(f"{ref} -> {new[:12]}" for (_o, new, _r), ref in zip(updates, refs, strict=True))
+                + f"; scanned {result.summary()}, {result.scanned_bytes} bytes in {result.seconds:.2f} s",
+                1000,
+            ),
         )
-        say(f"bottle-mcp git gate: scanned {len(commits)} new commit(s), pushed to {entry['upstream']}")
+        say(f"bottle-mcp git gate: scanned {result.summary()}, pushed to {entry['upstream']}")
     return 0
 
 

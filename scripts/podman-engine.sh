@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Podman as the engine, through its Docker-compatible API (rootful).
+#
+#   scripts/podman-engine.sh start   # install, configure, start the API service, build the images
+#   scripts/podman-engine.sh stop
+#   scripts/podman-engine.sh test [pytest args]   # the integration suite against Podman
+#
+# Clients then use DOCKER_HOST=unix:///run/podman/podman.sock. Podman comes from Debian's
+# packages. On these machines (cgroup v1 hierarchies, no systemd) it is set to runc and the
+# cgroupfs manager: crun refuses hybrid cgroups here ("cgroups in hybrid mode not supported").
+# The base image is loaded from the Docker engine when that has it, else bootstrapped by
+# scripts/setup.sh first; the project's images are then built by Podman itself.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+sock=/run/podman/podman.sock
+host=unix://$sock
+log() { printf '[podman] %s\n' "$*" >&2; }
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+answers() { DOCKER_HOST=$host timeout 10 docker version >/dev/null 2>&1; }
+
+start() {
+  local need=()
+  command -v podman >/dev/null 2>&1 || need+=(podman)
+  [ -x /usr/libexec/podman/catatonit ] || [ -x /usr/bin/catatonit ] || need+=(catatonit)
+  command -v runc >/dev/null 2>&1 || need+=(runc)
+  if [ ${#need[@]} -gt 0 ]; then
+    log "installing ${need[*]}"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  fi
+  as_root mkdir -p /etc/containers /run/podman
+  if [ ! -f /etc/containers/containers.conf ] || ! grep -q 'bottle-mcp' /etc/containers/containers.conf; then
+    log "configuring Podman (runc, cgroupfs, file events)"
+    runtimes=""
+    if command -v runsc >/dev/null 2>&1; then runtimes="runsc = [\"$(command -v runsc)\"]"; fi
+    as_root tee /etc/containers/containers.conf >/dev/null <<EOF
+# Written by bottle-mcp's scripts/podman-engine.sh
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+[engine.runtimes]
+$runtimes
+EOF
+    [ -f /etc/containers/storage.conf ] || as_root tee /etc/containers/storage.conf >/dev/null <<'EOF'
+[storage]
+driver = "overlay"
+runroot = "/run/containers/storage"
+graphroot = "/var/lib/containers/storage"
+EOF
+  fi
+  if ! answers; then
+    log "starting the Podman API service on $sock"
+    as_root setsid nohup podman system service --time=0 "$host" >/var/log/bottle-mcp-podman.log 2>&1 \
+      </dev/null 3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&- &
+    for _ in $(seq 1 100); do answers && break; sleep 0.2; done
+    answers || { log "the Podman service did not answer; see /var/log/bottle-mcp-podman.log"; exit 1; }
+  fi
+  if ! as_root podman image exists bottle-mcp/base:bookworm; then
+    if ! docker image inspect bottle-mcp/base:bookworm >/dev/null 2>&1; then
+      "$here/scripts/setup.sh" --skip-images
+    fi
+    log "loading the base image from the Docker engine"
+    docker save bottle-mcp/base:bookworm | as_root podman load -q >/dev/null
+  fi
+  ca_args=()
+  ca=${BOTTLE_MCP_EXTRA_CA_CERTS:-/usr/local/share/ca-certificates}
+  if [ -n "$ca" ] && [ -e "$ca" ]; then ca_args=(--extra-ca-certs "$ca"); fi
+  DOCKER_HOST=$host "$here/.venv/bin/bottle-mcp" images --manifest "$here/manifests/example.toml" "${ca_args[@]}"
+  DOCKER_HOST=$host "$here/.venv/bin/bottle-mcp" images --manifest "$here/tests/images/standin.toml"
+  echo "DOCKER_HOST=$host"
+}
+
+stop() {
+  pkill -f "podman system service --time=0 $host" 2>/dev/null || true
+}
+
+case "${1:-}" in
+  start) start ;;
+  stop) stop ;;
+  test)
+    shift
+    start >/dev/null
+    cd "$here"
+    DOCKER_HOST=$host .venv/bin/python -m pytest tests/integration "$@"
+    ;;
+  *) sed -n '2,12p' "$0"; exit 2 ;;
+esac
