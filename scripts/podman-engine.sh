@@ -29,12 +29,29 @@ start() {
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
   fi
   as_root mkdir -p /etc/containers /run/podman
+  default=runc
+  if [ -x /usr/local/bin/bottle-mcp-runsc ] && [ "${BOTTLE_MCP_GVISOR:-1}" = 1 ]; then default=runsc; fi
   if [ ! -f /etc/containers/containers.conf ] || ! grep -q 'bottle-mcp' /etc/containers/containers.conf; then
-    log "configuring Podman (runc, cgroupfs, file events)"
+    # Podman's Docker-compatible API runs every container with its default runtime, so gVisor, when
+    # this machine has it, is made the default. Its network stack cannot start on these kernels, so
+    # it runs through a wrapper that adds --network=host (as the Docker engine's registration does).
+    default=runc
     runtimes=""
-    if command -v runsc >/dev/null 2>&1; then runtimes="runsc = [\"$(command -v runsc)\"]"; fi
+    runsc_path=$(command -v runsc || true)
+    if [ -n "$runsc_path" ] && [ "${BOTTLE_MCP_GVISOR:-1}" = 1 ]; then
+      printf '#!/bin/sh\nexec %s --network=host "$@"\n' "$runsc_path" | as_root tee /usr/local/bin/bottle-mcp-runsc >/dev/null
+      as_root chmod 755 /usr/local/bin/bottle-mcp-runsc
+      default=runsc
+      runtimes='runsc = ["/usr/local/bin/bottle-mcp-runsc"]'
+    fi
+    log "configuring Podman (default runtime $default, cgroupfs, file events)"
+    # Default limits with soft = hard: Podman 4.3's compat API swaps them when they differ.
+    nofile=$(ulimit -Hn); nproc=$(ulimit -Hu)
+    if [ "$nproc" = unlimited ] || [ "$nproc" -gt 32768 ]; then nproc=32768; fi
     as_root tee /etc/containers/containers.conf >/dev/null <<EOF
 # Written by bottle-mcp's scripts/podman-engine.sh
+[containers]
+default_ulimits = ["nofile=$nofile:$nofile", "nproc=$nproc:$nproc"]
 [engine]
 runtime = "runc"
 cgroup_manager = "cgroupfs"
@@ -49,13 +66,7 @@ runroot = "/run/containers/storage"
 graphroot = "/var/lib/containers/storage"
 EOF
   fi
-  if ! answers; then
-    log "starting the Podman API service on $sock"
-    as_root setsid nohup podman system service --time=0 "$host" >/var/log/bottle-mcp-podman.log 2>&1 \
-      </dev/null 3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&- &
-    for _ in $(seq 1 100); do answers && break; sleep 0.2; done
-    answers || { log "the Podman service did not answer; see /var/log/bottle-mcp-podman.log"; exit 1; }
-  fi
+  start_service
   if ! as_root podman image exists bottle-mcp/base:bookworm; then
     if ! docker image inspect bottle-mcp/base:bookworm >/dev/null 2>&1; then
       "$here/scripts/setup.sh" --skip-images
@@ -68,11 +79,30 @@ EOF
   if [ -n "$ca" ] && [ -e "$ca" ]; then ca_args=(--extra-ca-certs "$ca"); fi
   DOCKER_HOST=$host "$here/.venv/bin/bottle-mcp" images --manifest "$here/manifests/example.toml" "${ca_args[@]}"
   DOCKER_HOST=$host "$here/.venv/bin/bottle-mcp" images --manifest "$here/tests/images/standin.toml"
+  # Images are built under runc (gVisor cannot run these builds' steps); bottles then run under
+  # the default chosen above.
+  if [ "$default" != runc ] && ! grep -q "^runtime = \"$default\"" /etc/containers/containers.conf; then
+    log "making $default Podman's default runtime"
+    as_root sed -i "s/^runtime = \"runc\"/runtime = \"$default\"/" /etc/containers/containers.conf
+    stop
+    start_service
+  fi
   echo "DOCKER_HOST=$host"
+}
+
+start_service() {
+  if ! answers; then
+    log "starting the Podman API service on $sock"
+    as_root setsid nohup podman system service --time=0 "$host" >/var/log/bottle-mcp-podman.log 2>&1 \
+      </dev/null 3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&- &
+    for _ in $(seq 1 100); do answers && break; sleep 0.2; done
+    answers || { log "the Podman service did not answer; see /var/log/bottle-mcp-podman.log"; exit 1; }
+  fi
 }
 
 stop() {
   pkill -f "podman system service --time=0 $host" 2>/dev/null || true
+  for _ in $(seq 1 50); do answers || break; sleep 0.1; done
 }
 
 case "${1:-}" in

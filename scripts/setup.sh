@@ -2,10 +2,12 @@
 # Idempotent set-up for a Debian machine: a Docker engine, the project's
 # Python environment, and the images the example manifests use.
 #
-#   scripts/setup.sh [--extra-ca-certs DIR|FILE] [--no-host-ca] [--skip-images] [--second-engine]
+#   scripts/setup.sh [--extra-ca-certs DIR|FILE] [--no-host-ca] [--skip-images] [--second-engine] [--engine podman]
 #
 # --second-engine also starts a second engine on loopback TCP (scripts/second-engine.sh)
 # for the remote-engine run of the tests; the fault tests start it themselves.
+# --engine podman also sets up Podman with its Docker-compatible API at /run/podman/podman.sock
+# (scripts/podman-engine.sh, docs/engines.md); use it with DOCKER_HOST=unix:///run/podman/podman.sock.
 #
 # Each step checks first and does nothing when its result is already there,
 # so the script is cheap to run before every demo and test run. Concurrent
@@ -23,13 +25,15 @@ cd "$here"
 extra_ca=${BOTTLE_MCP_EXTRA_CA_CERTS:-/usr/local/share/ca-certificates}
 build_images=1
 second_engine=0
+engine=docker
 while [ $# -gt 0 ]; do
   case "$1" in
     --extra-ca-certs) extra_ca=$2; shift 2 ;;
     --no-host-ca) extra_ca=""; shift ;;
     --skip-images) build_images=0; shift ;;
     --second-engine) second_engine=1; shift ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    --engine) engine=$2; shift 2 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -197,6 +201,11 @@ if [ "$build_images" = 1 ]; then
   if [ "${CI:-}" = true ] || [ "${BOTTLE_MCP_CLAUDE_IMAGE:-0}" = 1 ]; then
     .venv/bin/bottle-mcp images --manifest manifests/claude.toml "${ca_args[@]}"
   fi
+fi
+if [ "$engine" = podman ]; then
+  BOTTLE_MCP_EXTRA_CA_CERTS=$extra_ca scripts/podman-engine.sh start 9>&- >/dev/null
+elif [ "$engine" != docker ]; then
+  log "unknown engine $engine (docker or podman)"; exit 2
 fi
 if [ "$second_engine" = 1 ]; then
   scripts/second-engine.sh start 9>&- >/dev/null

@@ -36,11 +36,24 @@ if [ -n "$leaked" ]; then
 fi
 echo "[test] no labelled container, volume or network left behind" >&2
 
-# The integration suite again, against a second engine reached over TCP (DOCKER_HOST),
-# as users do who drive a remote engine. BOTTLE_MCP_SKIP_REMOTE=1 skips it.
+# The integration suite again against the other ways people reach an engine: a second engine over
+# TCP (DOCKER_HOST=tcp://), the same engine behind an sshd on loopback (DOCKER_HOST=ssh://, through
+# the system's ssh client), and Podman's Docker-compatible API. BOTTLE_MCP_SKIP_REMOTE=1 skips the
+# first two, BOTTLE_MCP_SKIP_PODMAN=1 the last.
+# (The Claude Code image test runs once, against the main engine: its 1.2 GB image is not copied over.)
+stop_engines() {
+  scripts/ssh-engine.sh stop || true
+  scripts/second-engine.sh stop || true
+  scripts/podman-engine.sh stop || true
+}
+trap stop_engines EXIT
 if [ "${BOTTLE_MCP_SKIP_REMOTE:-0}" != 1 ]; then
   echo "[test] the integration suite against a second engine over TCP" >&2
-  trap 'scripts/second-engine.sh stop' EXIT
-  # (The Claude Code image test runs once, against the main engine: its 1.2 GB image is not copied over.)
   scripts/second-engine.sh test -q --deselect tests/integration/test_claude_image.py
+  echo "[test] the integration suite against the second engine over SSH" >&2
+  scripts/ssh-engine.sh test -q --deselect tests/integration/test_claude_image.py
+fi
+if [ "${BOTTLE_MCP_SKIP_PODMAN:-0}" != 1 ]; then
+  echo "[test] the integration suite against Podman" >&2
+  scripts/podman-engine.sh test -q --deselect tests/integration/test_claude_image.py
 fi

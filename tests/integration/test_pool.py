@@ -47,7 +47,8 @@ async def test_launch_claims_a_warm_spare_that_behaves_like_a_cold_bottle(
             assert listed[launched.bottle_id].owner == "this-server"
             (row,) = docker_client.api.containers(filters={"label": [f"{L.BOTTLE}={launched.bottle_id}"]})
             assert row["Names"] == [f"/bottle-mcp-worker-{launched.bottle_id}"]
-            assert row["HostConfig"]["NetworkMode"] == "none"
+            hc = docker_client.api.inspect_container(row["Id"])["HostConfig"]  # (Podman's list has no HostConfig)
+            assert hc["NetworkMode"] == "none"
 
             refilled = await _wait_for_spares(backend, 2)
             assert launched.bottle_id not in refilled

@@ -104,8 +104,8 @@ class _EngineDoctor:
         return info
 
     def check_runtimes(self, info: dict[str, Any], lm: LoadedManifest | None) -> None:
-        runtimes = selectable_runtimes(info, "podman" if self.podman else "docker")
         default = str(info.get("DefaultRuntime", "runc"))
+        registered = set((info.get("Runtimes") or {}).keys())
         if self.podman:
             self.add(
                 "runtime choice",
@@ -117,15 +117,16 @@ class _EngineDoctor:
                 else 'for gVisor, register runsc and make it Podman\'s default (runtime = "runsc" in '
                 "containers.conf's [engine] table)",
             )
-        if "runc" not in runtimes:
+        if "runc" not in registered:
             self.add(
                 "runtime runc",
                 "fail",
-                f"the engine has no runc runtime (it has: {', '.join(sorted(runtimes)) or 'none'})",
+                f"the engine has no runc runtime (it has: {', '.join(sorted(registered)) or 'none'})",
                 "install runc (apt-get install runc) and restart the engine",
             )
         else:
             self.add("runtime runc", "ok", f"runc is registered (default runtime: {default})")
+        runtimes = selectable_runtimes(info, "podman" if self.podman else "docker")
         wants = {name: b.runtime for name, b in lm.manifest.bottles.items()} if lm else {}
         needs_runsc = sorted(n for n, r in wants.items() if r == "runsc")
         if "runsc" in runtimes:
