@@ -26,7 +26,7 @@ from bottle_mcp.manifest import load_manifest
 from bottle_mcp.service import BottleService, ServiceConfig
 
 from ..conftest import REPO
-from .outside import ALLOW_PRIVATE, engine_view, hits, start_host
+from ..outside import ALLOW_PRIVATE, engine_view, hits, start_host
 
 pytestmark = pytest.mark.anyio
 

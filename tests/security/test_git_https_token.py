@@ -21,9 +21,11 @@ from bottle_mcp.backends.docker import DockerBackend
 from bottle_mcp.labels import Instance
 from bottle_mcp.service import BottleService, ServiceConfig
 
-from .outside import ALLOW_PRIVATE, engine_view, hits, start_host
+from ..outside import ALLOW_PRIVATE, engine_view, hits, start_host
 
 pytestmark = pytest.mark.anyio
+
+# Like the rest of this suite, it needs the local engine's embedded DNS for the test's own host names.
 
 GIT_SCRIPT = Path(__file__).with_name("git_https.py").read_text()
 NAMES = ["git.forge.test", "mirror.forge.test"]
