@@ -83,6 +83,7 @@ def elevations(plan: BottlePlan) -> list[str]:
     if plan.network.mode != "none":
         hosts = ", ".join(plan.network.egress_allow) or "(no hosts listed)"
         out.append(f"network egress to {hosts}")
+        out += [f"egress may reach the non-public destination {r} (allow_private)" for r in plan.network.allow_private]
     out += [f"SSH to {s.user}@{s.hostname}:{s.port} (as '{s.host}')" for s in plan.ssh]
     out += [f"git push to {g.upstream} (as remote '{g.name}')" for g in plan.git]
     for c in plan.credentials:

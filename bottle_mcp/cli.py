@@ -49,6 +49,24 @@ def _add_manifest(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_http_options(s: argparse.ArgumentParser) -> None:
+    s.add_argument(
+        "--http",
+        metavar="127.0.0.1:PORT",
+        default=None,
+        help="serve the same tools over Streamable HTTP at http://ADDR:PORT/mcp instead of stdio (loopback "
+        "addresses only); every request needs a bearer token, made at start and printed unless given",
+    )
+    s.add_argument(
+        "--http-token-file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="read the HTTP transport's bearer token from FILE (default: $BOTTLE_MCP_HTTP_TOKEN, else a new "
+        "random token printed on stderr at start)",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="bottle-mcp", description="Launch and drive sandboxed sub-agents over MCP (stdio)."
@@ -87,13 +105,7 @@ def _parser() -> argparse.ArgumentParser:
         help="JSON-lines file recording approval decisions (default: $BOTTLE_MCP_APPROVALS_LOG, else "
         "$XDG_STATE_HOME/bottle-mcp/approvals.jsonl, else ~/.local/state/bottle-mcp/approvals.jsonl)",
     )
-    s.add_argument(
-        "--http",
-        metavar="127.0.0.1:PORT",
-        default=None,
-        help="serve the same tools over Streamable HTTP at http://ADDR:PORT/mcp instead of stdio "
-        "(loopback addresses only: there is no authentication)",
-    )
+    _add_http_options(s)
     s.add_argument(
         "--warm-pool",
         type=int,
@@ -182,18 +194,50 @@ def parse_http_address(value: str) -> tuple[str, int]:
         loopback = False
     if not loopback:
         raise InvalidArgumentError(
-            f"--http {value!r}: the HTTP transport has no authentication, so it binds only to loopback "
-            "addresses (127.0.0.1 or ::1); use stdio for everything else"
+            f"--http {value!r}: the HTTP transport binds only to loopback addresses (127.0.0.1 or ::1); "
+            "use stdio for everything else"
         )
     return host, int(port)
 
 
+def _http_token(args: argparse.Namespace) -> tuple[str, bool]:
+    """The bearer token: from --http-token-file, else $BOTTLE_MCP_HTTP_TOKEN, else a new one (made=True)."""
+    from .httpguard import TOKEN_ENV, check_token, new_token
+
+    if args.http_token_file is not None:
+        try:
+            text = args.http_token_file.read_text().strip()
+        except OSError as e:
+            raise InvalidArgumentError(f"--http-token-file {str(args.http_token_file)!r}: {e.strerror}") from None
+        return check_token(text, f"--http-token-file {str(args.http_token_file)!r}"), False
+    if os.environ.get(TOKEN_ENV):
+        return check_token(os.environ[TOKEN_ENV].strip(), f"${TOKEN_ENV}"), False
+    return new_token(), True
+
+
+async def _serve_http(mcp: Any, host: str, port: int, token: str) -> None:
+    import uvicorn
+    from mcp.server.transport_security import TransportSecuritySettings
+
+    from .httpguard import HttpGuard, local_names
+
+    hosts, origins = local_names(host, port)
+    app = mcp.streamable_http_app(
+        host=host,
+        transport_security=TransportSecuritySettings(allowed_hosts=hosts, allowed_origins=origins),
+    )
+    guarded = HttpGuard(app, token=token, hosts=hosts, origins=origins)
+    await uvicorn.Server(uvicorn.Config(guarded, host=host, port=port, log_level="info")).serve()
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    from .logsafe import guard_logging
     from .manifest import parse_size
     from .server import build_server
     from .service import BottleService, ServiceConfig
 
     http = parse_http_address(args.http) if args.http else None
+    token, token_made = _http_token(args) if http is not None else ("", False)
     config = ServiceConfig(
         manifest_path=args.manifest or default_manifest(),
         host_roots=args.host_root,
@@ -205,6 +249,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.warm_pool is not None and not 0 <= args.warm_pool <= 64:
         raise InvalidArgumentError(f"--warm-pool {args.warm_pool}: give a number of spares from 0 to 64")
     service = BottleService(config, _instance_backend(args))
+    # From here on, text from bottles may reach the log: redact credentials, escape and clip every record.
+    guard_logging(service.redactor.secrets)
     log = logging.getLogger("bottle_mcp")
     log.info(
         "serving manifest %s as instance %s (backend %s)",
@@ -219,9 +265,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if http is not None:
         host, port = http
-        log.info("serving over Streamable HTTP at http://%s:%d/mcp", host, port)
+        url = f"http://{'[::1]' if host == '::1' else host}:{port}/mcp"
+        log.info("serving over Streamable HTTP at %s (bearer token required)", url)
+        if token_made:
+            # For the person configuring the client: stderr, never the log's formatter (it is not a bottle's).
+            print(
+                f"bottle-mcp: every request to {url} needs the header 'Authorization: Bearer {token}'\n"
+                f"bottle-mcp: e.g. claude mcp add --transport http bottle-mcp {url} "
+                f'--header "Authorization: Bearer {token}"',
+                file=sys.stderr,
+                flush=True,
+            )
         # uvicorn handles SIGINT/SIGTERM; the server's lifespan removes its bottles on the way out.
-        _run(lambda: build_server(service).run_streamable_http_async(host=host, port=port))
+        _run(lambda: _serve_http(build_server(service), host, port, token))
         return 0
 
     async def main() -> None:

@@ -84,8 +84,22 @@ async def no_job_progress(_elapsed: float, _message: str) -> None:
     return None
 
 
-def _sh(script: str, *args: str | int) -> str:
-    return f"/bin/sh -c {shlex.quote(script)} bottle-job " + " ".join(shlex.quote(str(a)) for a in args)
+# The control scripts run with the image's own tools (a read-only root), never whatever the bottle put
+# earlier on its PATH.
+CONTROL_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# What the server reads about a job comes from inside the bottle: say so wherever it is reported.
+ADVISORY_EXIT = (
+    "the exit status was recorded inside the bottle by the job's runner: it is as trustworthy as the bottle "
+    "(a process there could change it)"
+)
+ADVISORY_COUNT = "the count of processes left is read inside the bottle, as the bottle's user: advisory"
+
+
+def _sh(script: str, *args: str | int, control: bool = True) -> str:
+    """A script with its arguments; a control script (not the job's own runner) gets CONTROL_PATH."""
+    quoted = " ".join(shlex.quote(str(a)) for a in args)
+    path = f"PATH={CONTROL_PATH} " if control else ""
+    return f"{path}/bin/sh -c {shlex.quote(script)} bottle-job {quoted}"
 
 
 @dataclass
@@ -254,7 +268,7 @@ class JobManager:
     @staticmethod
     async def _launch(bottle: Bottle, job_id: str, workdir: str, timeout_s: float) -> int:
         res = await bottle.exec(
-            _sh(START_SH, str(JOBS_ROOT / job_id), workdir, STREAM_LIMIT, max(1, int(timeout_s))),
+            _sh(START_SH, str(JOBS_ROOT / job_id), workdir, STREAM_LIMIT, max(1, int(timeout_s)), control=False),
             timeout_s=CONTROL_TIMEOUT_S,
             workdir=None,
             output_cap=4096,
@@ -310,6 +324,7 @@ class JobManager:
             job.notes.append(f"the job ran past its {job.timeout_s:g} s deadline; its processes were killed")
         elif poll.state == "exit" and poll.exit_code is not None:
             job.status, job.exit_code = "exited", poll.exit_code
+            job.notes.append(ADVISORY_EXIT)
         elif poll.state in {"exit", "lost"}:
             job.status = "lost"
             job.notes.append("the job's runner died without an exit status (killed inside the bottle?)")
@@ -450,6 +465,7 @@ class JobManager:
             notes.append(f"the job {shown} ({job.status}); anything it left running was killed")
         if left:
             notes.append(f"{left} process(es) of the job are still alive in the bottle")
+        notes.append(ADVISORY_COUNT)
         return CancelResult(job=job.info(), processes_left=left, notes=notes)
 
     async def _count(self, job: Job) -> int:

@@ -8,6 +8,7 @@ Every problem is reported with the file, the TOML path and a fix.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
 import re
 import tomllib
@@ -121,6 +122,27 @@ def _egress_port(entry: str) -> str:
     return entry
 
 
+_PRIVATE_RULE = re.compile(
+    r"^(?:\[(?P<v6>[0-9a-fA-F:.]+(?:/\d{1,3})?)\]|(?P<v4>[0-9.]+(?:/\d{1,2})?))(?::(?P<port>\d{1,5}))?$"
+)
+
+
+def _private_rule(entry: str) -> str:
+    """'10.20.0.0/16:443', '10.0.0.5', '[fd00::/8]:443' (the proxy parses the same form: egress_addrs.py)."""
+    m = _PRIVATE_RULE.match(entry)
+    how = "write a CIDR with an optional port, e.g. '10.20.0.0/16', '10.20.0.0/16:443' or '[fd00::/8]:443'"
+    if m is None:
+        raise ValueError(f"{entry!r}: {how} (IPv6 in brackets)")
+    try:
+        ipaddress.ip_network(m.group("v6") or m.group("v4"), strict=False)
+    except ValueError as e:
+        raise ValueError(f"{entry!r}: {e}; {how}") from None
+    port = m.group("port")
+    if port is not None and not 1 <= int(port) <= 65535:
+        raise ValueError(f"{entry!r} has port {port}; ports run from 1 to 65535")
+    return entry
+
+
 class CredentialRoute(_Strict):
     """Where the egress proxy puts a credential's real value in place of the bottle's stand-in."""
 
@@ -159,6 +181,13 @@ class Egress(_Strict):
     )
     upstream_ca: str | None = Field(
         None, description="PEM file of an extra CA the proxy trusts for upstream TLS (relative to the manifest)."
+    )
+    allow_private: list[Annotated[str, AfterValidator(_private_rule)]] = Field(
+        default_factory=list,
+        description="Non-public destinations the proxy may connect to (by default it refuses loopback, private, "
+        "link-local, CGNAT, multicast, reserved ranges and every address of the host and the engine's networks): "
+        "CIDRs, each optionally with ':port', IPv6 in brackets, e.g. ['10.20.0.0/16:443', '[fd00::/8]']. "
+        "Names must still be in allow; each entry shows in the plan as an elevation.",
     )
 
     def route(self, name: str) -> CredentialRoute | None:

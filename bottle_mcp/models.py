@@ -56,6 +56,11 @@ class NetworkPlan(Frozen):
         default_factory=dict, description="Where each forwarded credential may go; anywhere else is refused."
     )
     proxy: str = Field("", description="How the proxy is reached from inside the bottle.")
+    allow_private: list[str] = Field(
+        default_factory=list,
+        description="Non-public destinations (CIDR[:port]) the proxy may connect to; every other non-public "
+        "address, and every address of the host and the engine's networks, is refused.",
+    )
 
 
 class EgressDecision(Frozen):

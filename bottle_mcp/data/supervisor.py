@@ -14,25 +14,61 @@ bytes consumed), EXIT (JSON: code, out, err). The server trusts none of it
 beyond this bottle: it bounds, validates and times everything itself.
 
 Standard library only: the bottle's image needs nothing but python3.
+
+Its first act is to make itself not dumpable: the kernel (and gVisor) then
+closes its /proc entries (fd, mem, environ) to the bottle's own user and refuses
+ptrace, so no other process in the bottle can reopen its standard input or
+output to read the server's requests or answer in its place. The hello says
+whether that worked; the server uses no channel whose supervisor is exposed.
+
+gVisor keeps a non-dumpable process's memory and ptrace closed but not its
+/proc/PID/fd, so every frame is also sealed: the server's first frame (KEY,
+sent at launch, before anything of the agent runs) carries a random key, and
+each frame after it, both ways, ends with a 16-byte HMAC-SHA256 tag over its
+direction, its sequence number, header and payload. Bytes that something else
+in the bottle writes into the channel, or frames it takes out of it, break the
+sequence: the side that notices ends the channel. The server's requests (OPEN)
+are also enciphered (XOR with a SHAKE-256 stream keyed by the key and the
+sequence number), so one taken out of the channel reads as noise; input data
+(STDIN) is sealed but not enciphered: it is going into the bottle anyway.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import json
-import os
-import selectors
-import signal
-import struct
-import subprocess
-import sys
-import time
-from typing import IO, Any
+
+def _seal() -> bool:
+    """prctl(PR_SET_DUMPABLE, 0); True when the process is no longer dumpable."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE
+        return int(libc.prctl(3, 0, 0, 0, 0)) == 0  # PR_GET_DUMPABLE
+    except (ImportError, OSError, AttributeError):
+        return False
+
+
+SEALED = _seal()
+
+import contextlib  # noqa: E402 - after the seal, which comes first
+import fcntl  # noqa: E402
+import hashlib  # noqa: E402
+import hmac  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import selectors  # noqa: E402
+import signal  # noqa: E402
+import struct  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from typing import IO, Any  # noqa: E402
 
 VERSION = 1
 HEADER = struct.Struct(">BII")
-T_OPEN, T_STDIN, T_KILL = 1, 2, 3
+T_OPEN, T_STDIN, T_KILL, T_KEY = 1, 2, 3, 4
+TAG = 16
+KEY_SIZE = 32
 T_HELLO, T_STARTED, T_STDOUT, T_STDERR, T_EXIT, T_CREDIT = 10, 11, 12, 13, 14, 15
 MAX_IN_FRAME = 8 << 20
 F_SETPIPE_SZ = 1031
@@ -70,9 +106,29 @@ class Supervisor:
         self.sel.register(0, selectors.EVENT_READ, ("in", None))
         self.sel.register(self.wake_r, selectors.EVENT_READ, ("wake", None))
         self.running = True
+        self.key = b""
+        self.seq_in = self.seq_out = 0
+
+    def tag(self, direction: bytes, seq: int, frame: bytes) -> bytes:
+        return hmac.new(self.key, direction + seq.to_bytes(8, "big") + frame, hashlib.sha256).digest()[:TAG]
+
+    def read_key(self) -> None:
+        want = HEADER.size + KEY_SIZE
+        first = b""
+        while len(first) < want:
+            data = os.read(0, want - len(first))
+            if not data:
+                sys.exit("the channel ended before its key")
+            first += data
+        kind, _, size = HEADER.unpack_from(first)
+        if kind != T_KEY or size != KEY_SIZE:
+            sys.exit("the channel did not start with its key")
+        self.key = first[HEADER.size :]
 
     def send(self, kind: int, rid: int, payload: bytes = b"") -> None:
-        data = memoryview(HEADER.pack(kind, rid, len(payload)) + payload)
+        frame = HEADER.pack(kind, rid, len(payload)) + payload
+        data = memoryview(frame + self.tag(b"S", self.seq_out, frame))
+        self.seq_out += 1
         while data:
             data = data[os.write(1, data) :]
 
@@ -91,10 +147,19 @@ class Supervisor:
             kind, rid, size = HEADER.unpack_from(self.inbuf)
             if size > MAX_IN_FRAME:
                 sys.exit("frame too large")
-            if len(self.inbuf) < HEADER.size + size:
+            if len(self.inbuf) < HEADER.size + size + TAG:
                 return
-            payload = bytes(self.inbuf[HEADER.size : HEADER.size + size])
-            del self.inbuf[: HEADER.size + size]
+            frame = bytes(self.inbuf[: HEADER.size + size])
+            tag = bytes(self.inbuf[HEADER.size + size : HEADER.size + size + TAG])
+            del self.inbuf[: HEADER.size + size + TAG]
+            if not hmac.compare_digest(tag, self.tag(b"C", self.seq_in, frame)):
+                # Something else in the bottle wrote into the channel or took frames out of it.
+                self.running = False
+                return
+            payload = frame[HEADER.size :]
+            if kind == T_OPEN:
+                payload = unmask(self.key, self.seq_in, payload)
+            self.seq_in += 1
             self.on_frame(kind, rid, payload)
 
     def on_frame(self, kind: int, rid: int, payload: bytes) -> None:
@@ -231,7 +296,8 @@ class Supervisor:
     # -- main loop ------------------------------------------------------------------
 
     def run(self) -> None:
-        self.send_json(T_HELLO, 0, {"v": VERSION, "pid": os.getpid()})
+        self.read_key()
+        self.send_json(T_HELLO, 0, {"v": VERSION, "pid": os.getpid(), "sealed": SEALED})
         while self.running:
             waiting = [c.exited_at for c in self.cmds.values() if c.exited_at is not None]
             timeout = max(0.0, min(waiting) + DRAIN_S - time.monotonic()) if waiting else None
@@ -250,6 +316,14 @@ class Supervisor:
             self.reap()
         for cmd in list(self.cmds.values()):
             kill_session(cmd.proc.pid)
+
+
+def unmask(key: bytes, seq: int, data: bytes) -> bytes:
+    """XOR with the server's key stream for this frame (the same function enciphers and deciphers)."""
+    if not data:
+        return data
+    stream = hashlib.shake_256(key + b"E" + seq.to_bytes(8, "big")).digest(len(data))
+    return (int.from_bytes(data, "big") ^ int.from_bytes(stream, "big")).to_bytes(len(data), "big")
 
 
 def kill_session(pid: int) -> None:

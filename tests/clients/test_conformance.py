@@ -7,9 +7,11 @@ passes, so the baseline cannot go stale silently.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import secrets
 import socket
 import subprocess
 import threading
@@ -41,11 +43,92 @@ def free_port() -> int:
         return port
 
 
+class AuthForwarder:
+    """Loopback forwarder that adds the bearer token to each request: the suite cannot send headers.
+
+    A Host or Origin that names the forwarder is rewritten to name the server; any other (the suite's
+    DNS-rebinding scenario) goes through unchanged, so the server still judges it.
+    """
+
+    def __init__(self, target_port: int, token: str) -> None:
+        self.target_port = target_port
+        self.token = token.encode()
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.port = int(self.sock.getsockname()[1])
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        up = socket.create_connection(("127.0.0.1", self.target_port))
+        threading.Thread(target=self._pipe, args=(up, conn), daemon=True).start()
+        buf = b""
+        try:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    buf += data
+                head, buf = buf.split(b"\r\n\r\n", 1)
+                lines = head.split(b"\r\n")
+                out, length = [lines[0]], 0
+                for line in lines[1:]:
+                    name, _, value = line.partition(b":")
+                    key = name.strip().lower()
+                    if key == b"authorization":
+                        continue
+                    if key == b"content-length":
+                        length = int(value.strip())
+                    if key == b"host" and value.strip() == f"127.0.0.1:{self.port}".encode():
+                        out.append(f"Host: 127.0.0.1:{self.target_port}".encode())
+                    elif key == b"origin" and value.strip() == f"http://127.0.0.1:{self.port}".encode():
+                        out.append(f"Origin: http://127.0.0.1:{self.target_port}".encode())
+                    else:
+                        out.append(line)
+                out.append(b"Authorization: Bearer " + self.token)
+                while len(buf) < length:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    buf += data
+                up.sendall(b"\r\n".join(out) + b"\r\n\r\n" + buf[:length])
+                buf = buf[length:]
+        except OSError:
+            return
+        finally:
+            up.close()
+            conn.close()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                dst.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 @pytest.fixture
 def http_server(minimal_manifest: Path, tmp_path: Path) -> Iterator[str]:
-    """`bottle-mcp serve --http` on the fake backend; yields its URL once it listens."""
+    """`bottle-mcp serve --http` on the fake backend; yields the URL of a forwarder that adds its token."""
     port = free_port()
-    env = {**os.environ, "BOTTLE_MCP_BACKEND": "fake"}
+    token = "conformance-" + secrets.token_urlsafe(24)
+    env = {**os.environ, "BOTTLE_MCP_BACKEND": "fake", "BOTTLE_MCP_HTTP_TOKEN": token}
     proc = subprocess.Popen(
         server_argv(minimal_manifest, "--http", f"127.0.0.1:{port}"),
         cwd=tmp_path,
@@ -71,7 +154,11 @@ def http_server(minimal_manifest: Path, tmp_path: Path) -> Iterator[str]:
     try:
         assert listening.wait(START_TIMEOUT_S), "the HTTP server did not start:\n" + "".join(log)
         assert proc.poll() is None, "the HTTP server exited:\n" + "".join(log)
-        yield f"http://127.0.0.1:{port}/mcp"
+        forwarder = AuthForwarder(port, token)
+        try:
+            yield f"http://127.0.0.1:{forwarder.port}/mcp"
+        finally:
+            forwarder.close()
     finally:
         proc.terminate()
         proc.wait(timeout=15)

@@ -60,12 +60,16 @@ async def test_a_cancelled_exec_kills_its_processes(service: BottleService) -> N
             await anyio.sleep(0.05)
 
 
-async def test_a_killed_supervisor_is_replaced_and_commands_keep_working(service: BottleService) -> None:
+async def test_a_killed_supervisor_is_not_replaced_and_commands_keep_working_through_the_engine(
+    service: BottleService,
+) -> None:
     bid, bottle = await _bottle(service)
     res = await service.exec(bid, "kill -KILL $PPID")  # the agent kills the supervisor under its own command
     assert res.exit_code is None and "channel broke" in res.notes[0]
-    assert (await service.exec(bid, "echo again")).stdout == "again\n"
-    assert bottle.channel_alive
+    # A new supervisor would be exposed while it starts: the bottle goes on with engine execs.
+    res = await service.exec(bid, "echo again; exit 3")
+    assert (res.stdout, res.exit_code) == ("again\n", 3)
+    assert not bottle.channel_alive
 
 
 async def test_a_frozen_supervisor_cannot_hang_the_server(service: BottleService) -> None:
@@ -73,10 +77,13 @@ async def test_a_frozen_supervisor_cannot_hang_the_server(service: BottleService
     with anyio.fail_after(20):
         res = await service.exec(bid, "kill -STOP $PPID; sleep 305", timeout_s=1)
     assert res.timed_out
+    res = await service.exec(bid, "echo fine")
+    assert res.stdout == "fine\n" and not bottle.channel_alive
+    assert any("one engine exec each" in n for n in res.notes), res.notes
     # The kill went through the engine instead, aimed at the command's session.
     assert await _procs(service, bid, "sleep 305") == []
-    assert (await service.exec(bid, "echo fine")).stdout == "fine\n"
-    assert bottle.channel_alive
+    # The stopped supervisor was retired, not left behind.
+    assert await _procs(service, bid, "exec-channel") == []
 
 
 class CountingEngine(Engine):

@@ -34,6 +34,7 @@ ALLOWED_NAMES = ["allowed.test", "api.allowed.test", "pinned.allowed.test"]
 BLOCKED_NAMES = ["blocked.test"]
 SECRET_NAME = "BOTTLE_TEST_TOKEN"
 SECRET_VALUE = "tok-" + "7" * 8 + secrets.token_hex(12)
+PRIVATE_WORLD = ["172.16.0.0/12", "192.168.0.0/16", "10.0.0.0/8"]
 
 
 def _runtimes() -> list[str]:
@@ -172,6 +173,8 @@ pids = 512
 allow = ["allowed.test", "*.allowed.test:443"]
 passthrough = ["pinned.allowed.test"]
 upstream_ca = "{world_ca}"
+# The "outside" hosts here are containers of ours on an engine network: private addresses.
+allow_private = {PRIVATE_WORLD!r}
 
 [bottles.net.egress.credentials]
 {SECRET_NAME} = {{ hosts = ["allowed.test"], body = true }}

@@ -237,5 +237,25 @@ def find_secret(prefix: str, length: str, *labelled: str) -> None:
         print(label, found[label], " ".join(where[label][:50]))
 
 
+def _tunnel(host: str) -> ssl.SSLSocket | None:
+    """CONNECT to host:443 and start TLS, trusting the proxy's CA (SSL_CERT_FILE); None if refused."""
+    s = socket.create_connection(PROXY, timeout=20)
+    s.sendall(f"CONNECT {host}:443 HTTP/1.1\r\nHost: {host}:443\r\n\r\n".encode())
+    head = s.recv(4096).split(b"\r\n")[0]
+    if b" 200 " not in head:
+        print("CONNECT", head.decode(errors="replace"))
+        return None
+    return ssl.create_default_context().wrap_socket(s, server_hostname=host)
+
+
+def tunnel_request(host: str, env_name: str, request: str) -> None:
+    """Send one raw HTTP/1.1 request in an intercepted tunnel; SECRET in it becomes the credential's value."""
+    t = _tunnel(host)
+    if t is None:
+        return
+    t.sendall(request.replace("\\r\\n", "\r\n").replace("SECRET", os.environ[env_name]).encode())
+    print(t.recv(4096).split(b"\r\n")[0].decode(errors="replace"))
+
+
 if __name__ == "__main__":
     globals()[sys.argv[1]](*sys.argv[2:])

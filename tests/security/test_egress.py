@@ -17,6 +17,7 @@ import docker
 import pytest
 
 from bottle_mcp import labels as L
+from bottle_mcp.approval import elevations
 from bottle_mcp.backends.docker import DockerBackend
 from bottle_mcp.backends.docker.bottle import DockerBottle
 from bottle_mcp.backends.docker.egress import EGRESS_IMAGE, EgressStack
@@ -25,7 +26,7 @@ from bottle_mcp.labels import Instance
 from bottle_mcp.models import CleanupPlan
 from bottle_mcp.service import BottleService, ServiceConfig
 
-from .conftest import SECRET_NAME, SECRET_VALUE, World, launch, probe
+from .conftest import PRIVATE_WORLD, SECRET_NAME, SECRET_VALUE, World, launch, probe
 
 pytestmark = pytest.mark.anyio
 
@@ -40,6 +41,8 @@ async def test_plan_shows_the_egress_policy_before_launch(sec_service: BottleSer
     assert net.intercepted == ["allowed.test", "*.allowed.test"]
     assert net.passthrough == ["pinned.allowed.test"]
     assert net.credential_hosts == {SECRET_NAME: ["allowed.test"]}
+    assert net.allow_private == PRIVATE_WORLD
+    assert any("non-public destination 10.0.0.0/8" in e for e in elevations(plan))
     assert any("pinned.allowed.test is passed through" in w for w in plan.warnings)
 
 
@@ -284,18 +287,28 @@ async def test_cleanup_finds_the_proxy_and_network_of_a_server_that_is_gone(
     assert _objects_of(docker_client, label) == []
 
 
-# Runs inside the proxy image: a name on the allow-list that resolves to the host, loopback or
-# link-local (DNS rebinding, cloud metadata) is refused at connect time, by the real addon.
+# Runs inside the proxy image: a name on the allow-list that resolves to the host, loopback, link-local
+# (DNS rebinding, cloud metadata), a private or CGNAT address, a public address of the host or an engine
+# network, in any IPv6 spelling, is refused at connect time by the real addon. Nothing is connected to.
 REBIND_CHECK = """
 import json, os, socket, sys, types
-os.environ["EGRESS_POLICY"] = json.dumps({"allow": [{"pattern": "*.rebind.test", "ports": [443]}]})
+os.environ["EGRESS_POLICY"] = json.dumps({"allow": [{"pattern": "*.rebind.test", "ports": [443]}],
+                                          "allow_private": ["10.9.0.0/16:443"],
+                                          "deny_addresses": ["198.51.100.0/24", "9.9.0.0/16"]})
 sys.path.insert(0, "/opt/egress")
 import egress_addon
 addon = egress_addon.addons[0]
 gateway = sorted(addon.gateways)[0]
 answers = {"gw.rebind.test": gateway, "lo.rebind.test": "127.0.0.1", "meta.rebind.test": "169.254.169.254",
-           "ok.rebind.test": "203.0.113.7"}
-socket.getaddrinfo = lambda host, port, **kw: [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (answers[host], port))]
+           "priv.rebind.test": "192.168.4.4", "cgnat.rebind.test": "100.64.0.9", "mcast.rebind.test": "239.1.2.3",
+           "zero.rebind.test": "0.0.0.0", "doc.rebind.test": "203.0.113.7", "engine.rebind.test": "9.9.4.4",
+           "mapped.rebind.test": "::ffff:" + gateway, "nat64.rebind.test": "64:ff9b::a00:1",
+           "sixtofour.rebind.test": "2002:c0a8:101::1", "ula.rebind.test": "fd00::5", "v6lo.rebind.test": "::1",
+           "allowed-private.rebind.test": "10.9.3.3", "ok.rebind.test": "9.8.7.6"}
+def fake(host, port, **kw):
+    family = socket.AF_INET6 if ":" in answers[host] else socket.AF_INET
+    return [(family, socket.SOCK_STREAM, 6, "", (answers[host], port))]
+socket.getaddrinfo = fake
 for name in answers:
     server = types.SimpleNamespace(address=(name, 443), sni=None, error=None)
     addon.server_connect(types.SimpleNamespace(server=server, client=None))
@@ -315,9 +328,6 @@ async def test_allowed_names_resolving_to_the_host_loopback_or_link_local_are_re
         user="10101:10101",
     ).decode()
     results = dict(line.split(" ", 1) for line in out.strip().splitlines() if not line.startswith("EGRESS-LOG"))
-    assert results == {
-        "gw.rebind.test": "refused",
-        "lo.rebind.test": "refused",
-        "meta.rebind.test": "refused",
-        "ok.rebind.test": "allowed 203.0.113.7",
-    }, out
+    allowed = {"ok.rebind.test": "allowed 9.8.7.6", "allowed-private.rebind.test": "allowed 10.9.3.3"}
+    assert results == {name: allowed.get(name, "refused") for name in results}, out
+    assert len(results) == 16, out

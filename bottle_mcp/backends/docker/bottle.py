@@ -22,6 +22,7 @@ from ...errors import (
     EngineUnreachableError,
     PathError,
 )
+from ...logsafe import bottle_text
 from ...models import BottleInfo, EgressDecision, ExecResult, GateEvent
 from ...output import safe_text, trim_partial_utf8
 from .channel import Channel, ChannelError
@@ -32,8 +33,7 @@ from .gates import GateStack
 
 log = logging.getLogger(__name__)
 
-# How often a bottle may start a new channel after the last one failed, before it
-# stays on one engine exec per command.
+# How often the launch may try to start the channel before the bottle uses engine execs.
 CHANNEL_ATTEMPTS = 3
 
 BIG_TAR = 4 << 20
@@ -81,6 +81,9 @@ class DockerBottle:
         self._channel: Channel | None = None
         self._channel_attempts = 0
         self._channel_lock = anyio.Lock()
+        self.channel_notes: list[str] = []
+        self._channel_lost: str | None = None  # why the channel ended; the bottle then uses engine execs
+        self._loss_reported = False
 
     @property
     def channel_alive(self) -> bool:
@@ -117,8 +120,22 @@ class DockerBottle:
             self._channel_attempts = 1
 
     async def _live_channel(self) -> Channel | None:
-        if not self.channel_alive:
-            await self.start_channel()
+        """The running channel, or None. A channel that ended is never replaced.
+
+        A new supervisor would be reachable by the bottle's processes (through /proc) for the moment
+        between its start and its seal, and once the agent has the bottle something may be waiting
+        for exactly that moment. So channels start at launch only; after one ends, every command
+        uses an engine exec of its own.
+        """
+        channel = self._channel
+        if channel is not None and not channel.alive and self._channel_lost is None:
+            self._channel_lost = channel.dead or "closed"
+            self._channel = None  # its supervisor was killed when it ended (Channel.close)
+            if not self._loss_reported:
+                self.channel_notes.append(
+                    f"this bottle's exec channel ended ({bottle_text(self._channel_lost, 200)}); this and later "
+                    "commands run through one engine exec each"
+                )
         return self._channel if self.channel_alive else None
 
     async def _run(
@@ -133,6 +150,9 @@ class DockerBottle:
     ) -> tuple[ExecOutcome, list[str]]:
         """Run over the channel if possible, else one engine exec. Returns the outcome and notes about it."""
         channel = None if via_engine else await self._live_channel()
+        fallback_notes: list[str] = []
+        if not via_engine:
+            fallback_notes, self.channel_notes = self.channel_notes, []
         if channel is not None:
             try:
                 out, broken = await channel.run(
@@ -141,14 +161,16 @@ class DockerBottle:
             except ChannelError:
                 pass  # nothing was started: use an engine exec
             else:
-                notes = []
+                notes = fallback_notes
                 if out.timed_out:
                     out.exit_code = None  # as with an engine exec: a killed command has no exit code to report
                 elif broken:
                     out.exit_code = None
+                    self._loss_reported = True
                     notes.append(
-                        "the bottle's exec channel broke during the command (something in the bottle ended it); "
-                        "the command's processes were killed and its outcome is unknown"
+                        f"the bottle's exec channel broke during the command ({bottle_text(broken, 200)}; "
+                        "something in the bottle ended or stopped it); the command's processes were killed and "
+                        "its outcome is unknown; later commands run through one engine exec each"
                     )
                 return out, notes
         stream = ExecStream(
@@ -173,7 +195,7 @@ class DockerBottle:
             raise
         if out.timed_out:
             await self._engine.run(stream.kill)
-        return out, []
+        return out, fallback_notes
 
     @property
     def id(self) -> str:

@@ -37,6 +37,7 @@ from .engine import Engine
 from .execstream import ExecStream
 from .images import builtin_tag
 from .mould import Mould, forwarder
+from .netguard import engine_networks, host_addresses
 
 EGRESS_IMAGE = builtin_tag("egress-proxy")
 PROXY_PORT = 3128
@@ -79,12 +80,15 @@ def network_plan(bottle: BottleDef) -> NetworkPlan:
             "the bottle has no network interface besides loopback; an egress proxy (mitmproxy) in a sidecar "
             "container is its only way out, reached through a forwarder on 127.0.0.1:3128. Only the allowed "
             "names and ports (default 443 and 80) pass, for CONNECT and plain HTTP alike; the bottle cannot "
-            "resolve names itself"
+            "resolve names itself. Destinations that are not public (loopback, private, link-local, CGNAT, "
+            "multicast, reserved) and every address of the host and the engine's networks are refused"
+            + (", except allow_private" if egress.allow_private else "")
         ),
         intercepted=[h for h in hosts if h not in egress.passthrough],
         passthrough=list(egress.passthrough),
         credential_hosts={k: list(r.hosts) for k in egress.credentials if (r := egress.route(k)) is not None},
         proxy=f"HTTP_PROXY / HTTPS_PROXY = {PROXY_URL} (a convenience; enforcement is the topology)",
+        allow_private=list(egress.allow_private),
     )
 
 
@@ -161,6 +165,7 @@ def policy(lm: LoadedManifest, bottle: BottleDef, credentials: list[str]) -> dic
         "allow": allow_rules(bottle.egress.allow),
         "passthrough": list(bottle.egress.passthrough),
         "credentials": creds,
+        "allow_private": list(bottle.egress.allow_private),
     }
 
 
@@ -216,7 +221,8 @@ class EgressStack:
             raise ImageMissingError(
                 EGRESS_IMAGE, "build it with `bottle-mcp images` (or run scripts/setup.sh)"
             ) from None
-        env = {"EGRESS_POLICY": json.dumps(policy(lm, bottle, credentials))}
+        rules = policy(lm, bottle, credentials)
+        env: dict[str, str] = {}
         if substitutions:
             env[SUBSTITUTE_WAIT_ENV] = "1"
         if bottle.egress.upstream_ca is not None:
@@ -230,6 +236,10 @@ class EgressStack:
                 enable_ipv6=False,
             )
             self.network_id = str(net["Id"])
+            # After the bottle's own network exists: the proxy refuses every engine network and host address.
+            env["EGRESS_POLICY"] = json.dumps(
+                {**rules, "deny_addresses": sorted({*engine_networks(c), *host_addresses()})}
+            )
             c.api.create_volume(name=self.volume_name, labels=self._labels("sidecar", "socket"))
             self.volume_made = True
             self.sidecar_id = Mould(

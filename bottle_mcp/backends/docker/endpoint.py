@@ -31,6 +31,7 @@ from ...errors import EngineError
 DEFAULT_SOCKET = "unix:///var/run/docker.sock"
 # Set by the CLI's --context: an explicit choice, so it beats DOCKER_HOST.
 ENV_CONTEXT = "BOTTLE_MCP_DOCKER_CONTEXT"
+TLS_API_VERSION = "1.41"
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,9 @@ def connect(endpoint: Endpoint, *, max_pool_size: int, timeout: int) -> docker.D
     kwargs: dict[str, Any] = {"base_url": endpoint.url, "max_pool_size": max_pool_size, "timeout": timeout}
     if endpoint.tls is not None:
         kwargs["tls"] = endpoint.tls
+        # Pinned: asking the engine for its version happens inside the constructor, before the
+        # CA fix below can apply. 1.41 (Docker 20.10) is the oldest API the backend supports.
+        kwargs["version"] = TLS_API_VERSION
     if endpoint.transport == "ssh":
         if shutil.which("ssh") is None:
             raise EngineError(
@@ -121,7 +125,13 @@ def connect(endpoint: Endpoint, *, max_pool_size: int, timeout: int) -> docker.D
             )
         kwargs["use_ssh_client"] = True
         kwargs["base_url"] = _with_ssh_port(endpoint.url)
-    return docker.DockerClient(**kwargs)
+    client = docker.DockerClient(**kwargs)
+    if endpoint.tls is not None:
+        # requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE replace the CA docker-py sets for each
+        # request, so with either set (common behind corporate proxies) the engine's own CA was
+        # ignored and every handshake failed. The engine's CA is the only one that should count.
+        client.api.trust_env = False
+    return client
 
 
 def _with_ssh_port(url: str) -> str:

@@ -18,14 +18,21 @@ Rules, in order:
   dot, no upper case, no userinfo) matching an allow rule on an allowed port;
 - CONNECT and absolute-URI HTTP are checked alike; in an intercepted tunnel
   each request is checked again, and its Host header must name the tunnel's host;
-- the name's addresses are resolved here and refused when any is loopback,
-  link-local, multicast, unspecified or this sidecar's gateway (the host);
-  the connection then goes to the checked address, so a second lookup cannot
-  change it;
+- the name's addresses are resolved here and refused when any is not public
+  (egress_addrs.py: loopback, private, link-local, CGNAT, multicast, reserved,
+  documentation and benchmarking ranges, in IPv4, IPv6 and the IPv6 forms that
+  carry an IPv4 address), or belongs to the host or the engine's networks, unless
+  the manifest's allow_private names it; the connection then goes to the checked
+  address, so a second lookup cannot change it. Every protocol the proxy carries
+  (HTTP, CONNECT tunnels, HTTP/2 and WebSocket inside them) connects through
+  that one check;
 - TLS to hosts not listed in passthrough is intercepted with this sidecar's own
   CA, and requests carrying a forwarded credential to a host that credential is
-  not declared for are refused. Raw (non-TLS, non-HTTP) bytes in a tunnel are
-  refused unless the host is passthrough;
+  not declared for are refused: every part of a request is scanned (method,
+  target, header names and values, body, trailers, HTTP/2 pseudo-headers, the
+  WebSocket upgrade and the messages after it), and the CONNECT's own target.
+  Raw (non-TLS, non-HTTP) bytes in a tunnel are refused unless the host is
+  passthrough;
 - credentials the bottle holds as stand-ins get their real value in requests to
   their declared hosts, and a stand-in anywhere else refuses the request
   (substitute.py).
@@ -41,10 +48,15 @@ import os
 import re
 import socket
 import struct
+import sys
 import time
+import urllib.parse
 
 from mitmproxy import http, tls
 from mitmproxy.proxy import server_hooks
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from egress_addrs import AddressPolicy
 from substitute import Substitutor
 
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+$")
@@ -87,6 +99,9 @@ class EgressPolicy:
         self.passthrough: list[str] = policy.get("passthrough", [])
         self.credentials: list[dict] = policy.get("credentials", [])
         self.gateways = _gateways()
+        self.addresses = AddressPolicy(
+            policy.get("allow_private", []), [*policy.get("deny_addresses", []), *self.gateways]
+        )
         self.tunnels: dict[str, str] = {}  # client connection id -> the CONNECT host
         self.pinned: dict[tuple[str, int], str] = {}  # checked address -> the name it was resolved from
         self.substitutor = Substitutor()  # stand-ins -> real values, for their declared hosts only
@@ -94,14 +109,15 @@ class EgressPolicy:
     # -- helpers -----------------------------------------------------------------
 
     def log(self, action: str, kind: str, host: object, port: object, reason: str, **extra: object) -> None:
+        # Forwarded credentials are replaced before anything is clipped (a cut value would not match).
         record = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "action": action,
             "kind": kind,
-            "host": _clip(host),
-            "port": port if isinstance(port, int) else _clip(port),
-            "reason": reason,
-            **{k: _clip(v) if isinstance(v, str) else v for k, v in extra.items()},
+            "host": _clip(self.redact(str(host))),
+            "port": port if isinstance(port, int) else _clip(self.redact(str(port))),
+            "reason": self.redact(reason),
+            **{k: _clip(self.redact(v)) if isinstance(v, str) else v for k, v in extra.items()},
         }
         print("EGRESS-LOG " + json.dumps(record, sort_keys=True), flush=True)
 
@@ -144,6 +160,18 @@ class EgressPolicy:
                     break
         return found
 
+    def redact(self, text: str) -> str:
+        """Replace each forwarded credential's value found in text (by prefix, length and hash) with its name."""
+        for cred in self.credentials:
+            prefix, length = cred["prefix"], int(cred["length"])
+            start = text.find(prefix)
+            while start != -1:
+                piece = text[start : start + length]
+                if hashlib.sha256(piece.encode()).hexdigest() == cred["sha256"]:
+                    text = text[:start] + f"[credential {cred['name']}]" + text[start + length :]
+                start = text.find(prefix, start + 1)
+        return text
+
     @staticmethod
     def _contains(blob: bytes, prefix: bytes, length: int, digest: str) -> bool:
         start = blob.find(prefix)
@@ -163,6 +191,11 @@ class EgressPolicy:
     def http_connect(self, flow: http.HTTPFlow) -> None:
         req = flow.request
         why = self.check_destination(req.host, req.port)
+        if why is None:
+            # The CONNECT goes no further than this proxy, but its target name goes to DNS.
+            leaked = self.leaked_credentials("", request_blobs(req))
+            if leaked:
+                why = f"the CONNECT carries credential(s) {', '.join(leaked)}"
         if why is not None:
             self.log("deny", "CONNECT", req.host, req.port, why)
             flow.response = http.Response.make(403, f"bottle egress: {why}\n".encode())
@@ -186,12 +219,7 @@ class EgressPolicy:
                 if named != host:
                     why = f"the Host header names {named!r}, not the destination {host!r}"
         if why is None:
-            blobs = [req.url.encode(errors="replace"), bytes(req.raw_content or b"")]
-            blobs += [f"{k}: {v}".encode(errors="replace") for k, v in req.headers.items(multi=True)]
-            decoded = req.get_content(strict=False)
-            if decoded:
-                blobs.append(decoded)
-            leaked = self.leaked_credentials(host, blobs)
+            leaked = self.leaked_credentials(host, request_blobs(req))
             if leaked:
                 why = f"request carries credential(s) {', '.join(leaked)} that may not be sent to this host"
         if why is None:
@@ -220,18 +248,11 @@ class EgressPolicy:
             except OSError as e:
                 why = f"cannot resolve: {e}"
                 infos = []
-            addresses = [info[4][0] for info in infos]
+            addresses = [str(info[4][0]) for info in infos]
             for addr in addresses:
-                ip = ipaddress.ip_address(addr)
-                if (
-                    ip.is_loopback
-                    or ip.is_link_local
-                    or ip.is_multicast
-                    or ip.is_unspecified
-                    or ip.is_reserved
-                    or addr in self.gateways
-                ):
-                    why = f"{host} resolves to {addr}, an address bottles may not reach"
+                refused = self.addresses.refusal(addr, int(port))
+                if refused is not None:
+                    why = f"{host} resolves to {addr}, an address bottles may not reach: {refused}"
                     break
             if why is None and addresses:
                 # Connect to the address that was checked; keep the name for TLS.
@@ -265,8 +286,43 @@ class EgressPolicy:
         flow.messages[-1].content = b""
         flow.kill()
 
+    def websocket_message(self, flow: http.HTTPFlow) -> None:
+        # After the upgrade, the bottle's messages go to the same host: scanned like requests.
+        ws = flow.websocket
+        if ws is None or not ws.messages or not ws.messages[-1].from_client:
+            return
+        host = self.tunnels.get(flow.client_conn.id) or flow.request.host
+        leaked = self.leaked_credentials(host, [ws.messages[-1].content])
+        if leaked:
+            self.log(
+                "deny", "WebSocket", host, flow.request.port, f"a message carries credential(s) {', '.join(leaked)}"
+            )
+            ws.messages[-1].drop()
+            flow.kill()
+
     def client_disconnected(self, client) -> None:  # type: ignore[no-untyped-def]
         self.tunnels.pop(client.id, None)
+
+
+def request_blobs(req: http.Request) -> list[bytes]:
+    """Every part of a request a credential could ride in, as bytes, for the scan."""
+    # The raw fields as they will be sent (mitmproxy's `method` is upper-cased, the wire keeps the case);
+    # for HTTP/2 these are the pseudo-headers :method, :scheme, :authority and :path.
+    data = req.data
+    blobs = [bytes(b) for b in (data.method, data.scheme, data.authority, data.host.encode(), data.path) if b]
+    blobs.append(bytes(data.http_version))
+    parts = [req.url, urllib.parse.unquote(req.url), urllib.parse.unquote_plus(req.path)]
+    blobs += [p.encode(errors="replace") for p in parts if p]
+    for headers in (req.headers, req.trailers):
+        if headers is None:
+            continue
+        for name, value in headers.fields:  # raw bytes: names and values as sent, repeated ones too
+            blobs += [bytes(name), bytes(value), bytes(name) + b": " + bytes(value)]
+    blobs.append(bytes(req.raw_content or b""))
+    decoded = req.get_content(strict=False)
+    if decoded:
+        blobs.append(decoded)
+    return blobs
 
 
 addons = [EgressPolicy()]
