@@ -162,6 +162,7 @@ class EgressPolicy:
 
     def redact(self, text: str) -> str:
         """Replace each forwarded credential's value found in text (by prefix, length and hash) with its name."""
+        text = self.substitutor.redact(text)
         for cred in self.credentials:
             prefix, length = cred["prefix"], int(cred["length"])
             start = text.find(prefix)
@@ -196,6 +197,8 @@ class EgressPolicy:
             leaked = self.leaked_credentials("", request_blobs(req))
             if leaked:
                 why = f"the CONNECT carries credential(s) {', '.join(leaked)}"
+        if why is None:
+            why = self.substitutor.check_connect(req.host)
         if why is not None:
             self.log("deny", "CONNECT", req.host, req.port, why)
             flow.response = http.Response.make(403, f"bottle egress: {why}\n".encode())

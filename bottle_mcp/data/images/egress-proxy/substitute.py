@@ -142,6 +142,19 @@ class Substitutor:
                     break
         return "; ".join(problems) if problems else None
 
+    def redact(self, text: str) -> str:
+        """Text for the log: every stand-in and real value replaced by the credential's name."""
+        for cred in self.credentials:
+            for secret in (cred.value, cred.stand_in):
+                text = text.replace(secret.decode(errors="replace"), f"[credential {cred.name}]")
+        return text
+
+    def check_connect(self, target: str) -> str | None:
+        """Why a CONNECT to `target` is refused: its name carries a stand-in or a real value (it would go to DNS)."""
+        name = target.encode(errors="replace")
+        found = [c.name for c in self.credentials if c.stand_in in name or c.value in name]
+        return f"the CONNECT carries credential(s) {', '.join(found)}" if found else None
+
     def apply(self, request, host: str) -> list[str]:  # type: ignore[no-untyped-def]
         """Put the real values in place of the stand-ins for `host`; return the names substituted."""
         used: list[str] = []
