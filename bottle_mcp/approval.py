@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -48,12 +49,14 @@ from pydantic import BaseModel, Field
 from .errors import ApprovalError, BottleError
 from .manifest import ApprovePolicy, LoadedManifest, format_size
 from .models import BottlePlan, LaunchResult
+from .preapprove import PreApprovals, preapprovals_path
 from .service import BottleService
 
 log = logging.getLogger(__name__)
 
 LOG_NAME = "approvals.jsonl"
 ENV_LOG = "BOTTLE_MCP_APPROVALS_LOG"
+INSTANT_S = 1.0  # a cancel faster than this came from the client, not from a person
 
 
 def default_log_path() -> Path:
@@ -61,8 +64,12 @@ def default_log_path() -> Path:
     env = os.environ.get(ENV_LOG)
     if env:
         return Path(env).expanduser()
+    return _state_dir() / LOG_NAME
+
+
+def _state_dir() -> Path:
     state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(state) / "bottle-mcp" / LOG_NAME
+    return Path(state) / "bottle-mcp"
 
 
 # -- what counts as "more than the offline default" ---------------------------------------
@@ -129,6 +136,7 @@ class LaunchDecision:
     required: bool
     question: str
     plan: BottlePlan
+    ahead: str | None = None  # how a person approved this launch ahead (then nobody is asked now)
 
 
 def effective_policy(override: ApprovePolicy | None, manifest: LoadedManifest) -> tuple[ApprovePolicy, str]:
@@ -140,10 +148,14 @@ def effective_policy(override: ApprovePolicy | None, manifest: LoadedManifest) -
     return host.approve, f"{where} [host] approve in {manifest.path}"
 
 
-def decide(plan: BottlePlan, manifest: LoadedManifest, override: ApprovePolicy | None) -> LaunchDecision:
+def decide(
+    plan: BottlePlan, manifest: LoadedManifest, override: ApprovePolicy | None, ahead: str | None = None
+) -> LaunchDecision:
     policy, source = effective_policy(override, manifest)
     reasons = tuple(elevations(plan))
     required = policy == "always" or (policy == "elevated" and bool(reasons))
+    if required and ahead is None and plan.agent in manifest.manifest.host.approved_agents:
+        ahead = f"agent '{plan.agent}' is listed in [host] approved_agents of {manifest.path}"
     return LaunchDecision(
         plan_id=plan.plan_id,
         digest=plan.digest,
@@ -154,6 +166,7 @@ def decide(plan: BottlePlan, manifest: LoadedManifest, override: ApprovePolicy |
         required=required,
         question=render_question(plan, policy, reasons),
         plan=plan,
+        ahead=ahead if required else None,
     )
 
 
@@ -210,9 +223,29 @@ class ApprovalForm(BaseModel):
     )
 
 
+def approval_note(plan: BottlePlan, manifest: LoadedManifest, override: ApprovePolicy | None) -> str:
+    """One sentence or three for the plan: is a person asked before it launches, and how to approve ahead."""
+    ahead = None
+    if PreApprovals(preapprovals_path()).holds(plan.digest):
+        ahead = f"plan digest {plan.digest} was approved ahead with `bottle-mcp approve`"
+    d = decide(plan, manifest, override, ahead)
+    if not d.required:
+        why = "it grants nothing beyond the offline default" if d.policy == "elevated" else "approve = 'never'"
+        return f"No approval is needed to launch this plan ({why}; {d.policy_source})."
+    if d.ahead is not None:
+        return f"Approved ahead: {d.ahead}. It launches without a question; the launch is recorded."
+    why = "; ".join(d.reasons) or "every launch is asked"
+    return (
+        f"Launching this plan needs a person's approval (approve = '{d.policy}': {why}). launch_bottle asks them "
+        "through the client. For a host that cannot ask (such as `claude -p`), the person approves it ahead on "
+        f"the server's machine with `bottle-mcp approve {d.digest}`, or lists agent '{plan.agent}' in [host] "
+        "approved_agents of the manifest."
+    )
+
+
 # -- the record ------------------------------------------------------------------------------
 
-Event = Literal["approved", "declined", "cancelled", "no-client-support", "launched", "launch-failed"]
+Event = Literal["approved", "approved-ahead", "declined", "cancelled", "no-client-support", "launched", "launch-failed"]
 
 
 class ApprovalLog:
@@ -287,7 +320,10 @@ async def decide_launch(plan_id: str, ctx: Context) -> LaunchDecision:
     """Resolver: whether this launch needs a person's approval. Talks to nobody; re-runs each round."""
     service = _service(ctx)
     plan, spec = service.stored_plan(plan_id)  # an unknown plan: the server maps the project's error
-    return decide(plan, spec.manifest, service.config.approve)
+    ahead = None
+    if await anyio.to_thread.run_sync(PreApprovals(preapprovals_path()).holds, plan.digest):
+        ahead = f"plan digest {plan.digest} was approved ahead with `bottle-mcp approve`"
+    return decide(plan, spec.manifest, service.config.approve, ahead)
 
 
 def client_can_ask(ctx: Context) -> bool:
@@ -301,20 +337,38 @@ async def ask_person(
     decision: Annotated[LaunchDecision, Resolve(decide_launch)], ctx: Context
 ) -> Elicit[ApprovalForm] | None:
     """Resolver: put the plan to the person, only when the decision says so."""
-    if not decision.required:
+    if not decision.required or decision.ahead is not None:
         return None
     if not client_can_ask(ctx):
         service = _service(ctx)
         await approval_log(service).record("no-client-support", decision, service.instance.id)
         why = "; ".join(decision.reasons) or "every launch is asked"
         raise ApprovalError(
-            f"launching plan {decision.plan_id!r} needs a person's approval (approve = '{decision.policy}', "
+            f"Launching plan {decision.plan_id!r} needs a person's approval (approve = '{decision.policy}', "
             f"{decision.policy_source}; this plan: {why}), but this MCP client cannot ask its user: it did not "
-            "declare the elicitation capability. Nothing was launched. Use a client that supports elicitation, "
-            "or have the person who runs the server change the setting: [host] approve in the manifest, or "
+            "declare the elicitation capability. Nothing was launched. "
+            + how_to_approve_ahead(decision)
+            + " Or the person can change the setting: [host] approve in the manifest, or "
             "`bottle-mcp serve --approve never|elevated|always` (the command line wins)."
         )
+    # From 2026-07-28 on this resolver runs again when the client retries with the answer: keep the first time.
+    key = (decision.plan_id, decision.digest)
+    now = time.monotonic()
+    if now - _asked_at.get(key, -1e9) > 600:
+        _asked_at[key] = now
     return Elicit(decision.question, ApprovalForm)
+
+
+_asked_at: dict[tuple[str, str], float] = {}
+
+
+def how_to_approve_ahead(decision: LaunchDecision) -> str:
+    return (
+        "The person who runs the server can approve this exact plan ahead, without a question through the "
+        f"client: `bottle-mcp approve {decision.digest}` on the server's machine, then call launch_bottle again "
+        f"with plan_id {decision.plan_id!r}; or list agent '{decision.plan.agent}' in [host] approved_agents of "
+        "the manifest."
+    )
 
 
 async def launch_approved(
@@ -329,21 +383,42 @@ async def launch_approved(
         return await launch(decision.digest)
     record = approval_log(service)
     instance = service.instance.id
-    if isinstance(answer, AcceptedElicitation) and answer.data.approve:
+    asked_at = _asked_at.pop((decision.plan_id, decision.digest), None)
+    if decision.ahead is not None:
+        if decision.ahead.startswith("plan digest"):
+            taken = await anyio.to_thread.run_sync(PreApprovals(preapprovals_path()).take, decision.digest)
+            if not taken:  # used by a concurrent launch, or expired since the decision
+                raise ApprovalError(
+                    f"The approval given ahead for plan digest {decision.digest} is no longer there (used or "
+                    "expired). Nothing was launched. " + how_to_approve_ahead(decision)
+                )
+        await record.record("approved-ahead", decision, instance, how=decision.ahead)
+    elif isinstance(answer, AcceptedElicitation) and answer.data.approve:
         await record.record("approved", decision, instance)
     else:
+        plan = f"plan {decision.plan_id!r} (agent '{decision.plan.agent}')"
         if isinstance(answer, CancelledElicitation):
             event: Event = "cancelled"
-            how = "dismissed the approval request without answering"
-        elif isinstance(answer, DeclinedElicitation):
-            event, how = "declined", "declined"
+            instant = asked_at is not None and time.monotonic() - asked_at < INSTANT_S
+            if instant:
+                message = (
+                    f"The client cancelled the approval request (no person was asked) for {plan}. Nothing was "
+                    "launched. This client answers every question at once with cancel (as Claude Code does in "
+                    "-p mode). " + how_to_approve_ahead(decision)
+                )
+            else:
+                message = (
+                    f"The approval request for {plan} was dismissed without an answer. Nothing was launched. "
+                    "Do not retry it unless the person asks you to."
+                )
         else:
-            event, how = "declined", "declined (accepted the form without ticking 'approve')"
-        await record.record(event, decision, instance)
-        raise ApprovalError(
-            f"the person {how} launching plan {decision.plan_id!r} (agent '{decision.plan.agent}'); nothing was "
-            "launched. Do not retry it unless they ask you to."
-        )
+            event = "declined"
+            how = "declined" if isinstance(answer, DeclinedElicitation) else "answered without ticking 'approve'"
+            message = (
+                f"The person {how} the launch of {plan}. Nothing was launched. Do not retry it unless they ask you to."
+            )
+        await record.record(event, decision, instance, **({"instant": True} if "no person" in message else {}))
+        raise ApprovalError(message)
     try:
         result = await launch(decision.digest)
     except BottleError as e:

@@ -9,7 +9,8 @@ import os
 import re
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from importlib import resources
 from pathlib import Path
@@ -24,6 +25,9 @@ from .labels import Instance
 
 if TYPE_CHECKING:
     from .backends.base import Backend
+    from .keep import OnExit
+    from .models import BottleInfo
+    from .service import BottleService
 
 T = TypeVar("T")
 
@@ -67,10 +71,7 @@ def _add_http_options(s: argparse.ArgumentParser) -> None:
     )
 
 
-def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog="bottle-mcp", description="Launch and drive sandboxed sub-agents over MCP (stdio)."
-    )
+def _add_global_options(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--version", action="version", version=f"bottle-mcp {__version__}")
     ap.add_argument("--backend", default=None, help="backend name (default: $BOTTLE_MCP_BACKEND or docker)")
     ap.add_argument(
@@ -78,7 +79,39 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="Docker context to use (beats $DOCKER_HOST and $DOCKER_CONTEXT, as with the docker CLI)",
     )
-    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
+    ap.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log what the server does (info and debug) on stderr; without it only warnings and errors appear there",
+    )
+    ap.add_argument(
+        "--log-file",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="also append the full log (info and up; debug with -v) to PATH",
+    )
+
+
+def _add_approve(sub: Any) -> None:
+    ap_ = sub.add_parser(
+        "approve",
+        help="approve one launch of a plan ahead, by its digest (for hosts that cannot ask, e.g. `claude -p`)",
+    )
+    ap_.add_argument("digest", help="the plan's 'digest' (16 hex digits), from `bottle-mcp plan` or prepare_bottle")
+    ap_.add_argument(
+        "--valid-for",
+        default="1h",
+        help="how long the approval waits for its launch, e.g. 30m, 2h, 1d (default 1h); one launch uses it up",
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="bottle-mcp", description="Launch and drive sandboxed sub-agents over MCP (stdio)."
+    )
+    _add_global_options(ap)
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     s = sub.add_parser("serve", help="run the stdio MCP server")
@@ -113,6 +146,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="keep N started spare bottles per bottle definition (overrides each bottle's warm_pool)",
     )
+    _add_keep_options(s)
 
     p = sub.add_parser("plan", help="print the launch plan for an agent as JSON (the preflight)")
     _add_manifest(p)
@@ -121,6 +155,8 @@ def _parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("ls", help="list live bottles on the backend")
     ls.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    _add_keep_commands(sub)
 
     c = sub.add_parser("cleanup", help="remove what server instances that are gone left behind")
     c.add_argument("--dry-run", action="store_true", help="only list what would be removed")
@@ -150,11 +186,42 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--output-dir", type=Path, default=Path("docs"))
     g.add_argument("--check", action="store_true", help="write nothing; exit 1 if a file is out of date")
 
+    _add_approve(sub)
+
     dr = sub.add_parser("doctor", help="check that the server can work here; say what to fix if not")
     _add_manifest(dr)
     dr.add_argument("--host-root", action="append", type=Path, default=None, help="as for serve")
     dr.add_argument("--json", action="store_true", help="print the report as JSON")
     return ap
+
+
+def _add_keep_options(s: argparse.ArgumentParser) -> None:
+    s.add_argument(
+        "--on-exit",
+        choices=["keep", "remove"],
+        default=None,
+        help="when the client goes away (stdin closes, or SIGINT/SIGTERM/SIGHUP): keep the bottles and their "
+        "jobs for [host] keep_for, for the next server of this manifest to adopt, or remove them (overrides "
+        "the manifest's [host] on_exit)",
+    )
+    s.add_argument("--keep-for", default=None, help="how long kept bottles live without a server, e.g. 20s, 1h")
+
+
+def _add_keep_commands(sub: Any) -> None:
+    """stop, shell and logs: for kept bottles and the person at the terminal."""
+    st = sub.add_parser("stop", help="remove kept bottles (and their sidecars, networks and volumes) now, on purpose")
+    st.add_argument("bottles", nargs="*", metavar="BOTTLE", help="bottle ids (see `bottle-mcp ls`)")
+    st.add_argument("--all", action="store_true", help="every bottle kept for this user that no running server drives")
+
+    sh = sub.add_parser(
+        "shell", help="an interactive shell in a bottle (a terminal, as the bottle's user, with its limits and network)"
+    )
+    sh.add_argument("bottle", metavar="BOTTLE", help="a bottle id (see `bottle-mcp ls`)")
+    sh.add_argument("-c", dest="command", default=None, help="run this command (with a terminal) instead of a shell")
+
+    lg = sub.add_parser("logs", help="print a job's output (stdout, and stderr on stderr)")
+    lg.add_argument("job", metavar="JOB", help="a job id (from exec background=true or run_agent)")
+    lg.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
 
 
 def _print_json(obj: Any) -> None:
@@ -238,13 +305,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     http = parse_http_address(args.http) if args.http else None
     token, token_made = _http_token(args) if http is not None else ("", False)
+    manifest_path = args.manifest or default_manifest()
+    on_exit, keep_for_s = _keep_settings(args, manifest_path)
     config = ServiceConfig(
-        manifest_path=args.manifest or default_manifest(),
+        manifest_path=manifest_path,
         host_roots=args.host_root,
         output_cap=parse_size(args.output_cap) if args.output_cap else None,
         warm_pool=args.warm_pool,
         approve=args.approve,
         approvals_log=args.approvals_log,
+        on_exit=on_exit,
+        keep_for_s=keep_for_s,
     )
     if args.warm_pool is not None and not 0 <= args.warm_pool <= 64:
         raise InvalidArgumentError(f"--warm-pool {args.warm_pool}: give a number of spares from 0 to 64")
@@ -280,37 +351,74 @@ def cmd_serve(args: argparse.Namespace) -> int:
         _run(lambda: _serve_http(build_server(service), host, port, token))
         return 0
 
+    keep = service.keep
+    if keep.keeping:
+        log.info("when the client goes away, bottles are kept for %d s for the next server", keep.keep_for_s)
+    elif keep.on_exit == "keep" and keep.keep_for_s > 0:
+        log.info("bottles cannot be kept on this backend; they are removed when the client goes away")
+
     async def main() -> None:
         mcp = build_server(service)
-        async with anyio.create_task_group() as tg:
-
-            async def on_signal() -> None:
-                with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-                    async for signum in signals:
-                        log.info("signal %d: shutting down", signum)
-                        tg.cancel_scope.cancel()
-                        return
-
-            async def report_leftovers() -> None:
-                try:
-                    plan = await service.backend.prepare_cleanup()
-                except BottleError as e:
-                    log.warning("could not look for leftovers at start: %s", e)
-                    return
-                if plan.remove:
-                    log.warning(
-                        "%d resource(s) left by servers that are gone (e.g. %s); the cleanup tool removes them",
-                        len(plan.remove),
-                        plan.remove[0].name,
-                    )
-
-            tg.start_soon(on_signal)
-            tg.start_soon(report_leftovers)
-            await mcp.run_stdio_async()
-            tg.cancel_scope.cancel()
+        # Hosts stop a stdio server with a burst of signals (Claude Code: SIGINT, SIGTERM 100 ms later,
+        # SIGKILL at 500 ms). The receiver stays open until the way out is over, so the later signals
+        # are caught and ignored instead of killing the server halfway through.
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_on_signals, signals, tg.cancel_scope, service)
+                tg.start_soon(_report_leftovers, service)
+                await mcp.run_stdio_async()
+                tg.cancel_scope.cancel()
 
     _run(main)
     return 0
+
+
+def _keep_settings(args: argparse.Namespace, manifest_path: Path) -> tuple[OnExit, int | None]:
+    """--on-exit (else the manifest's [host] on_exit) and --keep-for in seconds (None: the manifest's)."""
+    from .manifest import load_manifest, parse_duration
+
+    keep_for_s = None
+    if args.keep_for is not None:
+        try:
+            keep_for_s = parse_duration(args.keep_for)
+        except ValueError as e:
+            raise InvalidArgumentError(f"--keep-for: {e}") from None
+    return args.on_exit or load_manifest(manifest_path).manifest.host.on_exit, keep_for_s
+
+
+async def _on_signals(signals: AsyncIterator[int], scope: anyio.CancelScope, service: BottleService) -> None:
+    log = logging.getLogger("bottle_mcp")
+    async for signum in signals:
+        log.info("signal %d: the client went away; shutting down", signum)
+        # The SDK reads stdin in a worker thread that no cancellation reaches, and a host that signals
+        # keeps the pipe open: once the bottles are kept or removed, nothing is left to wait for.
+        threading.Thread(target=_exit_when_closed, args=(service,), daemon=True).start()
+        scope.cancel()
+        return
+
+
+def _exit_when_closed(service: BottleService) -> None:
+    if service.closed.wait(timeout=60):
+        logging.getLogger("bottle_mcp").info("shut down")
+        logging.shutdown()
+        os._exit(0)
+
+
+async def _report_leftovers(service: BottleService) -> None:
+    from .keep import spare_kept
+
+    log = logging.getLogger("bottle_mcp")
+    try:
+        plan = await spare_kept(service.backend, await service.backend.prepare_cleanup())
+    except BottleError as e:
+        log.warning("could not look for leftovers at start: %s", e)
+        return
+    if plan.remove:
+        log.warning(
+            "%d resource(s) left by servers that are gone (e.g. %s); the cleanup tool removes them",
+            len(plan.remove),
+            plan.remove[0].name,
+        )
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -319,8 +427,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
     service = BottleService(ServiceConfig(manifest_path=args.manifest or default_manifest()), _instance_backend(args))
 
     async def main() -> None:
+        from .approval import approval_note
+
         try:
-            _print_json(await service.prepare(args.agent, copy_cwd=args.copy_cwd))
+            plan = await service.prepare(args.agent, copy_cwd=args.copy_cwd)
+            _print_json(plan.model_copy(update={"approval": approval_note(plan, service.manifest, None)}))
         finally:
             await service.backend.aclose()
 
@@ -329,25 +440,127 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
+    from .keep import annotate, describe_left
+
     backend = _instance_backend(args)
-    rows = _run(backend.list_active)
+
+    async def main() -> list[BottleInfo]:
+        try:
+            return await annotate(backend, await backend.list_active(), set(), None)
+        finally:
+            await backend.aclose()
+
+    rows = _run(main)
     if args.json:
         _print_json([r.model_dump(mode="json") for r in rows])
         return 0
     if not rows:
         print("no bottles")
         return 0
-    fmt = "{:<12} {:<12} {:<10} {:<8} {:<7} {:<13} {}"
-    print(fmt.format("BOTTLE", "AGENT", "STATUS", "RUNTIME", "", "OWNER", "CREATED"))
+    fmt = "{:<12} {:<12} {:<10} {:<8} {:<13} {:<14} {}"
+    print(fmt.format("BOTTLE", "AGENT", "STATUS", "RUNTIME", "OWNER", "KEPT", "CREATED"))
     for r in rows:
-        print(fmt.format(r.bottle_id, r.agent, r.status, r.runtime, "", r.owner, r.created_at))
+        left = describe_left(r.kept_until) if r.kept_until else ""
+        print(fmt.format(r.bottle_id, r.agent, r.status, r.runtime, r.owner, left, r.created_at))
     return 0
+
+
+def cmd_shell(args: argparse.Namespace) -> int:
+    backend = _instance_backend(args)
+    engine = getattr(backend, "engine", None)
+    if engine is None:
+        raise BottleError(f"the {backend.name} backend has no shell; `bottle-mcp shell` needs the docker backend")
+    from .backends.docker.terminal import open_shell
+
+    try:
+        return open_shell(engine, args.bottle, args.command)
+    finally:
+        engine.close()
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from .joblog import show_job
+    from .keep import find_job
+
+    found = find_job(args.job)
+    if found is None:
+        raise BottleError(
+            f"no job {args.job!r} in this user's records; jobs are recorded by servers that keep their bottles "
+            "([host] keep_for above 0), so list_jobs through the server that started it"
+        )
+    rec, job = found
+    backend = _instance_backend(args)
+    keeper = getattr(backend, "keeper", None)
+    if keeper is None:
+        raise BottleError(f"the {backend.name} backend cannot reach job output from here")
+
+    def write(stream: Any) -> Callable[[str], None]:
+        def w(text: str) -> None:
+            stream.write(text)
+            stream.flush()
+
+        return w
+
+    async def main() -> str:
+        try:
+            bottle = await keeper.reattach(rec.bottle_id, {}, channel=False)
+            return await show_job(bottle, job, follow=args.follow, out=write(sys.stdout), err=write(sys.stderr))
+        finally:
+            await backend.aclose()
+
+    state = _run(main)
+    print(f"[job {args.job} in bottle {rec.bottle_id}: {state}]", file=sys.stderr)
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from .keep import all_records, delete_record, lease_holder
+
+    if not args.all and not args.bottles:
+        raise BottleError("name the bottles to remove (bottle-mcp stop BOTTLE...), or pass --all")
+    backend = _instance_backend(args)
+    keeper = getattr(backend, "keeper", None)
+    if keeper is None:
+        raise BottleError(f"the {backend.name} backend keeps no bottles; there is nothing to stop here")
+    failures = 0
+
+    async def main() -> None:
+        nonlocal failures
+        try:
+            infos = {i.bottle_id: i for i in await backend.list_active()}
+            targets = list(all_records()) if args.all else list(args.bottles)
+            for bottle_id in targets:
+                holder = lease_holder(bottle_id)
+                info = infos.get(bottle_id)
+                if holder is not None or (info is not None and info.owner == "other-server"):
+                    if not args.all:
+                        who = holder or "another server"
+                        print(
+                            f"bottle-mcp: {bottle_id} is driven by a running server ({who}); "
+                            "stop it with that server's stop_bottle, or end that server first",
+                            file=sys.stderr,
+                        )
+                        failures += 1
+                    continue
+                removed = await keeper.remove_bottle(bottle_id)
+                delete_record(bottle_id)
+                if removed:
+                    print(f"removed {bottle_id}: {', '.join(removed)}")
+                elif not args.all:
+                    print(f"bottle-mcp: no bottle {bottle_id!r} on the engine", file=sys.stderr)
+                    failures += 1
+        finally:
+            await backend.aclose()
+
+    _run(main)
+    return 1 if failures else 0
 
 
 CLEANUP_BATCH = 16
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
+    from .keep import spare_kept
     from .models import CleanupPlan, CleanupReport
     from .progress import Bar, wants_bar
 
@@ -355,7 +568,7 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
 
     async def main() -> CleanupReport:
         try:
-            plan = await backend.prepare_cleanup()
+            plan = await spare_kept(backend, await backend.prepare_cleanup())
             if args.dry_run:
                 return CleanupReport(dry_run=True, removed=plan.remove, kept=plan.keep, failed=[])
             if args.json or not wants_bar(sys.stderr) or len(plan.remove) <= CLEANUP_BATCH:
@@ -383,7 +596,8 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
         for item in report.removed:
             print(f"{verb} {item.kind} {item.name} (bottle {item.bottle_id})")
         for item in report.kept:
-            print(f"kept {item.kind} {item.name}: its server is {item.owner}")
+            why = "kept for the next server" if item.owner == "kept" else f"its server is {item.owner}"
+            print(f"kept {item.kind} {item.name}: {why}")
         for f in report.failed:
             print(f"FAILED {f.item.kind} {f.item.name}: {f.error}", file=sys.stderr)
         print(f"{verb} {len(report.removed)}, kept {len(report.kept)}, failed {len(report.failed)}")
@@ -533,6 +747,25 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
+def cmd_approve(args: argparse.Namespace) -> int:
+    from .preapprove import PreApprovals, preapprovals_path
+
+    m = re.fullmatch(r"([0-9]+)([smhd])", args.valid_for.strip())
+    if m is None or int(m.group(1)) == 0:
+        raise BottleError(f"--valid-for {args.valid_for!r}: write a duration such as 30m, 2h or 1d")
+    seconds = int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+    path = preapprovals_path()
+    try:
+        PreApprovals(path).add(args.digest.strip().lower(), seconds)
+    except ValueError as e:
+        raise BottleError(str(e)) from None
+    print(
+        f"Approved one launch of the plan with digest {args.digest} for the next {args.valid_for} (recorded in "
+        f"{path}). launch_bottle with that plan now launches without asking; the approvals log records it."
+    )
+    return 0
+
+
 def cmd_gen_docs(args: argparse.Namespace) -> int:
     from .docgen import generate
 
@@ -559,13 +792,43 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "plan": cmd_plan,
     "ls": cmd_ls,
     "cleanup": cmd_cleanup,
+    "stop": cmd_stop,
+    "shell": cmd_shell,
+    "logs": cmd_logs,
     "images": cmd_images,
     "schema": cmd_schema,
     "demo": cmd_demo,
     "doctor": cmd_doctor,
     "init": cmd_init,
     "gen-docs": cmd_gen_docs,
+    "approve": cmd_approve,
 }
+
+
+def setup_logging(*, verbose: bool, log_file: Path | None) -> None:
+    """Warnings and errors on stderr; info and debug only with --verbose, or in --log-file.
+
+    Agent hosts log everything a stdio server writes to stderr as an error (Claude Code does),
+    so a quiet, healthy server writes nothing there.
+    """
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    stderr = logging.StreamHandler(sys.stderr)
+    stderr.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    stderr.setFormatter(fmt)
+    root.addHandler(stderr)
+    level = logging.DEBUG if verbose else logging.INFO if log_file else logging.WARNING
+    if log_file is not None:
+        log_file.expanduser().parent.mkdir(parents=True, exist_ok=True)
+        to_file = logging.FileHandler(log_file.expanduser(), encoding="utf-8")
+        to_file.setLevel(level)
+        to_file.setFormatter(fmt)
+        root.addHandler(to_file)
+    root.setLevel(level)
+    for noisy in ("urllib3", "docker", "mcp", "httpx", "uvicorn"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -573,13 +836,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.context:
         # Read once, when the engine's address is resolved (backends/docker/endpoint.py).
         os.environ[ENV_CONTEXT] = args.context
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    for noisy in ("urllib3", "docker", "mcp", "httpx"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    setup_logging(verbose=args.verbose, log_file=args.log_file)
     try:
         return COMMANDS[args.cmd](args)
     except BottleError as e:

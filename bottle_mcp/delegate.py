@@ -13,13 +13,15 @@ import shlex
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path, PurePosixPath
+from typing import IO, TypeVar
 
 import anyio
 
 from .agents import agent_invocation
 from .backends.base import Bottle
-from .copyout import confine_host_dest, extract_tar
+from .copyout import ExtractStats, confine_host_dest, extract_stream
 from .errors import (
     AgentCommandError,
     BottleError,
@@ -42,10 +44,13 @@ from .results import (
     JobList,
     JobResult,
 )
+from .shaping import page, run_saved
+from .shaping import parse_cursor as parse_page_cursor
 
 log = logging.getLogger(__name__)
 
-CP_OUT_LIMIT = 256 * 1024**2  # the tar is held in memory on its way out
+T = TypeVar("T")
+CP_OUT_LIMIT = 4 * 1024**3  # streamed: only the bottle's own disk limit makes a copy this large
 BUNDLE_DIR = PurePosixPath("/tmp/bottle-mcp-out")
 GIT = "git -c safe.directory='*'"
 
@@ -57,12 +62,16 @@ class Delegation:
         *,
         output_cap: Callable[[], int],
         host_roots: Callable[[], list[Path]],
+        keeps_exec: Callable[[Path], bool] = lambda root: False,
         redact: Callable[[str], str] = lambda s: s,
+        call_output_cap: Callable[[int | None], int] | None = None,
     ) -> None:
         self.live = live
         self.jobs = live.jobs
         self._output_cap = output_cap
+        self._call_output_cap = call_output_cap or (lambda asked: asked or output_cap())
         self._host_roots = host_roots
+        self._keeps_exec = keeps_exec
         self._redact = redact
 
     # -- jobs -----------------------------------------------------------------------------
@@ -120,9 +129,11 @@ class Delegation:
         async with self.live.guard(job.bottle):
             return await self.jobs.cancel(job_id)
 
-    async def list_jobs(self, bottle_id: str) -> JobList:
+    async def list_jobs(self, bottle_id: str, *, cursor: str | None = None, limit: int = 50) -> JobList:
         entry = await self.live.get(bottle_id)
-        jobs = self.jobs.of_bottle(bottle_id)
+        every = self.jobs.of_bottle(bottle_id)
+        first = parse_page_cursor(cursor, len(every))
+        jobs = every[first : first + limit]  # only the page's jobs are read from the bottle
         gone: list[BottleGoneError] = []
 
         async def refresh(job: Job) -> None:
@@ -139,17 +150,19 @@ class Delegation:
         if gone:
             async with self.live.guard(entry.bottle):
                 raise gone[0]
-        return JobList(jobs=[j.info() for j in jobs])
+        shown, _ = page([j.info() for j in jobs], 0, limit)
+        end = first + len(shown)
+        return JobList(total=len(every), next_cursor=str(end) if end < len(every) else None, jobs=shown)
 
     # -- results out ------------------------------------------------------------------------
 
     async def cp_out(self, bottle_id: str, bottle_path: str, host_path: str) -> CopyOutResult:
         entry = await self.live.get(bottle_id)
         src = check_bottle_path(bottle_path)
-        dest, _root = confine_host_dest(host_path, self._host_roots())
+        dest, root = confine_host_dest(host_path, self._host_roots())
         started = time.monotonic()
-        data = await self._get_tar(entry.bottle, src)
-        stats = await anyio.to_thread.run_sync(extract_tar, data, src.name, dest)
+        extract = partial(_extract, top=src.name, dest=dest, keep_exec=self._keeps_exec(root))
+        stats = await self._read_tar(entry.bottle, src, extract)
         return CopyOutResult(
             bottle_id=bottle_id,
             bottle_path=str(src),
@@ -162,9 +175,9 @@ class Delegation:
             duration_ms=int((time.monotonic() - started) * 1000),
         )
 
-    async def _get_tar(self, bottle: Bottle, src: PurePosixPath) -> bytes:
+    async def _read_tar(self, bottle: Bottle, src: PurePosixPath, consume: Callable[[IO[bytes]], T]) -> T:
         async with self.live.guard(bottle):
-            return await bottle.get_tar(src, max_bytes=CP_OUT_LIMIT)
+            return await bottle.read_tar(src, consume, max_bytes=CP_OUT_LIMIT)
 
     async def _sh(
         self, entry: LiveBottle, command: str, *, timeout_s: float, cap: int, workdir: str | None
@@ -225,13 +238,12 @@ class Delegation:
         )
         if res.exit_code != 0:
             raise GitError(f"making a git bundle in bottle {bottle_id!r} failed: {res.stderr.strip()[:300]}")
-        try:
-            data = await self._get_tar(entry.bottle, bundle)
-        finally:
-            await self._sh(entry, f"rm -f {shlex.quote(str(bundle))}", timeout_s=30, cap=4096, workdir=None)
         with tempfile.TemporaryDirectory(prefix="bottle-mcp-bundle-") as tmp:
             local = Path(tmp) / name
-            await anyio.to_thread.run_sync(extract_tar, data, name, local)
+            try:
+                await self._read_tar(entry.bottle, bundle, partial(_extract, top=name, dest=local, keep_exec=False))
+            finally:
+                await self._sh(entry, f"rm -f {shlex.quote(str(bundle))}", timeout_s=30, cap=4096, workdir=None)
             imported = await anyio.to_thread.run_sync(import_bundle, origin.host_repo, local, branch, origin.start)
         notes = []
         if not imported.descends_from_start:
@@ -248,20 +260,35 @@ class Delegation:
             }
         )
 
-    async def diff(self, bottle_id: str) -> DiffResult:
+    async def diff(self, bottle_id: str, *, output_cap: int | None = None) -> DiffResult:
         entry = await self.live.get(bottle_id)
         origin = self._origin(entry)
         start = origin.start or EMPTY_TREE
-        cap = self._output_cap()
+        cap = self._call_output_cap(output_cap)
         _, stat, _ = await self._git(entry, f"diff --stat {start} --")
-        _, diff, truncated = await self._git(entry, f"diff {start} --", cap=cap)
-        _, untracked, _ = await self._git(entry, "ls-files --others --exclude-standard")
+        # The whole diff stays in the bottle; the result holds its head and tail (shaping.py).
+        async with self.live.guard(entry.bottle):
+            res = await run_saved(
+                entry.bottle, f"{GIT} diff {start} --", timeout_s=120, workdir=entry.plan.workdir, cap=cap
+            )
+        if res.exit_code not in (0, 1):
+            raise GitError(f"git diff failed in bottle {entry.id!r}: {res.stderr.strip()[:300]}")
+        _, untracked, _ = await self._git(entry, "ls-files --others --exclude-standard", cap=1024**2)
+        files = [u for u in untracked.splitlines() if u]
         return DiffResult(
             bottle_id=bottle_id,
             start=origin.start,
             head=await self._head(entry),
+            truncated=res.truncated,
+            diff_bytes=res.stdout_bytes,
+            diff_path=res.stdout_path,
+            untracked_count=len(files),
+            notes=[n.replace("output over the cap", "the diff over the cap") for n in res.notes],
             stat=stat,
-            diff=diff,
-            untracked=[u for u in untracked.splitlines() if u][:1000],
-            truncated=truncated,
+            untracked=files,
+            diff=res.stdout,
         )
+
+
+def _extract(stream: IO[bytes], *, top: str, dest: Path, keep_exec: bool) -> ExtractStats:
+    return extract_stream(stream, top, dest, keep_exec=keep_exec)

@@ -49,7 +49,7 @@ def server_params(manifest: Path, cwd: Path, backend: str | None = None) -> Stdi
         env["BOTTLE_MCP_BACKEND"] = backend
     return StdioServerParameters(
         command=sys.executable,
-        args=["-m", "bottle_mcp", "serve", "--manifest", str(manifest), "--host-root", str(cwd)],
+        args=["-m", "bottle_mcp", "serve", "--manifest", str(manifest), "--host-root", str(cwd), "--on-exit", "remove"],
         env=env,
         cwd=str(cwd),
     )

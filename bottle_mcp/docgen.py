@@ -25,6 +25,7 @@ from .manifest import (
     HostSettings,
     Manifest,
     Resources,
+    RootDef,
     SshEntry,
     manifest_json_schema,
 )
@@ -83,18 +84,44 @@ TOOLS_INTRO = """\
 # Tool reference
 
 bottle-mcp serves these MCP tools (over stdio, or Streamable HTTP on loopback with
-`bottle-mcp serve --http 127.0.0.1:PORT`). In Claude Code they appear as `mcp__bottle-mcp__NAME`.
-The supervising model reads each description below as written; every tool returns structured
-content that follows its output schema, plus the same JSON as text.
+`bottle-mcp serve --http 127.0.0.1:PORT`). A host names them after the name you register the
+server under: registered as `bottles` (as in the README: `claude mcp add bottles -- ...`),
+Claude Code shows them as `mcp__bottles__NAME`, e.g. `mcp__bottles__exec`; in `claude -p`,
+`--allowedTools mcp__bottles` allows all of them. The supervising model reads each description
+below as written; every tool returns structured content that follows its output schema, plus the
+same JSON as text.
 
 Typical flow: `prepare_bottle` -> review the plan -> `launch_bottle` -> `exec` / `cp_in` ->
 `stop_bottle`. `list_active` and `cleanup` deal with bottles of other or crashed servers, and
 `doctor` says what is wrong with the set-up.
 
+## What the host passes to the model
+
+Results are shaped for the model's context. Claude Code passes a result's structured content to
+the model as compact JSON while it is under about 50,000 characters; above that the model sees
+only a 2 KB preview (and above 25,000 tokens an error naming a file). So every result here stays
+under 40,000 characters, its status fields come first (exit_code, timed_out, truncated, sizes,
+paths, done, total, next_cursor) and bulky text last, so a preview still shows the facts.
+Output over the cap (`[host] output_cap`, 16 KiB per stream by default; a call may ask for more
+with its `output_cap` argument, up to `[host] output_cap_max`) is cut in the middle: the head
+and the tail are kept, a marker says how much was cut, and the whole of it stays in the bottle
+at the path the result names (`stdout_path`, `diff_path`, a job's `output_dir`), to read in parts
+with `exec` (`sed -n`, `tail -c`) or copy out with `cp_out`. Logs and lists come a page at a time
+with `total` and `next_cursor`.
+
+Time: over stdio Claude Code waits very long for a tool call (its `MCP_TOOL_TIMEOUT`, 1e8 ms by
+default; a 75 s `exec` passed over stdio and HTTP), and progress notifications do not extend any
+host's timeout. Other hosts may give up sooner: for long work, `exec(background=true)` or
+`run_agent` return a job at once, to follow with `wait_job`. `launch_bottle` sends progress
+notifications without a total (the number of steps depends on the bottle); `wait_job` sends its
+elapsed time against its `timeout_s`, and its last notification reaches that total.
+
 Errors the caller can act on come back as tool results with `isError: true` and a message that
 says what went wrong and what to call instead (an unknown bottle, a stale plan, a host path
 outside the allowed roots, a missing image with the command that builds it). Bad arguments are
-refused by schema validation before the tool runs. Policy (image, network, mounts, credentials,
+refused by schema validation before the tool runs, with a sentence per argument naming it, what
+is wrong with the value and what is allowed (taken from the same schema). Policy (image, network,
+mounts, credentials,
 limits) comes from the manifest only; no argument can widen it. See [security.md](security.md).
 """
 
@@ -224,6 +251,7 @@ intercepted requests for it as before. A credential declared for a host that is 
 TABLES: list[tuple[str, type[BaseModel]]] = [
     ("(top level)", Manifest),
     ("[host]", HostSettings),
+    ("[host] roots (table form)", RootDef),
     ("[bottles.NAME]", BottleDef),
     ("[bottles.NAME.build]", Build),
     ("[bottles.NAME.resources]", Resources),

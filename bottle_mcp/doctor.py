@@ -267,7 +267,8 @@ async def run_doctor(
     host_roots: list[Path] | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> DoctorReport:
-    """Run every check against this manifest and backend. Read-only: creates and removes nothing."""
+    """Run every check against this manifest and backend. Read-only, but for the disk check's probe: a
+    short-lived, labelled container that asks the engine for a loop device and is removed at once."""
     doctor = _Doctor(
         manifest_path,
         backend,

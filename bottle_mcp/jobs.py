@@ -52,6 +52,7 @@ from .results import (
     JobResult,
     JobStatus,
 )
+from .shaping import prefix_within
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +214,8 @@ class JobManager:
     def __init__(self, output_cap: Callable[[], int]) -> None:
         self._jobs: dict[str, Job] = {}
         self._output_cap = output_cap
+        # Told of every job once it runs (keep.py records it, for the next server to adopt).
+        self.on_start: Callable[[Job], None] | None = None
 
     # -- starting ----------------------------------------------------------------------
 
@@ -263,6 +266,8 @@ class JobManager:
         self._jobs[job_id] = job
         self._trim()
         log.info("job %s started in bottle %s (%s)", job_id, bottle.id, kind)
+        if self.on_start is not None:
+            self.on_start(job)
         return job.info()
 
     @staticmethod
@@ -280,6 +285,10 @@ class JobManager:
                 f"{(res.stderr or res.stdout).strip()[:300]}. The image needs /bin/sh, setsid and coreutils."
             )
         return int(pid)
+
+    def adopt(self, job: Job) -> None:
+        """Track a job a previous server started (its bottle was kept and adopted)."""
+        self._jobs[job.job_id] = job
 
     def _trim(self) -> None:
         finished = [j for j in self._jobs.values() if j.done]
@@ -398,6 +407,7 @@ class JobManager:
         for name, data, offset in (("stdout", poll.out, offsets[0]), ("stderr", poll.err, offsets[1])):
             total, dropped = poll.sizes[name]
             keep = len(data) if job.done and offset + len(data) >= total else complete_utf8(data)
+            keep = prefix_within(data[:keep], cap)  # escaped characters count too
             text, made_safe = safe_text(data[:keep])
             notes += made_safe
             end = offset + keep

@@ -30,8 +30,9 @@ CREATED = f"{PREFIX}.created"
 RECIPE = f"{PREFIX}.recipe"
 POOL = f"{PREFIX}.pool"  # a bottle born as a warm-pool spare; its agent is in its name once claimed
 
-Role = Literal["bottle", "workspace", "network", "sidecar"]
-Liveness = Literal["this-server", "other-server", "orphaned", "unknown"]
+Role = Literal["bottle", "workspace", "network", "sidecar", "reaper"]
+# "kept": its server is gone but it is kept, until a deadline, for a later server to adopt (see keep.py).
+Liveness = Literal["this-server", "other-server", "orphaned", "kept", "unknown"]
 
 
 def _boot_id() -> str:

@@ -9,6 +9,7 @@ this part shares with the delegation part; the two never call each other.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ from .backends.base import Backend, Bottle, Progress, _no_progress
 from .credentials import check_launchable
 from .errors import LimitError, StalePlanError, UnknownPlanError
 from .gitout import OID_RE
+from .jobs import Job
+from .keep import KeepManager, OnExit, spare_kept
 from .labels import Instance
 from .live import LiveBottles, RepoOrigin
 from .manifest import ApprovePolicy, LoadedManifest, load_manifest, parse_size
@@ -37,8 +40,12 @@ from .models import (
 )
 from .paths import TarEntry, check_bottle_path, confine_host_path, packed_tar
 from .redact import Redactor
+from .shaping import PAGE_BUDGET, page, parse_cursor, run_saved
+from .textfit import clip_list
 
 log = logging.getLogger(__name__)
+
+LOG_RESULT_OVERHEAD = 4096  # a log result's fields besides its records (the allow-list is clipped to 4000)
 
 MAX_PLANS = 256
 SHUTDOWN_BUDGET_S = 1.8
@@ -54,6 +61,10 @@ class ServiceConfig:
     warm_pool: int | None = None  # spares per bottle definition; None: each bottle's warm_pool in the manifest
     approve: ApprovePolicy | None = None  # None: from the manifest's [host] approve
     approvals_log: Path | None = None  # None: the user's state folder (see approval.default_log_path)
+    # What happens to the bottles when the client goes away (keep.py). None: a library user, who
+    # keeps nothing and adopts nothing; `serve` sets it from --on-exit or the manifest's [host] on_exit.
+    on_exit: OnExit | None = None
+    keep_for_s: int | None = None  # None: the manifest's [host] keep_for
 
 
 class Lifecycle:
@@ -63,8 +74,12 @@ class Lifecycle:
         self.instance: Instance = backend.instance
         self.manifest: LoadedManifest = load_manifest(config.manifest_path)
         self._plans: OrderedDict[str, tuple[BottlePlan, BottleSpec]] = OrderedDict()
-        self.live = live or LiveBottles(list_active=backend.list_active, output_cap=lambda: self.output_cap)
+        self.live = live or LiveBottles(list_active=self.list_active, output_cap=lambda: self.output_cap)
         self.redactor = Redactor(self._credential_names)
+        self.keep = KeepManager(self, config.on_exit, config.keep_for_s)
+        self.live.jobs.on_start = self.keep.on_job
+        self.live.on_discard = self.keep.on_stop
+        self.closed = threading.Event()  # set once aclose has kept or removed every bottle
 
     # -- helpers ---------------------------------------------------------------------
 
@@ -78,6 +93,19 @@ class Lifecycle:
         if self.config.output_cap is not None:
             return self.config.output_cap
         return parse_size(self.manifest.manifest.host.output_cap)
+
+    def call_output_cap(self, asked: int | None) -> int:
+        """The cap of one call: the default, or what the call asked for within [host] output_cap_max."""
+        if asked is None:
+            return self.output_cap
+        ceiling = max(self.output_cap, parse_size(self.manifest.manifest.host.output_cap_max))
+        if asked > ceiling:
+            raise LimitError(
+                f"output_cap {asked} is above this server's ceiling of {ceiling} bytes per stream ([host] "
+                f"output_cap_max in the manifest); ask for at most {ceiling}, or leave it out for the default "
+                f"of {self.output_cap}"
+            )
+        return asked
 
     def host_roots(self) -> list[Path]:
         if self.config.host_roots:
@@ -147,7 +175,8 @@ class Lifecycle:
             live.launching -= 1
         entry = live.add(bottle, plan)
         try:
-            entry.origin = await _repo_origin(bottle, plan)
+            entry.origin = origin = await _repo_origin(bottle, plan)
+            await self.keep.on_launch(bottle, plan, (str(origin.host_repo), origin.start) if origin else None)
         except BaseException:  # gone, failed or cancelled: a half-launched bottle is not kept
             await live.discard(bottle)
             raise
@@ -163,13 +192,21 @@ class Lifecycle:
         )
 
     async def exec(
-        self, bottle_id: str, command: str, *, timeout_s: float = 60, workdir: str | None = None
+        self,
+        bottle_id: str,
+        command: str,
+        *,
+        timeout_s: float = 60,
+        workdir: str | None = None,
+        output_cap: int | None = None,
     ) -> ExecResult:
+        cap = self.call_output_cap(output_cap)
         entry = await self.live.get(bottle_id)
         if workdir is not None:
             workdir = str(check_bottle_path(workdir, what="workdir"))
         async with self.live.guard(entry.bottle):
-            return await entry.bottle.exec(command, timeout_s=timeout_s, workdir=workdir, output_cap=self.output_cap)
+            # The whole output stays in the bottle; the result holds its head and tail (shaping.py).
+            return await run_saved(entry.bottle, command, timeout_s=timeout_s, workdir=workdir, cap=cap)
 
     async def cp_in(self, bottle_id: str, host_path: str, bottle_path: str) -> CopyResult:
         entry = await self.live.get(bottle_id)
@@ -197,25 +234,51 @@ class Lifecycle:
         removed = await self.live.discard(entry.bottle)
         return StopResult(bottle_id=bottle_id, removed=removed)
 
-    async def egress_log(self, bottle_id: str, *, limit: int = 200) -> EgressLog:
+    async def egress_log(self, bottle_id: str, *, limit: int = 100, cursor: str | None = None) -> EgressLog:
         entry = await self.live.get(bottle_id)
         async with self.live.guard(entry.bottle):
-            allow, decisions = await entry.bottle.egress_log()
-        return EgressLog(bottle_id=bottle_id, allow=allow, decisions=decisions[-limit:], total=len(decisions))
+            allow, records = await entry.bottle.egress_log()
+        decisions = records.decisions
+        first = parse_cursor(cursor, len(decisions), default=len(decisions) - limit)
+        shown, next_cursor = page(decisions, first, limit, self._log_budget())
+        return EgressLog(
+            bottle_id=bottle_id,
+            total=len(decisions),
+            first=first,
+            next_cursor=next_cursor,
+            allow=clip_list(allow, 4000, "hosts")[0],
+            decisions=shown,
+            denied=records.denied,
+            dropped=records.dropped,
+        )
 
-    async def gate_log(self, bottle_id: str, *, limit: int = 200) -> GateLog:
+    def _log_budget(self) -> int:
+        """Characters of records a log result may hold: the page budget, within the output cap."""
+        return max(min(PAGE_BUDGET, self.output_cap - LOG_RESULT_OVERHEAD), 1024)
+
+    async def gate_log(self, bottle_id: str, *, limit: int = 100, cursor: str | None = None) -> GateLog:
         entry = await self.live.get(bottle_id)
         async with self.live.guard(entry.bottle):
-            remotes, ssh_hosts, events = await entry.bottle.gate_log()
+            remotes, ssh_hosts, records = await entry.bottle.gate_log()
+        events = records.events
+        first = parse_cursor(cursor, len(events), default=len(events) - limit)
+        shown, next_cursor = page(events, first, limit, self._log_budget())
         return GateLog(
-            bottle_id=bottle_id, git_remotes=remotes, ssh_hosts=ssh_hosts, events=events[-limit:], total=len(events)
+            bottle_id=bottle_id,
+            total=len(events),
+            first=first,
+            next_cursor=next_cursor,
+            git_remotes=remotes,
+            ssh_hosts=ssh_hosts,
+            events=shown,
+            dropped=records.dropped,
         )
 
     async def list_active(self) -> list[BottleInfo]:
-        return await self.backend.list_active()
+        return await self.keep.annotate(await self.backend.list_active())
 
     async def cleanup(self, *, dry_run: bool = False) -> CleanupReport:
-        plan = await self.backend.prepare_cleanup()
+        plan = await spare_kept(self.backend, await self.backend.prepare_cleanup())
         if dry_run:
             return CleanupReport(dry_run=True, removed=plan.remove, kept=plan.keep, failed=[])
         return await self.backend.cleanup(plan)
@@ -240,11 +303,33 @@ class Lifecycle:
     def live_bottles(self) -> list[Bottle]:
         return [e.bottle for e in self.live.all()]
 
+    def owned_ids(self) -> set[str]:
+        return {e.id for e in self.live.all()}
+
+    def register_adopted(
+        self, bottle: Bottle, plan: BottlePlan, origin: tuple[str, str | None] | None, jobs: list[Job]
+    ) -> None:
+        """Drive a kept bottle as this server's own (keep.py found it, took its lease and moved its deadline)."""
+        entry = self.live.add(bottle, plan)
+        if origin is not None:
+            entry.origin = RepoOrigin(host_repo=Path(origin[0]), start=origin[1])
+        for job in jobs:
+            self.live.jobs.adopt(job)
+
     async def aclose(self) -> None:
-        """Remove this server's bottles, in parallel, within the host's shutdown budget."""
+        """Keep (keep.py) or remove this server's bottles, in parallel, within the host's shutdown budget."""
         with anyio.CancelScope(shield=True):
+            bottles = [e.bottle for e in self.live.all()]
+            removing = await self.keep.leave(bottles)
+            for b in set(bottles) - set(removing):
+                self.live.forget(b.id)
             await self.live.close_all(SHUTDOWN_BUDGET_S * 3)
+            with anyio.move_on_after(SHUTDOWN_BUDGET_S):
+                async with anyio.create_task_group() as tg:
+                    for b in removing:
+                        tg.start_soon(self.keep.on_stop, b.id)
             await self.backend.aclose()
+        self.closed.set()
 
 
 async def _repo_origin(bottle: Bottle, plan: BottlePlan) -> RepoOrigin | None:

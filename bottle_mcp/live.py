@@ -55,6 +55,8 @@ class LiveBottles:
     list_active: Callable[[], Awaitable[list[BottleInfo]]]
     output_cap: Callable[[], int]
     launching: int = 0
+    # Told of every bottle discarded (stopped, or found gone), after its removal: keep.py drops its record.
+    on_discard: Callable[[str], Awaitable[None]] | None = None
     _entries: dict[str, LiveBottle] = field(default_factory=dict)
     jobs: JobManager = field(init=False)
 
@@ -78,6 +80,8 @@ class LiveBottles:
         if entry is not None:
             return entry
         for info in await self.list_active():
+            if info.bottle_id == bottle_id and info.note:
+                raise BottleNotFoundError(bottle_id, f"this server does not drive it: {info.note}")
             if info.bottle_id == bottle_id:
                 raise BottleNotFoundError(
                     bottle_id,
@@ -97,7 +101,9 @@ class LiveBottles:
         removed: list[str] = []
         with anyio.CancelScope(shield=True):
             removed = await bottle.aclose()
-        return removed  # noqa: RET504 - mypy cannot see a return through a shielded scope
+            if self.on_discard is not None:
+                await self.on_discard(bottle.id)
+        return removed
 
     @asynccontextmanager
     async def guard(self, bottle: Bottle) -> AsyncIterator[None]:

@@ -60,6 +60,23 @@ def parse_size(value: str | int) -> int:
     return size
 
 
+_DURATION_RE = re.compile(r"^\s*([0-9]+)\s*([smhd]?)\s*$")
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_KEEP_S = 7 * 86400
+
+
+def parse_duration(value: str | int) -> int:
+    """`"20s"`, `"90m"`, `"1h"`, `"2d"`, `"0"` or a number of seconds -> seconds."""
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"duration must not be negative, got {value}")
+        return value
+    m = _DURATION_RE.match(value)
+    if not m:
+        raise ValueError(f"{value!r} is not a duration; write it like '20s', '30m', '1h', '2d' or '0'")
+    return int(m.group(1)) * _DURATION_UNITS[m.group(2).lower()]
+
+
 _FORMAT_UNITS = (("g", "GiB", 1024**3), ("m", "MiB", 1024**2), ("k", "KiB", 1024))
 
 
@@ -80,6 +97,10 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+UNLIMITED = "unlimited"
+MIN_DISK = 16 * 1024**2
+
+
 class Resources(_Strict):
     """Limits the engine enforces on the bottle."""
 
@@ -88,12 +109,37 @@ class Resources(_Strict):
     pids: int = Field(256, ge=16, le=65536, description="Most processes and threads at once.")
     tmp_size: Size = Field("256m", description="Size of the tmpfs at /tmp.")
     home_size: Size = Field("256m", description="Size of the tmpfs holding the user's home directory.")
+    disk: Size = Field(
+        "10g",
+        description=(
+            "Hard limit on what the bottle can write to the host's disk (its workspace), enforced by the kernel; "
+            "'unlimited' for none (required where the engine cannot enforce a limit)."
+        ),
+    )
 
     @field_validator("memory", "tmp_size", "home_size")
     @classmethod
     def _size(cls, v: str | int) -> str | int:
         parse_size(v)
         return v
+
+    @field_validator("disk")
+    @classmethod
+    def _disk(cls, v: str | int) -> str | int:
+        if v == UNLIMITED:
+            return v
+        try:
+            size = parse_size(v)
+        except ValueError as e:
+            raise ValueError(f"{e}, or 'unlimited'") from None
+        if size < MIN_DISK:
+            raise ValueError(f"disk {v!r} is below the smallest workspace file system of 16m; give at least '64m'")
+        return v
+
+    @property
+    def disk_bytes(self) -> int | None:
+        """The disk limit in bytes; None when unlimited."""
+        return None if self.disk == UNLIMITED else parse_size(self.disk)
 
     @field_validator("memory")
     @classmethod
@@ -356,27 +402,72 @@ class AgentDef(_Strict):
         return self
 
 
+class RootDef(_Strict):
+    """A host folder the server may copy from and into, with what a copy out may keep."""
+
+    path: str = Field(description="The folder, relative to the manifest.")
+    keep_exec: bool = Field(
+        False,
+        description="Keep the executable bits of files cp_out writes here (dropped by default, so that nothing "
+        "a bottle wrote runs by a double click or a PATH lookup).",
+    )
+
+
 class HostSettings(_Strict):
     """What the server may touch on the host."""
 
-    roots: list[str] = Field(
+    roots: list[str | RootDef] = Field(
         default_factory=list,
-        description="Folders cp_in may read from (relative to the manifest). Empty: the server's start folder.",
+        description="Folders cp_in may read from and cp_out may write into (relative to the manifest): a path, or "
+        "a table {path = ..., keep_exec = true}. Empty: the server's start folder.",
     )
     skills_dir: str = Field("~/.claude/skills", description="Where skills live on the host.")
-    output_cap: Size = Field("1m", description="Most bytes of stdout (and of stderr) one exec returns.")
+    output_cap: Size = Field(
+        "16k",
+        description="Bytes of stdout (and of stderr) one exec, wait_job or diff returns by default; more is cut in "
+        "the middle (head and tail kept) and kept whole in the bottle. The default fits what agent hosts pass "
+        "to the model whole.",
+    )
+    output_cap_max: Size = Field(
+        "1m", description="The most a call may ask for with its own output_cap argument (at most 64m)."
+    )
     max_bottles: int = Field(64, ge=1, le=1000, description="Most live bottles per server.")
     approve: ApprovePolicy = Field(
         "elevated",
         description="When a person must approve a launch through the MCP client: 'never', 'always', or "
         "'elevated' (only bottles that grant more than the offline default). `serve --approve` overrides it.",
     )
+    keep_for: str | int = Field(
+        "1h",
+        description="How long the bottles and their running jobs are kept when the client goes away (stdin closes, "
+        "or the host stops the server with signals), for a later server of the same manifest to adopt; then they "
+        "remove themselves. A duration such as '20s', '30m', '1h' (at most '7d'); '0' removes them at once.",
+    )
+    on_exit: Literal["keep", "remove"] = Field(
+        "keep",
+        description="What `serve` does with its bottles when the client goes away: 'keep' them for keep_for, or "
+        "'remove' them. `serve --on-exit` overrides it.",
+    )
+    approved_agents: list[Annotated[str, Field(pattern=NAME_PATTERN)]] = Field(
+        default_factory=list,
+        description="Agents whose launches the person approves ahead, here: they launch without a question "
+        "through the client (for hosts that cannot ask, such as `claude -p`). Each launch is still recorded.",
+    )
 
-    @field_validator("output_cap")
+    @field_validator("output_cap", "output_cap_max")
     @classmethod
     def _cap(cls, v: str | int) -> str | int:
         if parse_size(v) > 64 * 1024**2:
-            raise ValueError("output_cap is at most 64m")
+            raise ValueError("output caps are at most 64m")
+        if parse_size(v) < 1024:
+            raise ValueError("output caps are at least 1k")
+        return v
+
+    @field_validator("keep_for")
+    @classmethod
+    def _keep_for(cls, v: str | int) -> str | int:
+        if parse_duration(v) > MAX_KEEP_S:
+            raise ValueError("keep_for is at most '7d'")
         return v
 
 
@@ -413,8 +504,15 @@ class LoadedManifest:
         return bottle.image or f"bottle-mcp/{bottle_name}:latest"
 
     def host_roots(self, default: Path) -> list[Path]:
-        roots = [self.resolve(r) for r in self.manifest.host.roots] or [default]
+        roots = [self.resolve(r if isinstance(r, str) else r.path) for r in self.manifest.host.roots] or [default]
         return [r.resolve() for r in roots]
+
+    def keeps_exec(self, root: Path) -> bool:
+        """Whether the manifest keeps executable bits of files copied out into `root`."""
+        return any(
+            isinstance(r, RootDef) and r.keep_exec and self.resolve(r.path).resolve() == root
+            for r in self.manifest.host.roots
+        )
 
     def skills_dir(self) -> Path:
         return self.resolve(self.manifest.host.skills_dir)

@@ -11,12 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from .frozen import Frozen
 from .labels import Liveness
 from .manifest import LoadedManifest
 from .results import JobInfo
+from .textfit import clip, clip_list
 
 
 @dataclass(frozen=True)
@@ -73,13 +74,43 @@ class EgressDecision(Frozen):
     method: str | None = None
     path: str | None = None
     tls: str | None = Field(None, description="For CONNECT: 'intercept' or 'passthrough'.")
+    count: int = Field(1, description="How many times this very decision was made (denials are aggregated).")
+    last_time: str | None = Field(None, description="When an aggregated denial was last made.")
+    lengths: dict[str, int] = Field(
+        default_factory=dict, description="Original length of each field that was clipped (the bottle chose it)."
+    )
+
+    @field_validator("host", "reason", "method", "path")
+    @classmethod
+    def _short(cls, v: str | None) -> str | None:
+        return None if v is None else clip(v, 500, "text")
 
 
 class EgressLog(Frozen):
     bottle_id: str
+    total: int = Field(description="Decisions recorded in all (the list holds one page of them).")
+    first: int = Field(0, description="Index of the first decision listed (0 is the oldest recorded).")
+    next_cursor: str | None = Field(None, description="Pass it as cursor for the next page; null: nothing newer.")
     allow: list[str] = Field(description="The allow-list in force.")
-    decisions: list[EgressDecision] = Field(description="Oldest first; at most `limit` of the latest.")
-    total: int = Field(description="Decisions recorded in all (the list may hold only the latest).")
+    decisions: list[EgressDecision] = Field(
+        description="Oldest first; by default the latest `limit` that fit. Allowed decisions one by one, denials "
+        "aggregated per distinct decision with a count."
+    )
+    denied: int = Field(0, description="Denied requests in all (each aggregated record counts its repeats).")
+    dropped: int = Field(
+        0,
+        description="Decisions no longer held: allowed ones rotated out of the proxy's log, or denials beyond "
+        "the table of distinct ones (only counted).",
+    )
+
+
+@dataclass(frozen=True)
+class EgressRecords:
+    """What a bottle's egress proxy holds: decisions (clipped, denials aggregated) and what it only counted."""
+
+    decisions: list[EgressDecision]
+    denied: int = 0
+    dropped: int = 0
 
 
 class GatePlan(Frozen):
@@ -101,14 +132,38 @@ class GateEvent(Frozen):
     commits: int | None = Field(None, description="New commits scanned and pushed.")
     detail: str = ""
     findings: list[str] = Field(default_factory=list, description="Why a push was refused (secrets redacted).")
+    lengths: dict[str, int] = Field(
+        default_factory=dict, description="Original length (characters or items) of each field that was clipped."
+    )
+
+    @field_validator("detail")
+    @classmethod
+    def _short(cls, v: str) -> str:
+        return clip(v, 1000, "detail")
+
+    @field_validator("refs", "findings")
+    @classmethod
+    def _few(cls, v: list[str]) -> list[str]:
+        return clip_list([clip(x, 300, "text") for x in v], 3000, "entries")[0]
+
+
+@dataclass(frozen=True)
+class GateRecords:
+    """What a bottle's gate holds: its events (clipped) and how many refused pushes it only counted."""
+
+    events: list[GateEvent]
+    dropped: int = 0
 
 
 class GateLog(Frozen):
     bottle_id: str
+    total: int = Field(description="Events recorded in all (the list holds one page of them).")
+    first: int = Field(0, description="Index of the first event listed (0 is the oldest recorded).")
+    next_cursor: str | None = Field(None, description="Pass it as cursor for the next page; null: nothing newer.")
     git_remotes: dict[str, str] = Field(description="Remote name -> upstream URL.")
     ssh_hosts: dict[str, str] = Field(description="ssh alias -> host:port it reaches.")
-    events: list[GateEvent] = Field(description="Oldest first; at most `limit` of the latest.")
-    total: int
+    events: list[GateEvent] = Field(description="Oldest first; by default the latest `limit` that fit.")
+    dropped: int = Field(0, description="Refused pushes the gate only counted (beyond what its log keeps).")
 
 
 class ResourcePlan(Frozen):
@@ -118,6 +173,10 @@ class ResourcePlan(Frozen):
     pids: int
     tmp_size: str
     home_size: str
+    disk: str = Field("unlimited", description="Hard limit on what the bottle can write to the host's disk.")
+    disk_enforced_by: str | None = Field(
+        None, description="How the engine enforces the disk limit; None when nothing does (see the warnings)."
+    )
 
 
 class PromptPlan(Frozen):
@@ -186,6 +245,10 @@ class BottlePlan(Frozen):
     manifest_sha256: str
     image: str
     image_present: bool
+    warnings: list[str]
+    approval: str | None = Field(
+        None, description="Whether launching this plan needs a person's approval, and how to give it ahead."
+    )
     runtime: RuntimePlan
     user: str
     home: str
@@ -209,7 +272,6 @@ class BottlePlan(Frozen):
     git: list[GitPlan]
     copy_cwd: CopyCwdPlan | None
     gates: GatePlan | None = Field(None, description="The gate sidecar of git and ssh entries, if any.")
-    warnings: list[str]
 
     @staticmethod
     def content_digest(payload: str) -> str:
@@ -225,8 +287,13 @@ class BottleInfo(Frozen):
     runtime: str
     image: str
     created_at: str
-    owner: Liveness = Field(description="this-server, other-server (alive), orphaned (its server is gone), unknown.")
+    owner: Liveness = Field(
+        description="this-server, other-server (alive), orphaned (its server is gone), kept (its server is gone; "
+        "kept for a later server of the same manifest to adopt until kept_until), unknown."
+    )
     instance: str
+    kept_until: str | None = Field(None, description="When a kept bottle removes itself (UTC), if it is kept.")
+    note: str | None = Field(None, description="Why this server does not drive it (for example a changed manifest).")
 
 
 class LaunchResult(Frozen):
@@ -241,17 +308,26 @@ class LaunchResult(Frozen):
 
 
 class ExecResult(Frozen):
+    """Status first, output last: a host that shows only the start of a long result still shows the facts."""
+
     exit_code: int | None = Field(description="The command's exit status; null when it was killed on timeout.")
-    stdout: str
-    stderr: str
-    truncated: bool = Field(description="True when stdout or stderr went over the cap; the rest was dropped.")
+    timed_out: bool
+    truncated: bool = Field(
+        description="True when stdout or stderr went over the cap: the middle was cut (head and tail kept) and "
+        "the whole stream is in stdout_path / stderr_path in the bottle."
+    )
     stdout_bytes: int = Field(description="Bytes the command wrote to stdout in all.")
     stderr_bytes: int
     output_cap_bytes: int
-    timed_out: bool
     duration_ms: int
-    notes: list[str] = Field(default_factory=list, description="How the output was made safe, if it was.")
+    stdout_path: str | None = Field(
+        None, description="File in the bottle holding the whole stdout (read it with exec or cp_out)."
+    )
+    stderr_path: str | None = Field(None, description="File in the bottle holding the whole stderr.")
     job: JobInfo | None = Field(None, description="With background=true: the job; follow it with wait_job.")
+    notes: list[str] = Field(default_factory=list, description="How the output was cut or made safe, if it was.")
+    stdout: str
+    stderr: str
 
     @classmethod
     def started_in_background(cls, job: JobInfo) -> ExecResult:
@@ -314,6 +390,7 @@ class CleanupFailure(Frozen):
 
 class CleanupReport(Frozen):
     dry_run: bool
+    summary: str = Field("", description="How many items were removed, kept and failed (the lists may be cut).")
     removed: list[CleanupItem]
     kept: list[CleanupItem]
     failed: list[CleanupFailure]

@@ -15,6 +15,9 @@ from typing import Any, TypeVar
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult
+from pydantic import ValidationError
+
+from .argerrors import describe
 
 LifespanResultT = TypeVar("LifespanResultT")
 
@@ -73,6 +76,8 @@ class RedactingServer(MCPServer[LifespanResultT]):
         try:
             result = await super().call_tool(name, arguments, context)
         except ToolError as e:
+            if isinstance(e.__cause__, ValidationError):  # bad arguments: say so in sentences
+                e.args = (describe(name, e.__cause__, self._tool_input_schema(name)),)
             e.args = tuple(self._redactor.text(a) if isinstance(a, str) else a for a in e.args)
             raise
         if isinstance(result, CallToolResult) and self._redactor.secrets():

@@ -25,7 +25,12 @@ class BottleService(Lifecycle):
     def __init__(self, config: ServiceConfig, backend: Backend) -> None:
         super().__init__(config, backend)
         self.delegate = Delegation(
-            self.live, output_cap=lambda: self.output_cap, host_roots=self.host_roots, redact=self.redactor.text
+            self.live,
+            output_cap=lambda: self.output_cap,
+            host_roots=self.host_roots,
+            keeps_exec=lambda root: self.manifest.keeps_exec(root),  # noqa: PLW0108 - the manifest is reloaded
+            redact=self.redactor.text,
+            call_output_cap=self.call_output_cap,
         )
 
     async def exec(
@@ -36,9 +41,10 @@ class BottleService(Lifecycle):
         timeout_s: float = 60,
         workdir: str | None = None,
         background: bool = False,
+        output_cap: int | None = None,
     ) -> ExecResult:
         """Run a command and wait for it, or, with `background`, start it as a job and return at once."""
         if background:
             job = await self.delegate.exec_background(bottle_id, command, timeout_s=timeout_s, workdir=workdir)
             return ExecResult.started_in_background(job)
-        return await super().exec(bottle_id, command, timeout_s=timeout_s, workdir=workdir)
+        return await super().exec(bottle_id, command, timeout_s=timeout_s, workdir=workdir, output_cap=output_cap)

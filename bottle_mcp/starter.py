@@ -33,7 +33,7 @@ def worker_context() -> Path:
 def starter_manifest(build_context: Path | None = None) -> Manifest:
     context = build_context or worker_context()
     return Manifest(
-        host=HostSettings(roots=[], skills_dir="~/.claude/skills", output_cap="1m", max_bottles=8),
+        host=HostSettings(roots=[], skills_dir="~/.claude/skills", output_cap="16k", max_bottles=8),
         bottles={
             "offline": BottleDef(
                 image=WORKER_IMAGE,

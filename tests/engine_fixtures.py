@@ -79,6 +79,7 @@ def example_manifest(write_manifest: ManifestFactory, worker_image: str, skills_
         f"""
         [host]
         skills_dir = "{skills_dir}"
+        keep_for = "0"
 
         [bottles.offline]
         image = "{worker_image}"

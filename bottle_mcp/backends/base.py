@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import PurePosixPath
-from typing import IO, Any, Literal, Protocol
+from typing import IO, Any, Literal, Protocol, TypeVar
 
 import anyio.to_thread
 
@@ -27,10 +27,12 @@ from ..models import (
     BottleSpec,
     CleanupPlan,
     CleanupReport,
-    EgressDecision,
+    EgressRecords,
     ExecResult,
-    GateEvent,
+    GateRecords,
 )
+
+T = TypeVar("T")
 
 Progress = Callable[[str], Awaitable[None]]
 
@@ -79,15 +81,20 @@ class Bottle(Protocol):
         """
         ...
 
+    async def read_tar(self, path: PurePosixPath, consume: Callable[[IO[bytes]], T], *, max_bytes: int) -> T:
+        """Like get_tar, but the tar is streamed into `consume` (called in a worker thread) and never held
+        whole; returns what `consume` returns. Errors as get_tar (they win over what `consume` raised)."""
+        ...
+
     async def aclose(self) -> list[str]:
         """Remove the bottle and everything it owns; return what was removed. Idempotent."""
         ...
 
-    async def egress_log(self) -> tuple[list[str], list[EgressDecision]]:
+    async def egress_log(self) -> tuple[list[str], EgressRecords]:
         """The egress allow-list and every allow/deny decision so far (both empty without egress)."""
         ...
 
-    async def gate_log(self) -> tuple[dict[str, str], dict[str, str], list[GateEvent]]:
+    async def gate_log(self) -> tuple[dict[str, str], dict[str, str], GateRecords]:
         """Git remotes -> upstreams, ssh aliases -> host:port, and the gate's events (empty without a gate)."""
         ...
 

@@ -2,22 +2,26 @@
 
 It honours the same contract as the Docker backend (plans, labels, liveness,
 cleanup, timeouts, output caps) but runs nothing: `exec` understands a handful
-of shell words (`echo`, `printf`, `cat FILE`, `sleep N`, `exit N`, `yes`) and
+of shell words (`echo`, `printf`, `cat FILE`, `head -c N /dev/zero`, `sleep N`, `exit N`, `yes`,
+a trailing `>&2`), plays the output-keeping wrapper of shaping.py, and
 copies land in (and come out of) a dict. It never stands in for the engine tests.
 """
 
 from __future__ import annotations
 
+import base64
 import io
 import secrets
 import shlex
 import tarfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import IO
+from typing import IO, TypeVar
 
 import anyio
+import anyio.to_thread
 
 from .. import labels as L
 from ..errors import BottleGoneError, ImageMissingError, PathError, PlanError
@@ -29,9 +33,9 @@ from ..models import (
     CleanupItem,
     CleanupPlan,
     CleanupReport,
-    EgressDecision,
+    EgressRecords,
     ExecResult,
-    GateEvent,
+    GateRecords,
     MountPlan,
     NetworkPlan,
     ResourceKind,
@@ -40,6 +44,8 @@ from ..models import (
 from ..output import safe_text, trim_partial_utf8
 from ..planning import BackendPlan, resources
 from .base import Backend, Bottle, Progress, _no_progress
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -76,11 +82,11 @@ class FakeBottle:
     def info(self) -> BottleInfo:
         return self._info
 
-    async def egress_log(self) -> tuple[list[str], list[EgressDecision]]:
-        return [], []  # the fake runs nothing, so nothing leaves it
+    async def egress_log(self) -> tuple[list[str], EgressRecords]:
+        return [], EgressRecords([])  # the fake runs nothing, so nothing leaves it
 
-    async def gate_log(self) -> tuple[dict[str, str], dict[str, str], list[GateEvent]]:
-        return {}, {}, []  # the fake has no gate: nothing is pushed anywhere
+    async def gate_log(self) -> tuple[dict[str, str], dict[str, str], GateRecords]:
+        return {}, {}, GateRecords([])  # the fake has no gate: nothing is pushed anywhere
 
     def _alive(self) -> None:
         obj = self.world.objects.get(self.container_id)
@@ -99,34 +105,11 @@ class FakeBottle:
         self._alive()
         self.exec_log.append(command)
         started = time.monotonic()
-        out, err, code, timed_out = b"", b"", 0, False
-        try:
-            words = shlex.split(command)
-        except ValueError as e:
-            words, err, code = [], f"sh: syntax error: {e}\n".encode(), 2
-        if words:
-            head, args = words[0], words[1:]
-            if head == "echo":
-                out = (" ".join(args) + "\n").encode()
-            elif head == "printf":
-                out = (args[0] if args else "").encode().decode("unicode_escape").encode("latin-1")
-            elif head == "cat" and args:
-                if args[0] in self.files:
-                    out = self.files[args[0]]
-                else:
-                    err, code = f"cat: {args[0]}: No such file or directory\n".encode(), 1
-            elif head == "sleep":
-                with anyio.move_on_after(timeout_s) as scope:
-                    await anyio.sleep(float(args[0]) if args else 0)
-                timed_out = scope.cancelled_caught
-            elif head == "exit":
-                code = int(args[0]) if args else 0
-            elif head == "yes":
-                out = b"y\n" * (output_cap // 2 + 1024)
-            elif head == "pwd":
-                out = f"{workdir or '/workspace'}\n".encode()
-            else:
-                err, code = f"sh: {head}: not found\n".encode(), 127
+        saved = await self._saved_exec(command, timeout_s=timeout_s, workdir=workdir)
+        if saved is not None:
+            out, err, code, timed_out = saved
+        else:
+            out, err, code, timed_out = await self._interpret(command, timeout_s=timeout_s, workdir=workdir)
         stdout, n1 = safe_text(trim_partial_utf8(out[:output_cap]) if len(out) > output_cap else out)
         stderr, n2 = safe_text(trim_partial_utf8(err[:output_cap]) if len(err) > output_cap else err)
         truncated = len(out) > output_cap or len(err) > output_cap
@@ -142,6 +125,99 @@ class FakeBottle:
             duration_ms=int((time.monotonic() - started) * 1000),
             notes=sorted(set(n1 + n2)) + (["output was cut"] if truncated else []),
         )
+
+    async def _interpret(
+        self, command: str, *, timeout_s: float, workdir: str | None
+    ) -> tuple[bytes, bytes, int, bool]:
+        """The few shell words the fake understands; a trailing `>&2` sends stdout to stderr."""
+        try:
+            words = shlex.split(command)
+        except ValueError as e:
+            return b"", f"sh: syntax error: {e}\n".encode(), 2, False
+        to_stderr = bool(words) and words[-1] == ">&2"
+        if to_stderr:
+            words = words[:-1]
+        out, err, code, timed_out = b"", b"", 0, False
+        if words and words[0] == "sleep":
+            with anyio.move_on_after(timeout_s) as scope:
+                await anyio.sleep(float(words[1]) if len(words) > 1 else 0)
+            timed_out = scope.cancelled_caught
+        elif words:
+            out, err, code = self._word(words[0], words[1:], workdir)
+        if to_stderr:
+            out, err = b"", err + out
+        return out, err, code, timed_out
+
+    def _word(self, head: str, args: list[str], workdir: str | None) -> tuple[bytes, bytes, int]:
+        """stdout, stderr and exit status of one of the fake's commands (all but sleep)."""
+        if head == "echo":
+            return (" ".join(args) + "\n").encode(), b"", 0
+        if head == "printf":
+            return (args[0] if args else "").encode().decode("unicode_escape").encode("latin-1"), b"", 0
+        if head == "cat" and args:
+            if args[0] in self.files:
+                return self.files[args[0]], b"", 0
+            return b"", f"cat: {args[0]}: No such file or directory\n".encode(), 1
+        if head == "head" and len(args) == 3 and args[0] == "-c" and args[1].isdigit():
+            return self._head_c(int(args[1]), args[2]), b"", 0
+        if head == "exit":
+            return b"", b"", int(args[0]) if args else 0
+        if head == "yes":
+            return b"y\n" * (32 * 1024), b"", 0
+        if head == "pwd":
+            return f"{workdir or '/workspace'}\n".encode(), b"", 0
+        return b"", f"sh: {head}: not found\n".encode(), 127
+
+    def _head_c(self, n: int, source: str) -> bytes:
+        if source == "/dev/zero":
+            return bytes(n)
+        if source == "/dev/urandom":
+            return (secrets.token_bytes(min(n, 4096)) * (n // 4096 + 1))[:n]
+        return self.files.get(source, b"")[:n]
+
+    async def _saved_exec(
+        self, command: str, *, timeout_s: float, workdir: str | None
+    ) -> tuple[bytes, bytes, int, bool] | None:
+        """Play the output-keeping wrapper of shaping.py: files in `self.files`, then its report."""
+        from ..shaping import READ_SH
+
+        try:
+            words = shlex.split(command)
+        except ValueError:
+            return None
+        if len(words) < 4 or words[:2] != ["/bin/sh", "-c"] or words[3] != "bottle-exec":
+            return None
+        if words[2].startswith("n=$1; d=$2; keep=$3"):
+            nonce, run_dir, keep, head, tail, inner = words[4:10]
+            out, err, code, timed_out = await self._interpret(inner, timeout_s=timeout_s, workdir=workdir)
+            for name, data in (("stdout", out), ("stderr", err)):
+                self.files[f"{run_dir}/{name}"] = data[: int(keep)]
+                self.files[f"{run_dir}/{name}.rest"] = str(max(0, len(data) - int(keep))).encode()
+                self.files[f"{run_dir}/{name}.tail"] = data[int(keep) :][-int(tail) :] if len(data) > int(keep) else b""
+            if timed_out:
+                return b"", b"", 0, True
+            rc: int | str = code
+        elif words[2] == READ_SH:
+            nonce, run_dir, head, tail, rc = words[4:9]
+        else:
+            return None
+        h, t = int(head), int(tail)
+        report = [f"{nonce} {rc}"]
+        blobs = []
+        for name in ("stdout", "stderr"):
+            kept = self.files.get(f"{run_dir}/{name}", b"")
+            rest = int(self.files.get(f"{run_dir}/{name}.rest", b"0"))
+            tail_file = self.files.get(f"{run_dir}/{name}.tail", b"")
+            report.append(f"{len(kept)} {rest}")
+            if len(kept) + rest <= h + t:
+                shown = kept + tail_file
+            elif rest >= t:
+                shown = kept[:h] + tail_file
+            else:
+                shown = kept[:h] + kept[-(t - rest) :] + tail_file
+            blobs.append(base64.b64encode(shown).decode())
+        text = " ".join(report) + f"\nout {blobs[0]}\nerr {blobs[1]}\n"
+        return text.encode(), b"", int(rc) if str(rc).isdigit() else 0, False
 
     async def put_tar(self, tar: IO[bytes], dest_dir: PurePosixPath) -> None:
         self._alive()
@@ -160,6 +236,10 @@ class FakeBottle:
             raise PathError(f"{prefix!r} does not exist in bottle {self.id!r}")
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w") as tf:
+            if prefix not in chosen:  # a folder: its own entry first, as tar makes it
+                folder = tarfile.TarInfo(path.name)
+                folder.type = tarfile.DIRTYPE
+                tf.addfile(folder)
             for name, data in sorted(chosen.items()):
                 info = tarfile.TarInfo(str(PurePosixPath(path.name) / PurePosixPath(name).relative_to(path)))
                 info.size = len(data)
@@ -167,6 +247,10 @@ class FakeBottle:
         if buf.tell() > max_bytes:
             raise PathError(f"{prefix!r} is larger than the copy limit of {max_bytes} bytes")
         return buf.getvalue()
+
+    async def read_tar(self, path: PurePosixPath, consume: Callable[[IO[bytes]], T], *, max_bytes: int) -> T:
+        data = await self.get_tar(path, max_bytes=max_bytes)
+        return await anyio.to_thread.run_sync(consume, io.BytesIO(data))
 
     async def aclose(self) -> list[str]:
         removed = []

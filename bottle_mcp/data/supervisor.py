@@ -8,10 +8,16 @@ come back as frames, and a kill request ends its whole session.
 
 Frames, both ways: a 9-byte header (type: u8, request id: u32, payload
 length: u32, big-endian) and the payload. Server to bottle: OPEN (JSON: cmd,
-cwd, env, stdin, cap), STDIN (bytes; empty = end of input), KILL. Bottle to
+cwd, env, stdin, cap, keep), STDIN (bytes; empty = end of input), KILL. Bottle to
 server: HELLO (JSON), STARTED (JSON: pid), STDOUT, STDERR, CREDIT (u32: stdin
 bytes consumed), EXIT (JSON: code, out, err). The server trusts none of it
 beyond this bottle: it bounds, validates and times everything itself.
+
+With `keep` ({dir, bytes, head, tail, runs}), the command's output is also written to
+DIR/stdout and DIR/stderr (their first `bytes`; the last `tail` bytes of a longer stream go to
+FILE.tail), only the first `head` bytes of each stream are streamed, and at the end the last
+`tail` bytes not yet sent follow: the server gets the head and the tail, and the whole stays in
+the bottle. The newest `runs` folders beside DIR are kept, older ones removed.
 
 Standard library only: the bottle's image needs nothing but python3.
 
@@ -51,12 +57,15 @@ def _seal() -> bool:
 SEALED = _seal()
 
 import contextlib  # noqa: E402 - after the seal, which comes first
+import errno  # noqa: E402
 import fcntl  # noqa: E402
 import hashlib  # noqa: E402
 import hmac  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
+import resource  # noqa: E402
 import selectors  # noqa: E402
+import shutil  # noqa: E402
 import signal  # noqa: E402
 import struct  # noqa: E402
 import subprocess  # noqa: E402
@@ -77,13 +86,74 @@ IN_CHUNK = 1 << 20
 # After a command exits, its output pipes may still be held by something it left
 # running in the background; wait this long for them to close, then report.
 DRAIN_S = 0.1
+# At the process limit: tries to start a command (with short waits), the sessions of ended
+# commands remembered, and the most stop-and-scan rounds spent on one session.
+SPAWN_TRIES = 3
+MAX_ENDED = 256
+KILL_ROUNDS = 50
+NEAR_LIMIT = 0.8  # of the process limit: past it, leftovers of ended commands are ended
+LEFTOVER_SHARE = 0.25  # ... and so they are when they alone hold this much of it
+REAP_WAIT_S = 2.0
+
+
+class Keeper:
+    """A command's output kept in files in the bottle, and the last bytes of each stream."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.dir = str(spec["dir"])
+        self.limit = max(0, int(spec["bytes"]))
+        self.head = max(0, int(spec["head"]))
+        self.tail = max(0, int(spec["tail"]))
+        self.files: dict[int, IO[bytes] | None] = {T_STDOUT: None, T_STDERR: None}
+        self.written = {T_STDOUT: 0, T_STDERR: 0}
+        self.last = {T_STDOUT: bytearray(), T_STDERR: bytearray()}
+        try:
+            parent = os.path.dirname(self.dir)
+            os.makedirs(parent, mode=0o700, exist_ok=True)
+            os.mkdir(self.dir, 0o700)
+            # Held open while the command runs; closed in close().
+            out = open(self.dir + "/stdout", "wb")  # noqa: SIM115
+            err = open(self.dir + "/stderr", "wb")  # noqa: SIM115
+            self.files = {T_STDOUT: out, T_STDERR: err}
+            runs = sorted(os.scandir(parent), key=lambda e: e.stat().st_mtime, reverse=True)
+            for old in runs[max(1, int(spec.get("runs", 8))) :]:
+                shutil.rmtree(old.path, ignore_errors=True)
+        except OSError:
+            self.close()
+
+    def add(self, kind: int, data: bytes) -> None:
+        f = self.files[kind]
+        room = self.limit - self.written[kind]
+        if f is not None and room > 0:
+            try:
+                f.write(data[:room])
+                self.written[kind] += min(room, len(data))
+            except OSError:  # the tmpfs is full: keep what is there
+                self.files[kind] = None
+        last = self.last[kind]
+        last += data
+        if len(last) > self.tail:
+            del last[: len(last) - self.tail]
+
+    def close(self, totals: dict[int, int] | None = None) -> None:
+        for kind, f in self.files.items():
+            if f is None:
+                continue
+            with contextlib.suppress(OSError):
+                f.close()
+                if totals is not None and totals[kind] > self.written[kind]:
+                    name = "stdout" if kind == T_STDOUT else "stderr"
+                    with open(f"{self.dir}/{name}.tail", "wb") as t:
+                        t.write(self.last[kind])
+        self.files = {T_STDOUT: None, T_STDERR: None}
 
 
 class Command:
-    def __init__(self, rid: int, proc: subprocess.Popen[bytes], cap: int) -> None:
+    def __init__(self, rid: int, proc: subprocess.Popen[bytes], cap: int, keeper: Keeper | None = None) -> None:
         self.rid = rid
         self.proc = proc
         self.cap = cap
+        self.keeper = keeper
         self.sent = {T_STDOUT: 0, T_STDERR: 0}
         self.total = {T_STDOUT: 0, T_STDERR: 0}
         self.open_pipes = 0
@@ -97,6 +167,9 @@ class Supervisor:
     def __init__(self) -> None:
         self.sel = selectors.DefaultSelector()
         self.cmds: dict[int, Command] = {}
+        # Sessions of commands that have ended, newest last: what they left running is ended
+        # when the bottle reaches its process limit (see spawn).
+        self.ended: list[int] = []
         self.inbuf = bytearray()
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_w, False)
@@ -181,26 +254,34 @@ class Supervisor:
     def open(self, rid: int, req: dict[str, Any]) -> None:
         env = dict(os.environ)
         env.update({str(k): str(v) for k, v in (req.get("env") or {}).items()})
+        # Near the process limit (a fork bomb left by an earlier command, or leftovers piling up),
+        # what earlier, finished commands left running is ended first, so this one can work.
+        reclaimed = self.reclaim() if self.ended and crowded(set(self.ended)) else 0
         try:
-            proc = subprocess.Popen(
-                ["/bin/sh", "-c", str(req["cmd"])],
-                stdin=subprocess.PIPE if req.get("stdin") else subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                cwd=req.get("cwd") or None,
-                env=env,
-                start_new_session=True,
-                close_fds=True,
-            )
+            try:
+                proc = spawn(req, env)
+            except OSError as e:
+                if e.errno not in (errno.EAGAIN, errno.ENOMEM) or not self.ended:
+                    raise
+                reclaimed += self.reclaim()
+                proc = spawn(req, env)
         except OSError as e:
             self.send_json(T_STARTED, rid, {"pid": 0})
             msg = f"bottle-mcp: cannot start the command in {req.get('cwd')!r}: {e.strerror}\n".encode()
             self.send(T_STDERR, rid, msg)
             self.send_json(T_EXIT, rid, {"code": 126, "out": 0, "err": len(msg)})
             return
-        cmd = Command(rid, proc, max(0, int(req.get("cap", 0))))
+        keeper = Keeper(req["keep"]) if isinstance(req.get("keep"), dict) else None
+        cap = keeper.head if keeper is not None else max(0, int(req.get("cap", 0)))
+        cmd = Command(rid, proc, cap, keeper)
         self.cmds[rid] = cmd
         self.send_json(T_STARTED, rid, {"pid": proc.pid})
+        if reclaimed:
+            note = (
+                f"bottle-mcp: the bottle was at its process limit; {reclaimed} process(es) left running by "
+                "earlier commands were ended\n"
+            ).encode()
+            self.send(T_STDERR, rid, note)
         for pipe, kind in ((proc.stdout, T_STDOUT), (proc.stderr, T_STDERR)):
             assert pipe is not None
             os.set_blocking(pipe.fileno(), False)
@@ -255,6 +336,8 @@ class Supervisor:
             self.close_pipe(pipe, cmd)
             return
         cmd.total[kind] += len(data)
+        if cmd.keeper is not None:
+            cmd.keeper.add(kind, data)
         room = cmd.cap - cmd.sent[kind]
         if room > 0:
             part = data[:room]
@@ -282,6 +365,11 @@ class Supervisor:
             if drained or (cmd.exited_at is not None and now - cmd.exited_at >= DRAIN_S):
                 self.finish(cmd)
 
+    def reclaim(self) -> int:
+        """End everything that finished commands left running; how many processes that was."""
+        ended, self.ended = self.ended, []
+        return sum(kill_session(pid) for pid in ended)
+
     def finish(self, cmd: Command) -> None:
         for f in (cmd.proc.stdout, cmd.proc.stderr, cmd.proc.stdin):
             if f is not None and not f.closed:
@@ -291,6 +379,14 @@ class Supervisor:
                 with contextlib.suppress(OSError):
                     f.close()
         del self.cmds[cmd.rid]
+        self.ended = [*self.ended[-(MAX_ENDED - 1) :], cmd.proc.pid]
+        if cmd.keeper is not None:
+            cmd.keeper.close(cmd.total)
+            for kind in (T_STDOUT, T_STDERR):  # the tail not sent yet
+                unsent = cmd.total[kind] - cmd.sent[kind]
+                last = cmd.keeper.last[kind]
+                if unsent > 0 and last:
+                    self.send(kind, cmd.rid, bytes(last[-min(unsent, len(last)) :]))
         self.send_json(T_EXIT, cmd.rid, {"code": cmd.code, "out": cmd.total[T_STDOUT], "err": cmd.total[T_STDERR]})
 
     # -- main loop ------------------------------------------------------------------
@@ -326,16 +422,63 @@ def unmask(key: bytes, seq: int, data: bytes) -> bytes:
     return (int.from_bytes(data, "big") ^ int.from_bytes(stream, "big")).to_bytes(len(data), "big")
 
 
-def kill_session(pid: int) -> None:
+def process_limit() -> int | None:
+    """The most processes this bottle may hold: its RLIMIT_NPROC (gVisor) or pids cgroup (runc)."""
+    limits = []
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NPROC)
+    if soft != resource.RLIM_INFINITY:
+        limits.append(soft)
+    for path in ("/sys/fs/cgroup/pids.max", "/sys/fs/cgroup/pids/pids.max"):
+        with contextlib.suppress(OSError, ValueError), open(path) as f:
+            limits.append(int(f.read().strip()))
+    return min(limits) if limits else None
+
+
+def crowded(ended: set[int]) -> bool:
+    """Whether the bottle is near its process limit, or ended commands' leftovers hold much of it."""
+    limit = process_limit()
+    if limit is None:
+        return False
+    table = _processes()
+    leftovers = sum(1 for _ppid, _pgrp, sid in table.values() if sid in ended)
+    return len(table) >= limit * NEAR_LIMIT or leftovers >= limit * LEFTOVER_SHARE
+
+
+def spawn(req: dict[str, Any], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """Start one command under /bin/sh in a session of its own."""
+    last: OSError | None = None
+    for attempt in range(SPAWN_TRIES):
+        try:
+            return subprocess.Popen(
+                ["/bin/sh", "-c", str(req["cmd"])],
+                stdin=subprocess.PIPE if req.get("stdin") else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=req.get("cwd") or None,
+                env=env,
+                start_new_session=True,
+                close_fds=True,
+            )
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.ENOMEM):
+                raise
+            last = e
+            time.sleep(0.05 * (attempt + 1))  # processes that are dying free their slots
+    assert last is not None
+    raise last
+
+
+def kill_session(pid: int) -> int:
     """SIGKILL everything the command started: its process group, its session and its descendants.
 
-    Members are stopped first, in rounds, so that nothing forks away between the scan and the kill.
+    Members are stopped first, in rounds, so that nothing forks away between the scan and the kill;
+    rounds go on while new members appear (a fork bomb keeps adding them). Returns how many.
     """
     if pid <= 1:
-        return
+        return 0
     me = os.getpid()
     doomed: set[int] = set()
-    for _ in range(3):
+    for _ in range(KILL_ROUNDS):
         table = _processes()
         found = {p for p, (_, pgrp, sid) in table.items() if pid in (p, pgrp, sid)}
         grew = True
@@ -356,6 +499,14 @@ def kill_session(pid: int) -> None:
     for p in doomed:
         with contextlib.suppress(OSError):
             os.kill(p, signal.SIGKILL)
+    # Until init has reaped them they still count against the bottle's process limit: wait a
+    # little, so that the next command can start what it needs.
+    deadline = time.monotonic() + REAP_WAIT_S
+    while doomed and time.monotonic() < deadline:
+        doomed = {p for p in doomed if os.path.exists(f"/proc/{p}")}
+        if doomed:
+            time.sleep(0.02)
+    return len(doomed)
 
 
 def _processes() -> dict[int, tuple[int, int, int]]:

@@ -49,7 +49,7 @@ class Clients:
 
 
 def server_argv(manifest: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "bottle_mcp", "serve", "--manifest", str(manifest), *extra]
+    return [sys.executable, "-m", "bottle_mcp", "serve", "--manifest", str(manifest), "--on-exit", "remove", *extra]
 
 
 @pytest.fixture(scope="session")

@@ -44,6 +44,7 @@ def manifest(write_manifest: ManifestFactory, worker_image: str) -> Path:
         f"""
         [host]
         approve = "elevated"
+        keep_for = "0"
 
         [bottles.offline]
         image = "{worker_image}"
@@ -123,7 +124,7 @@ async def test_a_person_approves_declines_cancels_and_an_edit_voids_the_approval
             for action in ("decline", "cancel"):
                 person.answer = {"action": action}
                 refused = await _launch(client, "fetcher")
-                assert refused.is_error and "nothing was launched" in _text(refused)
+                assert refused.is_error and "Nothing was launched" in _text(refused)
             assert len(await _mine(client)) == 1
 
             person.answer = {"action": "accept", "content": {"approve": True}}

@@ -70,7 +70,7 @@ async def test_supervisor_delegates_a_task_and_brings_the_work_back(
     params = StdioServerParameters(
         command=sys.executable,
         # The human running this server chose not to be asked (approval has its own tests).
-        args=["-m", "bottle_mcp", "serve", "--manifest", str(manifest), "--approve", "never"],
+        args=["-m", "bottle_mcp", "serve", "--manifest", str(manifest), "--approve", "never", "--on-exit", "remove"],
         env=env,
         cwd=str(host_repo),
     )
@@ -86,7 +86,8 @@ async def test_supervisor_delegates_a_task_and_brings_the_work_back(
             [cred] = plan["credentials"]
             assert (cred["name"], cred["present"], cred["in_bottle"]) == ("BOTTLE_TEST_TOKEN", True, "real value")
             assert SECRET not in json.dumps(plan)
-            (container,) = docker_client.api.containers(filters={"label": [f"{L.BOTTLE}={bid}"]})
+            bottle_only = {"label": [f"{L.BOTTLE}={bid}", f"{L.ROLE}=bottle"]}  # not its reaper (keep.py)
+            (container,) = docker_client.api.containers(filters=bottle_only)
             assert SECRET not in json.dumps(container["Labels"])
 
             task = (

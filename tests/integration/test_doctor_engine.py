@@ -30,8 +30,9 @@ async def test_doctor_passes_the_engine_runtimes_and_images_the_tests_use(
 ) -> None:
     report = await doctor(example_manifest, tmp_path)
     checks = {c.name: c for c in report.checks}
-    for name in ("engine", "engine API", "runtime runc", "image offline", "networks", "skills"):
+    for name in ("engine", "engine API", "runtime runc", "image offline", "networks", "disk limit", "skills"):
         assert checks[name].status == "ok", checks[name]
+    assert "loop-mounted ext4" in checks["disk limit"].detail
     assert docker_client.version()["Version"] in checks["engine"].detail
     assert report.verdict in {"ready", "degraded"}, report.summary
 

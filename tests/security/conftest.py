@@ -33,6 +33,7 @@ WORLD_SCRIPT = (Path(__file__).parent / "world.py").read_text()
 ALLOWED_NAMES = ["allowed.test", "api.allowed.test", "pinned.allowed.test"]
 BLOCKED_NAMES = ["blocked.test"]
 SECRET_NAME = "BOTTLE_TEST_TOKEN"
+DISK_LIMIT = "256m"
 SECRET_VALUE = "tok-" + "7" * 8 + secrets.token_hex(12)
 PRIVATE_WORLD = ["172.16.0.0/12", "192.168.0.0/16", "10.0.0.0/8"]
 
@@ -143,6 +144,7 @@ def manifest_text(runtime: str, world_ca: Path, skills: Path) -> str:
 [host]
 skills_dir = "{skills}"
 output_cap = "64k"
+keep_for = "0"
 
 [bottles.plain]
 image = "bottle-mcp/worker:latest"
@@ -159,6 +161,15 @@ runtime = "{runtime}"
 [bottles.hog.resources]
 memory = "96m"
 pids = 512
+
+[bottles.disky]
+image = "bottle-mcp/worker:latest"
+runtime = "{runtime}"
+
+[bottles.disky.resources]
+memory = "256m"
+pids = 512
+disk = "{DISK_LIMIT}"
 
 [bottles.net]
 image = "bottle-mcp/worker:latest"
@@ -185,6 +196,10 @@ command = ["true"]
 
 [agents.hog]
 bottle = "hog"
+command = ["true"]
+
+[agents.disky]
+bottle = "disky"
 command = ["true"]
 
 [agents.net]

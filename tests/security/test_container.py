@@ -151,3 +151,34 @@ async def test_memory_over_the_limit_kills_only_inside_the_bottle(
         assert res.stdout == "alive\n"
     finally:
         await sec_service.stop(hog.id)
+
+
+@pytest.mark.parametrize(
+    "bomb",
+    [
+        # stopped by the exec's own timeout: the server kills the command's whole session
+        pytest.param("b(){ b|b& }; b", id="exec-timeout"),
+        # stopped from inside: `timeout` kills only its child, the bomb's processes live on
+        pytest.param("timeout -s KILL 8 sh -c 'b(){ b|b& }; b'", id="left-running"),
+    ],
+)
+async def test_a_real_fork_bomb_dies_and_the_bottle_stays_usable(
+    sec_service: BottleService,
+    docker_client: docker.DockerClient,
+    runtime: str,
+    bomb: str,
+    request: pytest.FixtureRequest,
+) -> None:
+    # Known gap under gVisor: the sandbox survives the bomb, but its processes are not all ended
+    # before the next commands need to fork (docs/security.md).
+    request.applymarker(pytest.mark.xfail(runtime == "runsc", reason="gVisor: the bomb outlives the reclaim"))
+    bottle = await launch(sec_service, "plain")
+    try:
+        await sec_service.exec(bottle.id, bomb, timeout_s=8)
+        for i in range(3):
+            res = await sec_service.exec(bottle.id, f"echo after-{i}; ls / | wc -l", timeout_s=30)
+            assert res.stdout.startswith(f"after-{i}\n") and res.exit_code == 0, (res.stdout, res.stderr)
+        assert docker_client.api.inspect_container(bottle.container_id)["State"]["Running"]
+        assert docker_client.ping()
+    finally:
+        await sec_service.stop(bottle.id)

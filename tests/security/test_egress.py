@@ -236,6 +236,7 @@ async def test_proxy_network_and_volumes_carry_the_labels_and_go_with_the_bottle
         ("network", "network"),
         ("volume", "sidecar"),
         ("volume", "workspace"),
+        ("volume", "workspace"),  # the image file behind the workspace's file system (the disk limit)
     ]
     for row in docker_client.api.containers(filters={"label": [label]}):
         assert row["Labels"][L.INSTANCE] == sec_service.instance.id
@@ -278,10 +279,10 @@ async def test_cleanup_finds_the_proxy_and_network_of_a_server_that_is_gone(
     bottle = await launch(svc, "net")
     await svc.backend.aclose()  # the ghost server "crashes": its objects stay behind
     label = f"{L.BOTTLE}={bottle.id}"
-    assert len(_objects_of(docker_client, label)) == 6
+    assert len(_objects_of(docker_client, label)) == 7  # with the workspace's disk volume
     found = await sec_service.backend.prepare_cleanup()
     mine = CleanupPlan(remove=[i for i in found.remove if i.bottle_id == bottle.id], keep=[])
-    assert sorted(i.kind for i in mine.remove) == ["container"] * 3 + ["network"] + ["volume"] * 2
+    assert sorted(i.kind for i in mine.remove) == ["container"] * 3 + ["network"] + ["volume"] * 3
     report = await sec_service.backend.cleanup(mine)
     assert not report.failed, report.failed
     assert _objects_of(docker_client, label) == []

@@ -493,3 +493,50 @@ async def test_an_unpinned_upstream_is_trusted_on_first_use_beside_an_egress_pro
     fingerprint = listed.stdout.decode().split()[1]
     hostkey = [e for e in log.events if e.kind == "hostkey"]
     assert len(hostkey) == 1 and fingerprint in hostkey[0].detail
+
+
+async def test_a_push_of_many_long_ref_names_leaves_a_clipped_bounded_gate_log(gated: Gated) -> None:
+    repo = await gated.clone("many-refs")
+    key = anthropic_key()
+    res = await gated.sh(f"cd {repo} && printf '%s\\n' {shlex.quote(key)} > k.txt && git add . && {GIT} commit -qm k")
+    assert res.exit_code == 0, res.stderr
+    # 300 valid ref names of over 400 characters each, carrying a secret: refused, with all 300 named.
+    long_part = "/".join(["b" * 99] * 4)
+    valid = " ".join(f"HEAD:refs/heads/r{i:03d}/{long_part}" for i in range(300))
+    # 300 invalid names of 250 characters: refused too, each quoted in the findings.
+    invalid = " ".join(f"HEAD:refs/heads/-{i:03d}{'a' * 246}" for i in range(300))
+    for names in (valid, invalid) * 3:
+        res = await gated.sh(f"cd {repo} && git push origin {names} 2>&1")
+        assert res.exit_code != 0, res.stdout[-500:]
+    service = gated.service
+    saved = service.config.output_cap
+    service.config.output_cap = 16 * 1024
+    try:
+        log = await service.gate_log(gated.bottle_id, cursor="0", limit=1000)
+        assert len(log.model_dump_json()) <= 16 * 1024
+        events = []
+        cursor: str | None = "0"
+        while cursor is not None:  # every event once, each page within the cap
+            page = await service.gate_log(gated.bottle_id, cursor=cursor, limit=1000)
+            assert len(page.model_dump_json()) <= 16 * 1024
+            events += page.events
+            cursor = page.next_cursor
+        assert len(events) == page.total
+        clipped_refs = [e for e in events if e.kind == "refused" and e.lengths.get("refs") == 300]
+        many_findings = [e for e in events if e.kind == "refused" and e.lengths.get("findings", 0) > 20]
+        assert len(clipped_refs) == 3 and len(many_findings) >= 3, [(e.kind, e.lengths) for e in events]
+        for event in events:
+            assert len(event.refs) <= 20 and len(event.findings) <= 20
+            assert all(len(x) <= 203 for x in [*event.refs, *event.findings, event.detail])
+    finally:
+        service.config.output_cap = saved
+
+
+async def test_what_the_bottle_pushes_lands_within_its_disk_limit(
+    gated: Gated, docker_client: docker.DockerClient
+) -> None:
+    flt = {"label": [f"{L.BOTTLE}={gated.bottle_id}"]}
+    volumes = {v["Name"]: v for v in docker_client.api.volumes(filters=flt)["Volumes"] or []}
+    (repos,) = [v for n, v in volumes.items() if n.endswith("-gate-repos")]
+    assert repos["Options"]["type"] == "ext4" and repos["Options"]["device"].startswith("/dev/loop")
+    assert repos["Name"] + "-disk" in volumes

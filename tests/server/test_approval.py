@@ -7,6 +7,10 @@ during the call) and 2026-07-28 (an InputRequiredResult the client answers and r
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -162,7 +166,7 @@ async def test_approved_elevated_launch_shows_the_plan_and_is_recorded(
     ("action", "content", "event", "says"),
     [
         ("decline", None, "declined", "declined"),
-        ("cancel", None, "cancelled", "without answering"),
+        ("cancel", None, "cancelled", "The client cancelled the approval request (no person was asked)"),
         ("accept", {"approve": False}, "declined", "without ticking"),
     ],
 )
@@ -179,7 +183,7 @@ async def test_a_person_who_does_not_approve_stops_the_launch(
     async with serving(manifest(write_manifest), tmp_path, mode, person) as (client, world):
         result = await prepare_and_launch(client, "fetcher")
         assert result.is_error
-        assert says in text(result) and "nothing was launched" in text(result)
+        assert says in text(result) and "Nothing was launched." in text(result)
         assert bottles(world) == []
     assert len(person.questions) == 1
     assert [r["event"] for r in records(tmp_path)] == [event]
@@ -288,3 +292,79 @@ async def test_an_approval_that_cannot_be_recorded_launches_nothing(
         assert bottles(world) == []
         # Launches that need no approval do not depend on the record.
         assert not (await prepare_and_launch(client, "worker")).is_error
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_cancel_that_took_a_person_time_is_reported_as_dismissed(
+    mode: str, write_manifest: ManifestFactory, tmp_path: Path
+) -> None:
+    person = Person("cancel")
+    person.before_answer = lambda: time.sleep(1.2)
+    async with serving(manifest(write_manifest), tmp_path, mode, person) as (client, _world):
+        result = await prepare_and_launch(client, "fetcher")
+        assert result.is_error
+        assert "was dismissed without an answer. Nothing was launched." in text(result)
+        assert "no person was asked" not in text(result)
+    assert [r["event"] for r in records(tmp_path)] == ["cancelled"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_headless_client_is_told_how_to_approve_ahead_and_a_digest_approved_ahead_launches_once(
+    mode: str, write_manifest: ManifestFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BOTTLE_MCP_PREAPPROVALS", str(tmp_path / "state" / "preapproved.jsonl"))
+    headless = Person("cancel")  # what Claude Code does in -p mode: cancel at once, nobody asked
+    async with serving(manifest(write_manifest), tmp_path, mode, headless) as (client, world):
+        plan = await client.call_tool("prepare_bottle", {"agent": "fetcher"})
+        assert isinstance(plan.structured_content, dict)
+        digest = plan.structured_content["digest"]
+        note = plan.structured_content["approval"]
+        assert "needs a person's approval" in note and f"bottle-mcp approve {digest}" in note
+        plan_id = plan.structured_content["plan_id"]
+        refused = await client.call_tool("launch_bottle", {"plan_id": plan_id})
+        assert refused.is_error and f"`bottle-mcp approve {digest}`" in text(refused)
+
+        done = subprocess.run(  # noqa: ASYNC221 - the person's command, run while the server waits
+            [sys.executable, "-m", "bottle_mcp", "approve", digest, "--valid-for", "10m"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "Approved one launch" in done.stdout and done.stderr == ""
+        again = await client.call_tool("prepare_bottle", {"agent": "fetcher"})
+        assert isinstance(again.structured_content, dict)
+        assert again.structured_content["approval"].startswith("Approved ahead: plan digest")
+        launched = await client.call_tool("launch_bottle", {"plan_id": plan_id})
+        assert not launched.is_error, text(launched)
+        assert len(bottles(world)) == 1
+        # Used up: the next launch of the same plan is refused again.
+        second = await client.call_tool("launch_bottle", {"plan_id": plan_id})
+        assert second.is_error and "no person was asked" in text(second)
+    assert len(headless.questions) == 2
+    assert [r["event"] for r in records(tmp_path)] == ["cancelled", "approved-ahead", "launched", "cancelled"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_agents_approved_ahead_in_the_manifest_launch_without_a_question_and_are_recorded(
+    mode: str, write_manifest: ManifestFactory, tmp_path: Path
+) -> None:
+    path = write_manifest(MANIFEST.format(host='approved_agents = ["fetcher"]'))
+    person = Person("decline")
+    async with serving(path, tmp_path, mode, person) as (client, world):
+        result = await prepare_and_launch(client, "fetcher")
+        assert not result.is_error, text(result)
+        assert len(bottles(world)) == 1
+    assert person.questions == []
+    approved, launched = records(tmp_path)
+    assert (approved["event"], launched["event"]) == ("approved-ahead", "launched")
+    assert "approved_agents" in approved["how"]
+
+
+async def test_bad_digests_and_durations_are_refused_in_sentences(tmp_path: Path) -> None:
+    env = {**os.environ, "BOTTLE_MCP_PREAPPROVALS": str(tmp_path / "pre.jsonl")}
+    for args, says in ((["nothex"], "is not a plan digest"), (["0123456789abcdef", "--valid-for", "soon"], "30m")):
+        done = subprocess.run(  # noqa: ASYNC221 - a short command line call
+            [sys.executable, "-m", "bottle_mcp", "approve", *args], capture_output=True, text=True, env=env, check=False
+        )
+        assert done.returncode == 2 and says in done.stderr, done.stderr

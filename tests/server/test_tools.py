@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -190,7 +191,7 @@ async def test_prepare_launch_exec_copy_list_stop_cleanup_round_trip(
     bottle_id = launched.structured_content["bottle_id"]
     assert launched.structured_content["status"] == "running"
     assert launched.structured_content["runtime"] == plan["runtime"]["effective"]
-    assert messages == ["creating", "ready"]
+    assert messages == ["creating", "ready", f"bottle {bottle_id} is running"]
 
     res = await ok(client, "exec", bottle_id=bottle_id, command="echo hello bottle")
     assert (res["exit_code"], res["stdout"], res["stderr"], res["truncated"], res["timed_out"]) == (
@@ -220,7 +221,13 @@ async def test_prepare_launch_exec_copy_list_stop_cleanup_round_trip(
     assert (await ok(client, "list_active"))["bottles"] == []
 
     report = await ok(client, "cleanup")
-    assert report == {"dry_run": False, "removed": [], "kept": [], "failed": []}
+    assert report == {
+        "dry_run": False,
+        "summary": "removed 0, kept 0, failed 0",
+        "removed": [],
+        "kept": [],
+        "failed": [],
+    }
 
 
 async def test_a_non_zero_exit_is_data_not_an_error(client: Client) -> None:
@@ -238,9 +245,14 @@ async def test_output_over_the_cap_is_cut_and_reported(client: Client) -> None:
     res = await ok(client, "exec", bottle_id=bottle_id, command="yes")
     assert res["truncated"] is True
     assert res["output_cap_bytes"] == OUTPUT_CAP
-    assert len(res["stdout"]) == OUTPUT_CAP
     assert res["stdout_bytes"] > OUTPUT_CAP
     assert any("cut" in note for note in res["notes"])
+    # The head and the tail are kept around a marker naming the file that holds all of it.
+    head, _, tail = res["stdout"].partition("\n[... stdout cut here")
+    assert head.startswith("y\ny\n") and tail.endswith("y\n"), res["stdout"][:200]
+    assert res["stdout_path"] in tail.partition("...]\n")[0]
+    assert res["stdout_bytes"] > 30 * OUTPUT_CAP and len(json.dumps(res["stdout"])) < 2 * 16 * 1024
+    assert list(res)[:3] == ["exit_code", "timed_out", "truncated"] and list(res)[-2:] == ["stdout", "stderr"]
 
 
 async def test_a_command_over_its_timeout_is_reported_as_timed_out(client: Client) -> None:
@@ -528,7 +540,16 @@ async def test_egress_log_of_an_offline_bottle_is_empty_and_of_others_is_refused
 ) -> None:
     bottle_id = await launch(client)
     log = await ok(client, "egress_log", bottle_id=bottle_id)
-    assert log == {"bottle_id": bottle_id, "allow": [], "decisions": [], "total": 0}
+    assert log == {
+        "bottle_id": bottle_id,
+        "total": 0,
+        "first": 0,
+        "next_cursor": None,
+        "allow": [],
+        "decisions": [],
+        "denied": 0,
+        "dropped": 0,
+    }
     other = make_service(manifest_path, world)
     theirs = (await other.launch((await other.prepare("worker")).plan_id)).bottle_id
     assert "belongs to another server instance" in await fails(client, "egress_log", bottle_id=theirs)

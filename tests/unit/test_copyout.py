@@ -7,11 +7,13 @@ import os
 import stat
 import subprocess
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO, cast
 
 import pytest
 
-from bottle_mcp.copyout import confine_host_dest, extract_tar
+from bottle_mcp.copyout import confine_host_dest, extract_stream, extract_tar
 from bottle_mcp.errors import PathError
 
 
@@ -46,7 +48,7 @@ def test_a_folder_is_written_with_files_and_subfolders(tmp_path: Path) -> None:
 
 
 def test_set_id_bits_from_the_bottle_are_dropped(tmp_path: Path) -> None:
-    extract_tar(_tar(_file("tool")), "tool", tmp_path / "tool")
+    extract_tar(_tar(_file("tool")), "tool", tmp_path / "tool", keep_exec=True)
     mode = stat.S_IMODE(os.stat(tmp_path / "tool").st_mode)
     assert mode & (stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX) == 0
     assert mode & 0o100
@@ -112,24 +114,98 @@ def test_garbage_instead_of_a_tar_is_refused(tmp_path: Path) -> None:
         extract_tar(b"\x00garbage" * 200, "out", tmp_path / "copy")
 
 
+BIG = b"x" * 100_000  # larger than the records tarfile reads ahead
+
+
+class _Stalling(io.RawIOBase):
+    """A tar stream that runs `meanwhile` once, after `after` bytes were read (a bottle stalled mid-copy)."""
+
+    def __init__(self, data: bytes, after: int, meanwhile: Callable[[], None]) -> None:
+        self.data, self.pos, self.after, self.meanwhile = data, 0, after, meanwhile
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: bytearray) -> int:  # type: ignore[override]
+        if self.pos >= self.after and self.meanwhile is not None:
+            self.meanwhile()
+            self.meanwhile = None  # type: ignore[assignment]
+        end = min(len(self.data), self.pos + len(b), max(self.after, self.pos + 1))
+        n = end - self.pos
+        b[:n] = self.data[self.pos : end]
+        self.pos = end
+        return n
+
+
+def _stall(data: bytes, after: int, meanwhile: Callable[[], None]) -> IO[bytes]:
+    return cast(IO[bytes], _Stalling(data, after, meanwhile))
+
+
 def test_a_symlink_swapped_in_on_the_host_is_not_followed(tmp_path: Path) -> None:
-    # A folder the copy is about to enter is already a symlink out of the destination.
+    # While the copy runs, a folder it is about to enter becomes a symlink out of the destination.
     outside = tmp_path / "outside"
     outside.mkdir()
-    root = tmp_path / "root"
-    root.mkdir()
-    dest = root / "copy"
-    dest.mkdir()
-    (dest / "sub").symlink_to(outside)
-    from bottle_mcp.copyout import ExtractStats, _open_dirs
-
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        with pytest.raises(PathError, match="cannot enter"):
-            _open_dirs(fd, ("copy", "sub"), ExtractStats(), dest)
-    finally:
-        os.close(fd)
+    dest = tmp_path / "copy"
+    data = _tar(_dir("out"), _file("out/big", BIG), _dir("out/sub"), _file("out/sub/a.txt"))
+    stream = _stall(data, len(BIG) // 2, lambda: (dest / "sub").symlink_to(outside))
+    with pytest.raises(PathError, match="cannot enter"):
+        extract_stream(stream, "out", dest)
     assert os.listdir(outside) == []
+    assert os.path.islink(dest / "sub")  # not ours: left where it is (only what the copy made is removed)
+
+
+def test_a_file_that_appears_at_the_destination_mid_copy_is_left_alone(tmp_path: Path) -> None:
+    dest = tmp_path / "copy"
+
+    def person() -> None:
+        dest.mkdir()
+        (dest / "notes.txt").write_text("mine")
+
+    for data in (_tar(_file("out", b"from the bottle")), _tar(_dir("out"), _file("out/a.txt"))):
+        with pytest.raises(PathError, match="appeared"):
+            extract_stream(_stall(data, 0, person), "out", dest)
+        assert (dest / "notes.txt").read_text() == "mine"
+        (dest / "notes.txt").unlink()
+        dest.rmdir()
+
+
+def test_on_failure_only_what_the_copy_made_is_removed(tmp_path: Path) -> None:
+    dest = tmp_path / "copy"
+
+    def person() -> None:
+        (dest / "sub" / "theirs.txt").write_text("keep")
+
+    data = _tar(_dir("out"), _dir("out/sub"), _file("out/sub/big", BIG), _file("out/sub/a.txt"), _file("out/sub/a.txt"))
+    with pytest.raises(PathError, match="twice"):
+        extract_stream(_stall(data, len(BIG) // 2, person), "out", dest)
+    assert sorted(os.listdir(dest / "sub")) == ["theirs.txt"]  # a.txt (ours) went, theirs stayed
+
+
+def test_nothing_is_written_in_or_as_a_git_folder(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "repo" / ".git" / "hooks").mkdir(parents=True)
+    (root / "bare.git" / "objects").mkdir(parents=True)
+    (root / "bare.git" / "refs").mkdir()
+    (root / "bare.git" / "HEAD").write_text("ref: refs/heads/main\n")
+    (root / "repo" / "link").symlink_to(root / "repo" / ".git")
+    for raw in ("repo/.git/hooks/post-commit", "repo/.git", "repo/.GIT", "repo/link/x", "bare.git/hooks/x"):
+        with pytest.raises(PathError, match="git"):
+            confine_host_dest(raw, [root])
+    assert confine_host_dest("repo/new", [root])[0] == root / "repo" / "new"
+    hook = b"#!/bin/sh\necho pwned\n"
+    data = _tar(_dir("out"), _dir("out/.git"), _dir("out/.git/hooks"), _file("out/.git/hooks/post-commit", hook))
+    stats = extract_tar(data, "out", root / "repo" / "new")
+    assert os.listdir(root / "repo" / "new") == []
+    assert any(".git" in s for s in stats.skipped)
+
+
+def test_executable_bits_are_dropped_unless_kept(tmp_path: Path) -> None:
+    data = _tar(_file("tool", b"#!/bin/sh\n"))  # mode 4755 in the archive
+    extract_tar(data, "tool", tmp_path / "plain")
+    extract_tar(data, "tool", tmp_path / "kept", keep_exec=True)
+    assert stat.S_IMODE(os.stat(tmp_path / "plain").st_mode) & 0o7111 == 0
+    assert stat.S_IMODE(os.stat(tmp_path / "kept").st_mode) & 0o7000 == 0
+    assert stat.S_IMODE(os.stat(tmp_path / "kept").st_mode) & 0o100
 
 
 def test_destination_must_be_new_and_under_a_root(tmp_path: Path) -> None:

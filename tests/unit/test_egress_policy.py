@@ -12,6 +12,7 @@ from bottle_mcp.backends.docker.egress import (
     LOG_PREFIX,
     allow_rules,
     bottle_env,
+    merge_records,
     network_plan,
     parse_decisions,
     plan_warnings,
@@ -148,3 +149,38 @@ def test_log_lines_are_parsed_and_other_output_is_ignored() -> None:
     )
     (decision,) = parse_decisions(text)
     assert (decision.action, decision.host, decision.port) == ("deny", "x.test", 443)
+
+
+def test_denials_are_aggregated_fields_clipped_and_rotated_allowed_decisions_counted() -> None:
+    allowed = [
+        {
+            "time": f"2026-01-01T00:00:0{n}Z",
+            "action": "allow",
+            "kind": "HTTP",
+            "host": "a.test",
+            "port": 80,
+            "reason": "allow-list",
+            "path": "/p" + "x" * 500,
+            "seq": n,
+        }
+        for n in (3, 4)
+    ]
+    log = "\n".join(LOG_PREFIX + json.dumps(a) for a in allowed)
+    denied = {
+        "time": "2026-01-01T00:00:03Z",
+        "action": "deny",
+        "kind": "HTTP",
+        "host": "b.test",
+        "port": 80,
+        "reason": "r" * 5000,
+        "seq": 1,
+    }
+    counts = json.dumps({"counts": {"1": [700, "2026-01-01T00:00:09Z"]}, "overflow": 5, "total": 705})
+    records = merge_records(log, json.dumps(denied) + "\n{broken", counts)
+    assert [d.action for d in records.decisions] == ["allow", "deny", "allow"]
+    deny = records.decisions[1]
+    assert (deny.count, deny.last_time, deny.lengths["reason"]) == (700, "2026-01-01T00:00:09Z", 5000)
+    assert len(deny.reason) <= 203 and len(records.decisions[0].path or "") <= 203
+    assert records.decisions[0].lengths["path"] == 502
+    assert records.denied == 705
+    assert records.dropped == 2 + 5  # allowed 1 and 2 rotated out of the log; 5 denials only counted

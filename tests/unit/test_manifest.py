@@ -171,7 +171,7 @@ CASES = [
     pytest.param(
         "[host]\noutput_cap = '1g'\n" + BOTTLE + AGENT,
         "host.output_cap",
-        "output_cap is at most 64m",
+        "output caps are at most 64m",
         id="output-cap-too-large",
     ),
     pytest.param(

@@ -43,12 +43,13 @@ from ...models import (
 from ...paths import TarEntry, packed_tar
 from ...planning import BackendPlan, find_repo, prompt_text, resources
 from ..base import Backend, Bottle, Diagnosis, Progress, _no_progress
-from . import egress, gates
+from . import disk, egress, gates
 from .bottle import DockerBottle
 from .channel import Channel
 from .diagnose import diagnose
 from .engine import Engine, flavour, selectable_runtimes
 from .images import image_fix_hint, image_status
+from .keeper import DockerKeeper
 from .mould import Mould
 from .pool import SPARE_PREFIX, PoolTarget, Spare, Started, WarmPool, pool_key
 
@@ -67,7 +68,10 @@ class DockerBackend(Backend):
         # Where git and ssh gates reach their upstreams: a bridge of their own unless the server was told otherwise.
         self.gate_network = gate_network or os.environ.get(gates.GATE_NETWORK_ENV) or None
         self._runtimes_seen: tuple[float, set[str]] | None = None
+        self._disk_support: disk.DiskSupport | None = None
+        self._disk_lock = anyio.Lock()
         self.pool = WarmPool(lambda cid, bid, user: Channel.open(self.engine, cid, bid, user))
+        self.keeper = DockerKeeper(self.engine, instance)  # kept bottles: see keep.py
 
     async def keep_warm(self, manifest: LoadedManifest, sizes: dict[str, int]) -> None:
         targets: list[PoolTarget] = []
@@ -104,6 +108,37 @@ class DockerBackend(Backend):
             self._runtimes_seen = (now, selectable_runtimes(info, await self.engine.call("engine kind", flavour)))
         return set(self._runtimes_seen[1])
 
+    async def disk_support(self) -> disk.DiskSupport:
+        """Whether (and how) this engine enforces disk limits: probed once, then remembered."""
+        async with self._disk_lock:
+            if self._disk_support is not None:
+                return self._disk_support
+            support = await disk.probe(self.engine, self.instance)
+            if support.mechanism is not None:  # a failure is asked again next time (it may be passing)
+                self._disk_support = support
+            return support
+
+    async def _disk_plan(self, bottle: BottleDef) -> tuple[str | None, list[str]]:
+        """(mechanism or None, warnings) for the bottle's disk limit."""
+        limit = bottle.resources.disk_bytes
+        if limit is None:
+            return None, [
+                "disk = 'unlimited' in the manifest: the bottle can fill the host's disk through its workspace"
+            ]
+        support = await self.disk_support()
+        warnings = []
+        if support.mechanism is None:
+            warnings.append(
+                f"this engine cannot enforce disk = {bottle.resources.disk!r} ({support.reason}); launch refuses "
+                "until the manifest says disk = 'unlimited'"
+            )
+        if not bottle.read_only_root:
+            warnings.append(
+                "read_only_root = false: the container's writable layer is on the host's disk, where no disk limit "
+                "applies; launch refuses unless disk = 'unlimited'"
+            )
+        return support.mechanism, warnings
+
     async def _resolve_plan(self, spec: BottleSpec, agent: AgentDef, bottle: BottleDef) -> BackendPlan:
         warnings: list[str] = []
         image = spec.manifest.image_for(agent.bottle)
@@ -127,6 +162,9 @@ class DockerBackend(Backend):
             warnings += await self._sidecar_image_warning(gates.GATE_IMAGE, "the git gate image")
         if not bottle.read_only_root:
             warnings.append("read_only_root = false in the manifest: the agent can modify the image's files")
+        disk_mechanism, disk_warnings = await self._disk_plan(bottle)
+        warnings += disk_warnings
+        limit = bottle.resources.disk_bytes
         return BackendPlan(
             image=image,
             image_present=status.present,
@@ -134,7 +172,12 @@ class DockerBackend(Backend):
             read_only_root=bottle.read_only_root,
             mounts=_mounts(bottle),
             network=network,
-            resources=resources(bottle),
+            resources=resources(bottle).model_copy(
+                update={
+                    "disk": "unlimited" if limit is None else format_size(limit),
+                    "disk_enforced_by": disk_mechanism,
+                }
+            ),
             gates=gates.gate_plan(bottle),
             warnings=tuple(warnings),
         )
@@ -230,6 +273,7 @@ class DockerBackend(Backend):
             L.CREATED: L.utc_stamp(),
             **extra,
         }
+        await self._check_disk(bdef)
         sides: list[egress.EgressStack | gates.GateStack] = []
         made: Started | None = None
         ca_pem: str | None = None
@@ -298,6 +342,22 @@ class DockerBackend(Backend):
             sides.append(gate)
             await gate.start(spec.manifest, bdef, forwarded)
         return stack, gate
+
+    async def _check_disk(self, bdef: BottleDef) -> None:
+        """Refuse a bottle whose disk limit this engine cannot enforce."""
+        if bdef.resources.disk_bytes is None:
+            return
+        if not bdef.read_only_root:
+            raise LaunchError(
+                "read_only_root = false puts the container's writable layer on the host's disk, where the disk limit "
+                f"{bdef.resources.disk!r} cannot apply; keep the root read-only or set disk = 'unlimited'"
+            )
+        support = await self.disk_support()
+        if support.mechanism is None:
+            raise LaunchError(
+                f"this engine cannot enforce disk = {bdef.resources.disk!r}: {support.reason}. Fix that, or set "
+                "disk = 'unlimited' under [bottles.NAME.resources] to run without a disk limit"
+            )
 
     async def _adopt(self, spare: Spare, plan: BottlePlan, bdef: BottleDef, env: dict[str, str]) -> DockerBottle | None:
         """Make a claimed spare this plan's bottle (renamed for its agent); None when the spare is unusable."""
@@ -393,14 +453,34 @@ class DockerBackend(Backend):
             "BOTTLE_ID": bottle_id,
             **env,
         }
+        helper: str | None = None
         try:
+            limit = bdef.resources.disk_bytes
+            if limit is not None:
+                await self._check_disk(bdef)
+                uid, _, gid = bdef.user.partition(":")
+                helper = await disk.create_workspace(
+                    self.engine,
+                    name=name,
+                    work_volume=volume,
+                    size=limit,
+                    uid=uid,
+                    gid=gid or uid,
+                    volume_labels=self.instance.labels("workspace", **labels),
+                    helper_labels=self.instance.labels("sidecar", **labels),
+                )
+            # Without a limit the engine creates the workspace volume with the container, labelled through the mount.
             mould = self._mould(image, runtime, bdef, name, volume, full_env, labels)
             container_id = await self.engine.call("create container", mould.create)
             await self.engine.call("start container", lambda c: c.api.start(container_id))
         except BaseException:
             with anyio.CancelScope(shield=True):
+                await self.engine.remove_containers([("disk helper", helper)])
                 await self._undo(container_id, volume)
             raise
+        # The started bottle's mount now holds the loop device: the helper's hold is no longer needed.
+        with anyio.CancelScope(shield=True):
+            await self.engine.remove_containers([("disk helper", helper)])
         return Started(container_id=container_id, volume=volume, created=created)
 
     def _mould(
@@ -444,6 +524,8 @@ class DockerBackend(Backend):
             pids=res.pids,
             memory=res.memory_bytes,
             nano_cpus=int(res.cpus * 1e9),
+            # Any process in the bottle can write to PID 1's output, which the engine keeps on the host's disk.
+            log_max_size=disk.BOTTLE_LOG_MAX_SIZE,
         )
 
     async def _provision(
@@ -508,7 +590,7 @@ class DockerBackend(Backend):
                 await self.engine.remove_resource("container", container_id)
         if volume is not None:
             with contextlib.suppress(EngineError):
-                await self.engine.remove_resource("volume", volume)
+                await disk.remove_volumes(self.engine, volume)
 
     # -- listing and cleanup ----------------------------------------------------------
 
@@ -593,7 +675,10 @@ class DockerBackend(Backend):
         return await self.engine.run(partial(fn, *args, **kwargs))
 
     async def diagnose(self, manifest: LoadedManifest | None, environ: Mapping[str, str]) -> list[Diagnosis]:
-        return await diagnose(self.engine, manifest, environ)
+        found = await diagnose(self.engine, manifest, environ)
+        if any(d.name == "engine" and d.status == "fail" for d in found):
+            return [*found, Diagnosis("disk limit", "skip", "skipped: no engine answers")]
+        return [*found, disk.diagnosis(await self.disk_support(), manifest)]
 
     async def aclose(self) -> None:
         with anyio.CancelScope(shield=True):
@@ -631,8 +716,9 @@ def _mounts(bottle: BottleDef) -> tuple[MountPlan, ...]:
             target=bottle.workdir,
             kind="volume",
             read_only=False,
-            size=None,
-            purpose="workspace volume, removed with the bottle",
+            size=None if res.disk_bytes is None else format_size(res.disk_bytes),
+            purpose="workspace volume, removed with the bottle"
+            + ("" if res.disk_bytes is None else "; a file system of its own size (the disk limit)"),
         ),
     )
 

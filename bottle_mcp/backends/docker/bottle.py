@@ -7,10 +7,13 @@ one engine exec each (`execstream.py`): same results, same guarantees.
 from __future__ import annotations
 
 import logging
+import os
 import shlex
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import PurePosixPath
-from typing import IO
+from typing import IO, TypeVar
 
 import anyio
 
@@ -23,8 +26,9 @@ from ...errors import (
     PathError,
 )
 from ...logsafe import bottle_text
-from ...models import BottleInfo, EgressDecision, ExecResult, GateEvent
+from ...models import BottleInfo, EgressRecords, ExecResult, GateRecords
 from ...output import safe_text, trim_partial_utf8
+from . import disk
 from .channel import Channel, ChannelError
 from .egress import EgressStack
 from .engine import Engine
@@ -32,6 +36,7 @@ from .execstream import ExecOutcome, ExecStream
 from .gates import GateStack
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # How often the launch may try to start the channel before the bottle uses engine execs.
 CHANNEL_ATTEMPTS = 3
@@ -112,6 +117,10 @@ class DockerBottle:
                 self._channel = None
                 return False
             return True
+
+    def no_channel(self) -> None:
+        """Use one engine exec per command from now on."""
+        self._channel_attempts = CHANNEL_ATTEMPTS
 
     def adopt_channel(self, channel: Channel | None) -> None:
         """Take over a channel started before this handle existed (a warm pool's)."""
@@ -245,6 +254,36 @@ class DockerBottle:
             notes=notes,
         )
 
+    async def exec_kept(
+        self, command: str, *, timeout_s: float, workdir: str | None, keep: dict[str, object], wire_cap: int
+    ) -> tuple[ExecOutcome, list[str]] | None:
+        """Run over the exec channel with the output kept in the bottle (see the supervisor's `keep`).
+
+        None when the bottle has no live channel: the caller keeps the output another way.
+        """
+        channel = await self._live_channel()
+        if channel is None:
+            return None
+        try:
+            out, broken = await channel.run(
+                command, timeout_s=timeout_s, workdir=workdir, output_cap=wire_cap, env=self.env, keep=keep
+            )
+        except ChannelError:
+            return None
+        notes = []
+        if out.timed_out:
+            out.exit_code = None
+            notes.append(f"timed out after {timeout_s:g} s; the command's process group was killed")
+        elif broken:
+            out.exit_code = None
+            notes.append(
+                "the bottle's exec channel broke during the command (something in the bottle ended it); "
+                "the command's processes were killed and its outcome is unknown"
+            )
+        elif out.exit_code is None:
+            await self._raise_if_gone()
+        return out, notes
+
     async def put_tar(self, tar: IO[bytes], dest_dir: PurePosixPath, *, via_engine: bool = False) -> None:
         """Unpack `tar` into `dest_dir`; `via_engine` uses its own engine exec even when the channel runs."""
         script = f"set -- {shlex.quote(str(dest_dir))}; {UNPACK}"
@@ -262,17 +301,17 @@ class DockerBottle:
                 "such as the workspace."
             )
 
-    async def egress_log(self) -> tuple[list[str], list[EgressDecision]]:
+    async def egress_log(self) -> tuple[list[str], EgressRecords]:
         """The allow-list and the proxy's decisions so far (empty for a bottle without egress)."""
         if self.egress is None:
-            return [], []
-        return self.egress.allow, await self.egress.decisions()
+            return [], EgressRecords([])
+        return self.egress.allow, await self.egress.records()
 
-    async def gate_log(self) -> tuple[dict[str, str], dict[str, str], list[GateEvent]]:
+    async def gate_log(self) -> tuple[dict[str, str], dict[str, str], GateRecords]:
         """Git remotes -> upstreams, ssh aliases -> host:port, and the gate's events (empty without a gate)."""
         if self.gate is None:
-            return {}, {}, []
-        return self.gate.git_remotes, self.gate.ssh_hosts, await self.gate.events()
+            return {}, {}, GateRecords([])
+        return self.gate.git_remotes, self.gate.ssh_hosts, await self.gate.records()
 
     async def get_tar(self, path: PurePosixPath, *, max_bytes: int) -> bytes:
         stream = ExecStream(
@@ -305,6 +344,72 @@ class DockerBottle:
             raise CopyError(f"packing {str(path)!r} failed inside bottle {self.id!r} (exit {out.exit_code}): {detail}")
         return bytes(out.stdout)
 
+    async def read_tar(self, path: PurePosixPath, consume: Callable[[IO[bytes]], T], *, max_bytes: int) -> T:
+        """Stream a tar of `path` made in the bottle into `consume` (run in a worker thread) as it comes.
+
+        At most a pipe's worth of the tar is in this process at any time. Raises PathError as get_tar
+        does; `consume` sees a truncated stream when the tar is over `max_bytes` or the bottle fails.
+        """
+        sink = _PipeSink(max_bytes)
+        stream = ExecStream(
+            self._engine,
+            self.container_id,
+            self.id,
+            ["/bin/sh", "-c", PACK, "bottle-get", str(path)],
+            user=self.user,
+            workdir=None,
+            timeout_s=600,
+            output_cap=64 * 1024,  # stderr only: stdout goes to the sink
+            stdout_sink=sink.write,
+        )
+        result: list[T] = []
+        failure: list[BaseException] = []
+
+        def produce() -> None:
+            try:
+                stream.run()
+            finally:
+                sink.close()
+
+        def read() -> None:
+            with os.fdopen(sink.read_fd, "rb", buffering=1 << 16) as reader:
+                try:
+                    result.append(consume(reader))
+                except Exception as e:
+                    failure.append(e)
+                    return  # closing the pipe stops the bottle's side
+                while reader.read(1 << 16):  # whatever follows the archive's end: let the command finish
+                    pass
+
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(partial(anyio.to_thread.run_sync, produce, abandon_on_cancel=False))
+                tg.start_soon(partial(anyio.to_thread.run_sync, read, abandon_on_cancel=False))
+        except BaseException:
+            stream.abort.set()
+            raise
+        out = stream.outcome
+        detail, _ = safe_text(bytes(out.stderr))
+        detail = detail.strip()[:500]
+        if out.exit_code == 3:
+            raise PathError(f"{str(path)!r} does not exist in bottle {self.id!r}: {detail}")
+        if out.exit_code == 4:
+            raise PathError(
+                f"refusing to copy {str(path)!r} out of bottle {self.id!r}: {detail}; "
+                "name the real path instead of a symlink"
+            )
+        if out.stdout_bytes > max_bytes:
+            raise PathError(
+                f"{str(path)!r} in bottle {self.id!r} is larger than the copy limit of {max_bytes} bytes; "
+                "copy a smaller file or folder"
+            )
+        if failure:
+            raise failure[0]
+        if out.exit_code != 0 and not out.aborted:
+            await self._raise_if_gone()
+            raise CopyError(f"packing {str(path)!r} failed inside bottle {self.id!r} (exit {out.exit_code}): {detail}")
+        return result[0]
+
     async def _raise_if_gone(self) -> None:
         try:
             state = await self._engine.call(
@@ -314,6 +419,12 @@ class DockerBottle:
             raise BottleGoneError(self.id, "its container no longer exists") from None
         if not state.get("Running"):
             raise BottleGoneError(self.id, f"its container is {state.get('Status', 'stopped')}")
+
+    def detach(self) -> None:
+        """Let go of the bottle without removing it (it is kept for a later server): end the exec channel."""
+        if self._channel is not None:
+            self._channel.close("the server let go of the bottle")
+        self._closed = True
 
     async def aclose(self) -> list[str]:
         if self._closed:
@@ -339,14 +450,40 @@ class DockerBottle:
             if await self._engine.remove_resource("container", self.container_id):
                 removed.append(f"container {self.container_id[:12]}")
             # The engine may still hold the volume for a moment after the container goes: retried.
-            if await self._engine.remove_resource("volume", self.volume):
-                removed.append(f"volume {self.volume}")
+            removed += await disk.remove_volumes(self._engine, self.volume)
             if egress_error is not None:
                 raise egress_error
             if gate_error is not None:
                 raise gate_error
         self._closed = True
         return removed
+
+
+class _PipeSink:
+    """The write end of a pipe the exec's stdout goes into; refuses (returns False) past `max_bytes`."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.read_fd, self._write_fd = os.pipe()
+        self._max = max_bytes
+        self._seen = 0
+        self._closed = False
+
+    def write(self, data: bytes) -> bool:
+        self._seen += len(data)
+        if self._closed or self._seen > self._max:
+            return False
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self._write_fd, view) :]
+        except OSError:  # the reader stopped: stop the command
+            return False
+        return True
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            os.close(self._write_fd)
 
 
 def _size(f: IO[bytes]) -> int:

@@ -433,6 +433,7 @@ class Channel:
         output_cap: int,
         env: dict[str, str],
         stdin: IO[bytes] | bytes | None = None,
+        keep: dict[str, object] | None = None,
     ) -> tuple[ExecOutcome, str | None]:
         """Run one command; return its outcome and, if the channel broke under it, why.
 
@@ -445,7 +446,15 @@ class Channel:
         self._next_id += 1
         req = _Request(rid=rid, cap=output_cap)
         self._pending[rid] = req
-        request = {"cmd": command, "cwd": workdir, "env": env, "stdin": stdin is not None, "cap": output_cap}
+        request: dict[str, object] = {
+            "cmd": command,
+            "cwd": workdir,
+            "env": env,
+            "stdin": stdin is not None,
+            "cap": output_cap,
+        }
+        if keep is not None:  # the supervisor keeps the output in files and sends its head and tail
+            request["keep"] = keep
         try:
             await self._send(T_OPEN, rid, json.dumps(request).encode())
         except ChannelError:

@@ -23,16 +23,18 @@ import contextlib
 import hashlib
 import json
 import os
+import secrets
 from typing import Any
 
 import anyio
 import docker
 
 from ... import labels as L
+from ...auditlog import clip_fields
 from ...credentials import Substitution
 from ...errors import EngineError, EngineNotFoundError, ImageMissingError, LaunchError
 from ...manifest import BottleDef, LoadedManifest
-from ...models import EgressDecision, NetworkPlan
+from ...models import EgressDecision, EgressRecords, NetworkPlan
 from .engine import Engine
 from .execstream import ExecStream
 from .images import builtin_tag
@@ -50,6 +52,14 @@ CA_PREFIX = "EGRESS-CA "
 READY_TIMEOUT_S = 30.0
 MIN_SCANNED_SECRET = 12
 LOG_TAIL_LINES = 20000
+MAX_LINE = 16384  # a longer line in the proxy's log is not one the proxy wrote (it clips its fields)
+# The proxy's table of denials: one line per distinct denial, and the counts of their repeats; separated by
+# a fresh nonce line (no text from the bottle can fake it).
+READ_DENIALS = (
+    f'cat {CONF_DIR}/denied.jsonl 2>/dev/null; printf "\\n%s\\n" "$1"; '
+    f"cat {CONF_DIR}/denied-counts.json 2>/dev/null; true"
+)
+DENIED_CAP = 16 * 1024**2
 LOG_MAX_SIZE = "16m"
 DEFAULT_PORTS = (443, 80)
 SUBSTITUTE_WAIT_ENV = "EGRESS_WAIT_CREDENTIALS"
@@ -169,16 +179,74 @@ def policy(lm: LoadedManifest, bottle: BottleDef, credentials: list[str]) -> dic
     }
 
 
+def _decision(raw: object) -> tuple[int, EgressDecision] | None:
+    """(its number, the decision) from one record the proxy wrote, clipped again here; None if malformed."""
+    if not isinstance(raw, dict):
+        return None
+    seq = raw.get("seq")
+    try:
+        return (seq if isinstance(seq, int) else 0), EgressDecision.model_validate(clip_fields(raw))
+    except ValueError:
+        return None
+
+
 def parse_decisions(text: str) -> list[EgressDecision]:
+    """The allowed decisions in the proxy's log (lines `EGRESS-LOG {json}`), clipped field by field."""
+    return [d for _, d in _parse_allowed(text)]
+
+
+def _parse_allowed(text: str) -> list[tuple[int, EgressDecision]]:
     out = []
     for line in text.splitlines():
         if not line.startswith(LOG_PREFIX):
             continue
         try:
-            out.append(EgressDecision.model_validate(json.loads(line[len(LOG_PREFIX) :])))
+            parsed = _decision(json.loads(line[len(LOG_PREFIX) : len(LOG_PREFIX) + MAX_LINE]))
         except ValueError:
             continue
+        if parsed is not None:
+            out.append(parsed)
     return out
+
+
+def merge_records(log_text: str, denied_lines: str, counts_json: str) -> EgressRecords:
+    """Allowed decisions from the proxy's log and its table of denials, oldest first.
+
+    Allowed decisions are numbered from 1: those missing before the first one held were rotated out of
+    the engine's log. Each distinct denial is a line of its own (numbered too); its repeats are counted
+    in the counts file. Denials beyond the proxy's table of distinct ones were only counted.
+    """
+    allowed = _parse_allowed(log_text)
+    dropped = max(allowed[0][0] - 1, 0) if allowed else 0
+    try:
+        table = json.loads(counts_json) if counts_json.strip() else {}
+    except ValueError:
+        table = {}
+    if not isinstance(table, dict):
+        table = {}
+    counts = table.get("counts")
+    if not isinstance(counts, dict):
+        counts = {}
+    denied: list[tuple[int, EgressDecision]] = []
+    for line in denied_lines.splitlines():
+        try:
+            raw = json.loads(line[:MAX_LINE])
+        except ValueError:
+            continue
+        seen = counts.get(str(raw.get("seq"))) if isinstance(raw, dict) else None
+        if isinstance(raw, dict) and isinstance(seen, list) and len(seen) == 2 and isinstance(seen[0], int):
+            raw = {**raw, "count": seen[0], "last_time": str(seen[1])}
+        parsed = _decision(raw)
+        if parsed is not None:
+            denied.append(parsed)
+    overflow, total = table.get("overflow"), table.get("total")
+    dropped += overflow if isinstance(overflow, int) else 0
+    denied_total = max(total if isinstance(total, int) else 0, sum(d.count for _, d in denied))
+    # One timeline: by time, allowed before denied within a second, each in its own order.
+    merged = sorted(
+        [(d.time, 0, n, d) for n, d in allowed] + [(d.time, 1, n, d) for n, d in denied], key=lambda t: t[:3]
+    )
+    return EgressRecords(decisions=[t[3] for t in merged], denied=denied_total, dropped=dropped)
 
 
 class EgressStack:
@@ -326,14 +394,30 @@ class EgressStack:
 
         await self._engine.call("create the egress forwarder", create)
 
-    async def decisions(self) -> list[EgressDecision]:
+    async def records(self) -> EgressRecords:
+        """The proxy's allowed decisions (from its log) and its table of denials (a file in the sidecar)."""
         sidecar = self.sidecar_id
         if sidecar is None:
-            return []
+            return EgressRecords([])
         text = await self._engine.call(
             "read the egress log", lambda c: c.api.logs(sidecar, stdout=True, stderr=False, tail=LOG_TAIL_LINES)
         )
-        return parse_decisions(text.decode(errors="replace"))
+        mark = f"#bottle-mcp-{secrets.token_hex(8)}"
+        stream = ExecStream(
+            self._engine,
+            sidecar,
+            "egress-proxy",
+            ["/bin/sh", "-c", READ_DENIALS, "egress-denials", mark],
+            user=SIDECAR_USER,
+            workdir=None,
+            timeout_s=30,
+            output_cap=DENIED_CAP,
+        )
+        out = await anyio.to_thread.run_sync(stream.run, abandon_on_cancel=True)
+        # Files not there yet: nothing was denied. Output over the cap (the proxy's bound prevents it) is ignored.
+        both = out.stdout.decode(errors="replace") if out.stdout_bytes <= DENIED_CAP else ""
+        lines, _, counts = both.partition(f"\n{mark}\n")
+        return merge_records(text.decode(errors="replace"), lines, counts)
 
     async def remove(self) -> list[str]:
         """Remove everything this stack created (idempotent, never raises for what is already gone)."""

@@ -14,6 +14,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -92,8 +93,12 @@ class ExecStream:
         output_cap: int,
         stdin: IO[bytes] | bytes | None = None,
         environment: dict[str, str] | None = None,
+        stdout_sink: Callable[[bytes], bool] | None = None,
     ) -> None:
-        """A str command runs under `/bin/sh -c` in the kill-able wrapper; a list is a raw argv."""
+        """A str command runs under `/bin/sh -c` in the kill-able wrapper; a list is a raw argv.
+
+        With `stdout_sink`, stdout is handed to it as it arrives instead of being kept (it returns False
+        to stop the command: the stream is then aborted)."""
         self.engine = engine
         self.container_id = container_id
         self.bottle_id = bottle_id
@@ -105,6 +110,7 @@ class ExecStream:
         self.output_cap = output_cap
         self.stdin = stdin
         self.environment = environment
+        self.stdout_sink = stdout_sink
         self.outcome = ExecOutcome()
         self.abort = threading.Event()
         self.done = threading.Event()
@@ -217,6 +223,11 @@ class ExecStream:
         self._keep(payload, self.outcome.stdout, "stdout")
 
     def _keep(self, payload: bytes, into: bytearray, which: str) -> None:
+        if which == "stdout" and self.stdout_sink is not None:
+            self.outcome.stdout_bytes += len(payload)
+            if payload and not self.stdout_sink(payload):
+                self.abort.set()
+            return
         if which == "stdout":
             self.outcome.stdout_bytes += len(payload)
         else:

@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -33,9 +34,11 @@ import anyio
 import docker
 
 from ... import labels as L
+from ...auditlog import clip_fields
 from ...errors import EngineError, EngineNotFoundError, ImageMissingError, LaunchError, PlanError
 from ...manifest import BottleDef, LoadedManifest
-from ...models import GateEvent, GatePlan
+from ...models import GateEvent, GatePlan, GateRecords
+from . import disk
 from .engine import Engine
 from .execstream import ExecStream
 from .images import builtin_tag
@@ -50,6 +53,7 @@ MAX_SSH_ENTRIES = 99
 READY_TIMEOUT_S = 30.0
 CONFIGURE_TIMEOUT_S = 180.0
 EVENTS_CAP = 16 * 1024**2
+MAX_EVENT_LINE = 65536  # longer is not a line the gate wrote (it clips its fields)
 # The server's own setting (never the manifest's): a Docker network the gates join instead of
 # a bridge of their own, for upstreams that are themselves containers on that network.
 GATE_NETWORK_ENV = "BOTTLE_MCP_GATE_NETWORK"
@@ -270,13 +274,37 @@ def agent_relay() -> str:
 
 
 def parse_events(text: str) -> list[GateEvent]:
+    """Events from JSON lines, clipped field by field (they name refs and findings the bottle chose)."""
     out = []
     for line in text.splitlines():
         try:
-            out.append(GateEvent.model_validate(json.loads(line)))
+            raw = json.loads(line[:MAX_EVENT_LINE])
+            if isinstance(raw, dict):
+                out.append(GateEvent.model_validate(clip_fields(raw)))
         except ValueError:
             continue
     return out
+
+
+def read_logs_command(mark: str) -> list[str]:
+    """Print the gate's logs in one exec: its events, the refused pushes, and how many of those were only
+    counted, separated by lines `mark` (a fresh nonce, so no text from the bottle can fake a separator)."""
+    script = (
+        # The gate rotates its log of events once: the older half first, when there is one.
+        "cat /run/gate/events.1.jsonl 2>/dev/null; cat /run/gate/events.jsonl; "
+        'printf "\\n%s\\n" "$1"; cat /run/gate/refused.jsonl 2>/dev/null; '
+        'printf "\\n%s\\n" "$1"; cat /run/gate/refused.dropped 2>/dev/null; true'
+    )
+    return ["/bin/sh", "-c", script, "gate-logs", mark]
+
+
+def merge_events(text: str, mark: str) -> GateRecords:
+    """The gate's events and its refused pushes, oldest first, and the count of refused pushes not kept."""
+    events, _, rest = text.partition(f"\n{mark}\n")
+    refused, _, dropped = rest.partition(f"\n{mark}\n")
+    merged = sorted(parse_events(events) + parse_events(refused), key=lambda e: e.time)
+    count = dropped.strip()
+    return GateRecords(events=merged, dropped=int(count) if count.isdigit() else 0)
 
 
 # -- the sidecar ----------------------------------------------------------------------------------
@@ -325,6 +353,7 @@ class GateStack:
         self.ssh_hosts = {s.host: f"{s.hostname}:{s.port}" for s in bottle.ssh}
         self._mappings = forward_mappings(bottle)
         config = json.dumps(gate_config(lm, bottle, credentials)).encode()
+        helper = await self._limit_repos(bottle)
 
         def create(c: docker.DockerClient) -> None:
             if self._shared_network is None:
@@ -333,8 +362,9 @@ class GateStack:
                 )
                 self.network_id = str(net["Id"])
             for vol in (self.socket_volume, self.repo_volume):
-                c.api.create_volume(name=vol, labels=self._labels("sidecar", "volume"))
-                self.volumes.append(vol)
+                if vol not in self.volumes:
+                    c.api.create_volume(name=vol, labels=self._labels("sidecar", "volume"))
+                    self.volumes.append(vol)
             mounts = [
                 docker.types.Mount(target="/run/fwd", source=self.socket_volume, type="volume"),
                 docker.types.Mount(target="/srv/git", source=self.repo_volume, type="volume"),
@@ -352,12 +382,39 @@ class GateStack:
                 memory=1024**3,
             ).run(c)
 
-        await self._engine.call("create the git gate", create)
+        try:
+            await self._engine.call("create the git gate", create)
+        finally:
+            # Once the gate runs, its mount holds the loop device (see disk.py).
+            with anyio.CancelScope(shield=True):
+                await self._engine.remove_containers([("disk helper", helper)])
         code, _out, err = await self.run_in_gate(
             ["/opt/gate/venv/bin/python", "/opt/gate/gate.py", "configure"], config
         )
         if code != 0:
             raise LaunchError(f"the git gate could not start: {err.strip()[-1200:] or f'exit status {code}'}")
+
+    async def _limit_repos(self, bottle: BottleDef) -> str | None:
+        """Make the repository volume a file system of the bottle's disk limit: what the bottle pushes lands
+        there. Returns the disk helper's id (remove it once the gate has started), None without a limit."""
+        size = bottle.resources.disk_bytes
+        if size is None:
+            return None
+        uid, _, gid = GATE_USER.partition(":")
+        labels = self._labels("sidecar", "volume")
+        helper = await disk.create_workspace(
+            self._engine,
+            name=self._gate_name,
+            work_volume=self.repo_volume,
+            size=size,
+            uid=uid,
+            gid=gid,
+            volume_labels=labels,
+            helper_labels=self._labels("sidecar", "disk-helper"),
+        )
+        # Removed in this order: the mounted volume first, then the one holding its image.
+        self.volumes += [self.repo_volume, disk.disk_volume_of(self.repo_volume)]
+        return helper
 
     async def run_in_gate(
         self, argv: list[str], stdin: bytes | None = None, timeout_s: float = CONFIGURE_TIMEOUT_S
@@ -412,21 +469,14 @@ class GateStack:
                 await anyio.sleep(0.05)
         raise LaunchError(f"the gate forwarder did not come up within {READY_TIMEOUT_S:g} s")
 
-    async def events(self) -> list[GateEvent]:
+    async def records(self) -> GateRecords:
         if self.gate_id is None:
-            return []
-        # The gate rotates its log once: the older half first, when there is one.
-        code, out, err = await self.run_in_gate(
-            [
-                "sh",
-                "-c",
-                "if [ -f /run/gate/events.1.jsonl ]; then cat /run/gate/events.1.jsonl; fi; cat /run/gate/events.jsonl",
-            ],
-            timeout_s=30,
-        )
+            return GateRecords([])
+        mark = f"#bottle-mcp-{secrets.token_hex(8)}"
+        code, out, err = await self.run_in_gate(read_logs_command(mark), timeout_s=30)
         if code != 0:
             raise EngineError(f"reading the git gate's log failed: {err.strip()[:300]}")
-        return parse_events(out)
+        return merge_events(out, mark)
 
     async def remove(self) -> list[str]:
         """Remove everything this stack created (idempotent, never raises for what is already gone)."""

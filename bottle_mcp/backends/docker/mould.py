@@ -35,7 +35,7 @@ class Mould:
 
     image: str
     command: list[str]
-    name: str
+    name: str | None
     user: str
     labels: Mapping[str, str]
     network_mode: str
@@ -50,9 +50,21 @@ class Mould:
     working_dir: str | None = None
     hostname: str | None = None
     log_max_size: str = LOG_MAX_SIZE
+    entrypoint: list[str] | None = None
+    # Only the disk helper (backends/docker/disk.py) has these: CAP_MKNOD and the loop devices,
+    # to attach a bottle's disk image. No other container gets a capability or a device.
+    capabilities_added: tuple[str, ...] = ()
+    devices: tuple[str, ...] = ()
+    device_cgroup_rules: tuple[str, ...] = ()
 
     def host_config(self, c: docker.DockerClient) -> Any:
         extra: dict[str, Any] = {} if self.nano_cpus is None else {"nano_cpus": self.nano_cpus}
+        if self.capabilities_added:
+            extra["cap_add"] = list(self.capabilities_added)
+        if self.devices:
+            extra["devices"] = list(self.devices)
+        if self.device_cgroup_rules:
+            extra["device_cgroup_rules"] = list(self.device_cgroup_rules)
         return c.api.create_host_config(
             init=HARDENING.init,
             read_only=self.read_only,
@@ -78,6 +90,7 @@ class Mould:
             self._create_labelled_volumes(c)
         created = c.api.create_container(
             image=self.image,
+            entrypoint=self.entrypoint,
             command=self.command,
             name=self.name,
             hostname=self.hostname,

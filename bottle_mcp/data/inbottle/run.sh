@@ -6,7 +6,12 @@
 d=$1; w=$2; cap=$3; limit=$4
 echo "$$" > "$d/pid.tmp" && mv -f "$d/pid.tmp" "$d/pid"
 export BOTTLE_MCP_JOB_DIR="$d"
-keep() { dd bs=65536 iflag=count_bytes count="$cap" status=none > "$1"; wc -c > "$1.dropped"; }
+# head -c stops after exactly $cap bytes (dd's count_bytes counts short reads from a pipe as blocks,
+# so it stopped far too early); stdbuf -o0, where there is one, writes each read at once.
+unbuf=
+command -v stdbuf >/dev/null 2>&1 && unbuf="stdbuf -o0"
+# shellcheck disable=SC2086 # $unbuf is empty or two words, on purpose
+keep() { $unbuf head -c "$cap" > "$1"; wc -c > "$1.dropped"; }
 (
   i=0
   while [ "$i" -lt "$limit" ] && [ ! -e "$d/exit" ]; do sleep 1; i=$((i + 1)); done

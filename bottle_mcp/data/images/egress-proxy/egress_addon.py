@@ -10,8 +10,14 @@ EGRESS_POLICY as JSON:
      "credentials": [{"name": "API_KEY", "prefix": "sk-12", "length": 40,
                       "sha256": "...", "hosts": ["api.example.com"]}]}
 
-Every decision is printed as one line `EGRESS-LOG {json}` on stdout; the
-server reads those lines from the container's log.
+Allowed decisions are printed as one line `EGRESS-LOG {json}` each on stdout
+(numbered, so the server can tell how many the engine's log rotation dropped);
+the server reads them from the container's log. Denials never go there: they are
+aggregated per distinct decision (a count, the first and last time) in a bounded
+table (DENIED_FILE, COUNTS_FILE), so a bottle repeating or varying refused
+requests can neither rotate allowed decisions out of the log nor grow anything
+without bound. Every text field is clipped to MAX_FIELD characters, with the
+original length kept in `lengths`.
 
 Rules, in order:
 - a destination must be a lower-case DNS name (no IP literal, no trailing
@@ -41,6 +47,7 @@ Rules, in order:
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import ipaddress
 import json
@@ -49,6 +56,7 @@ import re
 import socket
 import struct
 import sys
+import threading
 import time
 import urllib.parse
 
@@ -61,6 +69,10 @@ from substitute import Substitutor
 
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+$")
 MAX_FIELD = 200
+MAX_DENIED = 2000  # distinct denials kept; more are only counted (overflow)
+FLUSH_S = 0.5
+DENIED_FILE = os.path.join(os.environ.get("HOME", "/run/egress-conf"), "denied.jsonl")
+COUNTS_FILE = os.path.join(os.environ.get("HOME", "/run/egress-conf"), "denied-counts.json")
 
 
 def _load_policy() -> dict:
@@ -86,6 +98,83 @@ def _clip(value: object) -> str:
     return text if len(text) <= MAX_FIELD else text[:MAX_FIELD] + "..."
 
 
+def clip_record(record: dict) -> dict:
+    """Clip every text field to MAX_FIELD characters; original lengths of clipped ones go in `lengths`."""
+    lengths = {k: len(v) for k, v in record.items() if isinstance(v, str) and len(v) > MAX_FIELD}
+    out = {k: _clip(v) if k in lengths else v for k, v in record.items()}
+    if lengths:
+        out["lengths"] = lengths
+    return out
+
+
+class AllowedLog:
+    """Allowed decisions: numbered lines on stdout (the container's log)."""
+
+    def __init__(self) -> None:
+        self.seq = 0
+        self.lock = threading.Lock()
+
+    def add(self, record: dict) -> None:
+        with self.lock:
+            self.seq += 1
+            line = json.dumps({**record, "seq": self.seq}, sort_keys=True)
+        print("EGRESS-LOG " + line, flush=True)
+
+
+class DenialLog:
+    """Denials aggregated per distinct decision in a bounded table.
+
+    The first of each distinct denial is appended to DENIED_FILE at once (at most MAX_DENIED lines);
+    repeats only raise its count, and the counts are written to COUNTS_FILE every FLUSH_S seconds.
+    """
+
+    def __init__(self, path: str, counts_path: str) -> None:
+        self.path = path
+        self.counts_path = counts_path
+        self.entries: dict = {}  # the decision without its time -> {"seq", "count", "last_time"}
+        self.overflow = 0
+        self.total = 0
+        self.dirty = False
+        self.lock = threading.Lock()
+        threading.Thread(target=self._flusher, name="denial-log", daemon=True).start()
+
+    def add(self, record: dict) -> None:
+        key = json.dumps({k: v for k, v in record.items() if k != "time"}, sort_keys=True)
+        with self.lock:
+            self.total += 1
+            self.dirty = True
+            entry = self.entries.get(key)
+            if entry is not None:
+                entry["count"] += 1
+                entry["last_time"] = record["time"]
+                return
+            if len(self.entries) >= MAX_DENIED:
+                self.overflow += 1
+                return
+            self.entries[key] = {"seq": len(self.entries) + 1, "count": 1, "last_time": record["time"]}
+            line = json.dumps({**record, "seq": len(self.entries)}, sort_keys=True)
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(line + "\n")
+
+    def flush(self) -> None:
+        with self.lock:
+            if not self.dirty:
+                return
+            counts = {str(e["seq"]): [e["count"], e["last_time"]] for e in self.entries.values() if e["count"] > 1}
+            data = {"counts": counts, "overflow": self.overflow, "total": self.total}
+            self.dirty = False
+        tmp = self.counts_path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f, sort_keys=True)
+        os.replace(tmp, self.counts_path)
+
+    def _flusher(self) -> None:
+        while True:
+            time.sleep(FLUSH_S)
+            with contextlib.suppress(OSError):  # the tmpfs is the sidecar's own; try again next time
+                self.flush()
+
+
 def matches(pattern: str, host: str) -> bool:
     if pattern.startswith("*."):
         return host.endswith(pattern[1:]) and len(host) > len(pattern) - 1
@@ -105,21 +194,28 @@ class EgressPolicy:
         self.tunnels: dict[str, str] = {}  # client connection id -> the CONNECT host
         self.pinned: dict[tuple[str, int], str] = {}  # checked address -> the name it was resolved from
         self.substitutor = Substitutor()  # stand-ins -> real values, for their declared hosts only
+        self.allowed_log = AllowedLog()
+        self.denial_log = DenialLog(DENIED_FILE, COUNTS_FILE)
 
     # -- helpers -----------------------------------------------------------------
 
     def log(self, action: str, kind: str, host: object, port: object, reason: str, **extra: object) -> None:
         # Forwarded credentials are replaced before anything is clipped (a cut value would not match).
-        record = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "action": action,
-            "kind": kind,
-            "host": _clip(self.redact(str(host))),
-            "port": port if isinstance(port, int) else _clip(self.redact(str(port))),
-            "reason": self.redact(reason),
-            **{k: _clip(self.redact(v)) if isinstance(v, str) else v for k, v in extra.items()},
-        }
-        print("EGRESS-LOG " + json.dumps(record, sort_keys=True), flush=True)
+        record = clip_record(
+            {
+                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "action": action,
+                "kind": kind,
+                "host": self.redact(str(host)),
+                "port": port if isinstance(port, int) else self.redact(str(port)),
+                "reason": self.redact(reason),
+                **{k: self.redact(v) if isinstance(v, str) else v for k, v in extra.items()},
+            }
+        )
+        if action == "allow":
+            self.allowed_log.add(record)
+        else:
+            self.denial_log.add(record)
 
     def check_destination(self, host: str, port: int) -> str | None:
         """None when host:port may be reached, else why not."""

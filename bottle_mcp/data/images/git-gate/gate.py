@@ -39,6 +39,11 @@ CONFIG = GATE / "config.json"
 EVENTS = GATE / "events.jsonl"
 EVENTS_OLD = GATE / "events.1.jsonl"
 EVENTS_ROTATE = 4 * 1024**2  # the log keeps the latest 4 to 8 MiB of events (on a 16 MiB tmpfs)
+REFUSED = GATE / "refused.jsonl"  # refused pushes: a log of their own, so they never crowd out the others
+REFUSED_DROPPED = GATE / "refused.dropped"  # how many refused pushes were only counted
+REFUSED_MAX_BYTES = 2 * 1024**2
+MAX_FIELD = 200
+MAX_ITEMS = 20  # ref names (and other list items) kept in one event; `lengths` has how many there were
 SERVING = GATE / "serving"
 SERVE_ERROR = GATE / "serve-error"
 FWD = Path("/run/fwd")
@@ -61,15 +66,54 @@ def now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def clip_event(record: dict[str, Any]) -> dict[str, Any]:
+    """Every text clipped to MAX_FIELD characters, every list to MAX_ITEMS; original sizes in `lengths`."""
+    lengths: dict[str, int] = {}
+    out = {key: _clipped(key, value, lengths) for key, value in record.items()}
+    if lengths:
+        out["lengths"] = lengths
+    return out
+
+
+def _clipped(key: str, value: Any, lengths: dict[str, int]) -> Any:
+    if isinstance(value, str) and len(value) > MAX_FIELD:
+        lengths[key] = len(value)
+        return value[:MAX_FIELD] + "..."
+    if isinstance(value, list):
+        if len(value) > MAX_ITEMS:
+            lengths[key] = len(value)
+        return [v[:MAX_FIELD] + "..." if isinstance(v, str) and len(v) > MAX_FIELD else v for v in value[:MAX_ITEMS]]
+    return value
+
+
 def event(kind: str, remote: str, **fields: Any) -> None:
-    """Append one event to the gate's log (read by the server's gate_log tool)."""
-    line = json.dumps({"time": now(), "kind": kind, "remote": remote, **fields}, sort_keys=True)
-    with contextlib.suppress(FileNotFoundError):
-        if EVENTS.stat().st_size > EVENTS_ROTATE:
-            EVENTS.replace(EVENTS_OLD)
-    with EVENTS.open("a", encoding="utf-8") as f:
+    """Append one event to the gate's log (read by the server's gate_log tool).
+
+    Refused pushes go to a bounded log of their own: past REFUSED_MAX_BYTES they are only counted.
+    The others rotate once past EVENTS_ROTATE.
+    """
+    line = json.dumps(clip_event({"time": now(), "kind": kind, "remote": remote, **fields}), sort_keys=True)
+    path = REFUSED if kind == "refused" else EVENTS
+    if path == EVENTS:
+        with contextlib.suppress(FileNotFoundError):
+            if EVENTS.stat().st_size > EVENTS_ROTATE:
+                EVENTS.replace(EVENTS_OLD)
+    with path.open("a", encoding="utf-8") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
+        if kind == "refused" and f.tell() + len(line) > REFUSED_MAX_BYTES:
+            _count_dropped()
+            return
         f.write(line + "\n")
+
+
+def _count_dropped() -> None:
+    fd = os.open(REFUSED_DROPPED, os.O_RDWR | os.O_CREAT, 0o600)
+    with os.fdopen(fd, "r+", encoding="utf-8") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        text = f.read().strip()
+        f.seek(0)
+        f.truncate()
+        f.write(str((int(text) if text.isdigit() else 0) + 1))
 
 
 def say(text: str) -> None:
@@ -347,7 +391,6 @@ def start_serving(data: dict[str, Any], procs: list[subprocess.Popen[bytes]]) ->
 
 MAX_SHOWN = 50  # findings shown to the agent and kept in the log, per refusal
 MAX_LINE = 300
-MAX_REFS = 20  # ref names kept in one event
 
 
 def clip(text: str, limit: int = MAX_LINE) -> str:
@@ -363,7 +406,7 @@ def refuse(remote: str, refs: list[str], reason: str, lines: list[str]) -> int:
     for line in shown + more:
         say(f"  {line}")
     say("Nothing was changed, here or upstream.")
-    event("refused", remote, refs=refs[:MAX_REFS], detail=clip(reason, 600), findings=shown + more)
+    event("refused", remote, refs=refs, detail=clip(reason, 600), findings=shown + more)
     return 1
 
 
@@ -428,12 +471,12 @@ def cmd_hook() -> int:
             upstream_git(entry, "push", "--porcelain", "--atomic", "--quiet", "--", entry["upstream"], *specs)
         except (RuntimeError, subprocess.TimeoutExpired) as e:
             say(f"bottle-mcp git gate: the upstream refused or failed; nothing was changed:\n{e}")
-            event("upstream-failed", remote, refs=refs[:MAX_REFS], upstream=entry["upstream"], detail=str(e)[-800:])
+            event("upstream-failed", remote, refs=refs, upstream=entry["upstream"], detail=str(e)[-800:])
             return 1
         event(
             "pushed",
             remote,
-            refs=refs[:MAX_REFS],
+            refs=refs,
             upstream=entry["upstream"],
             commits=result.commits,
             detail=clip(
