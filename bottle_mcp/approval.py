@@ -93,8 +93,16 @@ def elevations(plan: BottlePlan) -> list[str]:
         out += [f"egress may reach the non-public destination {r} (allow_private)" for r in plan.network.allow_private]
     out += [f"SSH to {s.user}@{s.hostname}:{s.port} (as '{s.host}')" for s in plan.ssh]
     out += [f"git push to {g.upstream} (as remote '{g.name}')" for g in plan.git]
-    if plan.credentials:
-        out.append("forwards credentials " + ", ".join(c.name for c in plan.credentials))
+    for c in plan.credentials:
+        if c.in_bottle == "real value":
+            out.append(f"credential {c.name} enters the bottle with its real value")
+        elif c.substituted_for:
+            out.append(
+                f"credential {c.name} is used for {', '.join(c.substituted_for)} (the bottle holds a stand-in; "
+                "the proxy adds the real value)"
+            )
+        else:
+            out.append(f"credential {c.name} is forwarded (as a stand-in that no host accepts)")
     if plan.copy_cwd is not None:
         out.append(f"copies the host repository {plan.copy_cwd.host_repo} (its .git) into the bottle")
     out += [f"mounts host path {p}" for p in plan.host_mounts]
@@ -171,7 +179,7 @@ def render_question(plan: BottlePlan, policy: ApprovePolicy, reasons: tuple[str,
         network = f"{net.mode} to {', '.join(net.egress_allow) or '(no hosts)'} (enforced now: {net.effective})"
     upstreams = [f"ssh '{s.host}' -> {s.user}@{s.hostname}:{s.port}" for s in plan.ssh]
     upstreams += [f"git '{g.name}' -> {g.upstream}" for g in plan.git]
-    creds = [f"{c.name} ({'set' if c.present else 'not set'})" for c in plan.credentials]
+    creds = [f"{c.name} ({c.in_bottle + ' in the bottle' if c.present else 'not set'})" for c in plan.credentials]
     copies = []
     if plan.prompt is not None:
         copies.append(f"prompt ({format_size(plan.prompt.bytes, approx=True)})")

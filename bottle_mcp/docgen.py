@@ -19,6 +19,7 @@ from .manifest import (
     AgentDef,
     BottleDef,
     Build,
+    CredentialRoute,
     Egress,
     GitEntry,
     HostSettings,
@@ -195,9 +196,55 @@ Rules that apply everywhere:
 - Checks beyond single keys: an agent's `bottle` must exist; `prompt_file`, `[build]` folders
   with their Dockerfile and SSH/git key files must exist; `network = "egress"` needs a non-empty
   `[egress] allow` (and an allow-list needs `network = "egress"`); git remote names are unique;
-  a git upstream's host and port may not also be reachable through an `[[ssh]]` entry.
+  a git upstream's host and port may not also be reachable through an `[[ssh]]` entry; every host
+  in `[egress.credentials]` must be covered by `[egress] allow`; every name in `real_credentials`
+  must be a credential of an agent of that bottle.
 - The server re-reads the manifest at every `prepare_bottle`, and `launch_bottle` refuses a plan
   made from an older version of the file.
+"""
+
+MANIFEST_CREDENTIALS = """\
+## Credentials: a stand-in in the bottle, the real value at the proxy
+
+An agent's `credentials` names host environment variables the agent needs (an API key, a git
+token). The bottle never receives their values. At every launch it gets, in the same variable, a
+**stand-in**: a random value made for that bottle alone, with the real value's leading prefix
+(`sk-ant-api03-`, `ghp_`, `github_pat_`...) and its length, so clients that check the shape accept
+it. The egress proxy holds the real value in memory and puts it in place of the stand-in only in
+requests to the hosts listed for that credential in `[bottles.NAME.egress.credentials]`: in the
+headers (also inside `Authorization: Basic`, where git puts a token), and in bodies when the
+entry says `body = true`. A request that carries the stand-in anywhere else (another host, the
+URL, the method, a header name, a body without `body = true`) is refused and logged with the
+credential's name. Responses carrying a real value have it replaced by the stand-in.
+
+```toml
+[bottles.claude.egress.credentials]
+ANTHROPIC_API_KEY = ["api.anthropic.com"]                          # headers only
+FORGE_TOKEN = { hosts = ["git.example.com"], body = true }         # headers and bodies
+```
+
+Side by side with the behaviour before stand-ins:
+
+- The bottle's variable: was the real value; now a stand-in, new at every launch.
+- The proxy's configuration (what `docker inspect` shows): was a prefix, length and hash of the
+  value; now nothing of it. The values come over an exec's stdin into the proxy's tmpfs, and the
+  proxy reads them once, deletes the file and keeps them in memory.
+- A credential sent to an undeclared host: was refused only when found literally in an
+  intercepted request (base64, splitting or a passthrough host got it out); now only the stand-in
+  can leave, and it is worth nothing anywhere but through this bottle's proxy.
+- A credential with no hosts, or in a bottle without egress: was the real value, readable by
+  anything in the bottle; now a stand-in that works nowhere (the plan warns).
+- A credential declared for a passthrough host: the real value went out through unopened TLS;
+  now it cannot be substituted there, and launch refuses unless `real_credentials` hands the
+  bottle the real value.
+
+**Migrating.** Manifests keep working unchanged when each forwarded credential has its hosts in
+`[egress.credentials]` and those hosts are intercepted (not `passthrough`): the agent keeps using its
+variable as before. A credential the bottle must use itself (a signing key, a token for a host
+whose TLS must pass through) needs `real_credentials = ["NAME"]` in its `[bottles.NAME]` table; the
+plan then shows "enters the bottle with its real value" as an elevation, and the proxy scans
+intercepted requests for it as before. A credential declared for a host that is not in
+`[egress] allow` is now an error (it could never be used there).
 """
 
 # (table path as written in TOML, model) in reading order.
@@ -209,6 +256,7 @@ TABLES: list[tuple[str, type[BaseModel]]] = [
     ("[bottles.NAME.build]", Build),
     ("[bottles.NAME.resources]", Resources),
     ("[bottles.NAME.egress]", Egress),
+    ("[bottles.NAME.egress.credentials] NAME = { ... }", CredentialRoute),
     ("[[bottles.NAME.ssh]]", SshEntry),
     ("[[bottles.NAME.git]]", GitEntry),
     ("[agents.NAME]", AgentDef),
@@ -261,6 +309,7 @@ def manifest_markdown(example: str) -> str:
             if limits:
                 desc = f"{desc} ({limits})" if desc else limits
             out.append(f"| `{name}` | {_cell(_type_of(prop))} | {_default(field)} | {_cell(desc)} |")
+    out += ["", MANIFEST_CREDENTIALS.rstrip()]
     out += [
         "",
         "## A complete example",

@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 
 from . import __version__
 from .backends.base import Status
+from .credentials import credential_plans
 from .errors import BottleError
 from .manifest import LoadedManifest, load_manifest
 
@@ -173,7 +174,50 @@ class _Doctor:
                 f'`claude mcp add -e {absent[0]}=...` or an "env" entry in .mcp.json)',
             )
         else:
-            self.add("credentials", "ok", f"{', '.join(sorted(named))} present (values not shown)")
+            refused, nowhere, real = self._credential_routes(lm)
+            if refused:
+                self.add(
+                    "credentials",
+                    "fail",
+                    "; ".join(refused),
+                    "remove those hosts from egress.passthrough, or list the credential in the bottle's "
+                    "real_credentials (docs/manifest.md, Credentials)",
+                )
+            elif nowhere:
+                self.add(
+                    "credentials",
+                    "warn",
+                    f"{', '.join(nowhere)} have no hosts in egress.credentials: their bottles get stand-ins that no "
+                    "host accepts",
+                    "declare each credential's hosts in [bottles.NAME.egress.credentials], or list it in the "
+                    "bottle's real_credentials if the bottle must use the value itself",
+                )
+            else:
+                where = f"; real values enter bottles for {', '.join(real)}" if real else ""
+                self.add(
+                    "credentials",
+                    "ok",
+                    f"{', '.join(sorted(named))} present (values not shown); bottles hold stand-ins{where}",
+                )
+
+    def _credential_routes(self, lm: LoadedManifest) -> tuple[list[str], list[str], list[str]]:
+        """Launch refusals, stand-ins that work nowhere, and credentials handed over with their real value."""
+        refused: list[str] = []
+        nowhere: list[str] = []
+        real: list[str] = []
+        for agent in lm.manifest.agents.values():
+            bottle = lm.manifest.bottles.get(agent.bottle)
+            if bottle is None:
+                continue
+            plans, _ = credential_plans(bottle, list(agent.credentials), self.environ)
+            for c in plans:
+                if c.refused and c.refused not in refused:
+                    refused.append(c.refused)
+                elif c.in_bottle == "real value" and c.name not in real:
+                    real.append(c.name)
+                elif c.in_bottle == "stand-in" and not c.substituted_for and c.name not in nowhere:
+                    nowhere.append(c.name)
+        return refused, nowhere, real
 
     # -- driver -------------------------------------------------------------------------
 

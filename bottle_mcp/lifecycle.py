@@ -18,6 +18,7 @@ from pathlib import Path
 import anyio
 
 from .backends.base import Backend, Bottle, Progress, _no_progress
+from .credentials import check_launchable
 from .errors import LimitError, StalePlanError, UnknownPlanError
 from .gitout import OID_RE
 from .jobs import Job
@@ -160,6 +161,7 @@ class Lifecycle:
                 f"{expect_digest}); call prepare_bottle again and launch the new plan_id"
             )
         live = self.live
+        check_launchable(plan)
         limit = self.manifest.manifest.host.max_bottles
         if len(live) + live.launching >= limit:
             raise LimitError(
@@ -350,7 +352,7 @@ def _provisioned(plan: BottlePlan) -> list[str]:
     provisioned += [f"skill {s.name} -> {s.bottle_path}" for s in plan.skills]
     if plan.copy_cwd:
         provisioned.append(f"repository {plan.copy_cwd.host_repo} -> {plan.workdir}")
-    provisioned += [f"credential {c.name}" for c in plan.credentials if c.present]
+    provisioned += [f"credential {c.name} ({c.in_bottle})" for c in plan.credentials if c.present]
     if plan.gates is not None:
         provisioned += [f"git remote {n} -> {url} (the git gate)" for n, url in plan.gates.git_remotes.items()]
         provisioned += [f"ssh host {alias} -> {how}" for alias, how in plan.gates.ssh_hosts.items()]

@@ -189,6 +189,21 @@ def _private_rule(entry: str) -> str:
     return entry
 
 
+class CredentialRoute(_Strict):
+    """Where the egress proxy puts a credential's real value in place of the bottle's stand-in."""
+
+    hosts: list[Annotated[str, Field(pattern=EGRESS_HOST_PATTERN)]] = Field(
+        min_length=1,
+        description="Hosts (or '*.' wildcards) whose requests get the real value; any other host that is sent "
+        "the stand-in is refused.",
+    )
+    body: bool = Field(
+        False,
+        description="Also replace the stand-in in request bodies to these hosts (off by default: a host that "
+        "stores what it is sent and lets the bottle read it back would hand the bottle the real value).",
+    )
+
+
 class Egress(_Strict):
     """Hosts the bottle may reach through the egress proxy (see docs/security.md)."""
 
@@ -202,11 +217,13 @@ class Egress(_Strict):
         "requests to them are not scanned for credentials.",
     )
     credentials: dict[
-        Annotated[str, Field(pattern=ENV_NAME_PATTERN)], list[Annotated[str, Field(pattern=EGRESS_HOST_PATTERN)]]
+        Annotated[str, Field(pattern=ENV_NAME_PATTERN)],
+        list[Annotated[str, Field(pattern=EGRESS_HOST_PATTERN)]] | CredentialRoute,
     ] = Field(
         default_factory=dict,
-        description="Hosts each forwarded credential may be sent to; the proxy refuses requests that carry "
-        "a forwarded credential to any other host.",
+        description="Per credential, the hosts the proxy adds its real value for: a list of hosts (the value "
+        "goes into request headers), or a table `{ hosts = [...], body = true }` (headers and bodies). The "
+        "bottle holds a stand-in; a request carrying it to any other host is refused.",
     )
     upstream_ca: str | None = Field(
         None, description="PEM file of an extra CA the proxy trusts for upstream TLS (relative to the manifest)."
@@ -218,6 +235,13 @@ class Egress(_Strict):
         "CIDRs, each optionally with ':port', IPv6 in brackets, e.g. ['10.20.0.0/16:443', '[fd00::/8]']. "
         "Names must still be in allow; each entry shows in the plan as an elevation.",
     )
+
+    def route(self, name: str) -> CredentialRoute | None:
+        """Where the real value of credential `name` goes, or None when the manifest names no hosts for it."""
+        entry = self.credentials.get(name)
+        if entry is None:
+            return None
+        return entry if isinstance(entry, CredentialRoute) else CredentialRoute(hosts=list(entry))
 
 
 class SshEntry(_Strict):
@@ -300,6 +324,12 @@ class BottleDef(_Strict):
     )
     ssh: list[SshEntry] = Field(default_factory=list)
     git: list[GitEntry] = Field(default_factory=list)
+    real_credentials: list[Annotated[str, Field(pattern=ENV_NAME_PATTERN)]] = Field(
+        default_factory=list,
+        description="Credentials that enter this bottle with their real value instead of a stand-in: only for "
+        "a value the bottle must use itself (or send to a passthrough host, where the proxy cannot substitute). "
+        "Any process in the bottle can then read it and send it out; the plan shows each as an elevation.",
+    )
 
     @field_validator("user")
     @classmethod
@@ -573,7 +603,38 @@ def _cross_check(lm: LoadedManifest) -> list[tuple[str, str]]:
     for name, bottle in m.bottles.items():
         where = f"bottles.{name}"
         problems += _check_egress(lm, where, bottle)
+        problems += _check_credentials(m, name, bottle)
         problems += _check_upstreams(lm, where, bottle)
+    return problems
+
+
+def _check_credentials(m: Manifest, name: str, bottle: BottleDef) -> list[tuple[str, str]]:
+    """Credential hosts must be reachable; real_credentials must name credentials this bottle's agents get."""
+    where = f"bottles.{name}"
+    problems: list[tuple[str, str]] = []
+    if bottle.egress is not None:
+        allowed = {a.split(":")[0] for a in bottle.egress.allow}
+        for cred in bottle.egress.credentials:
+            route = bottle.egress.route(cred)
+            assert route is not None
+            for j, h in enumerate(route.hosts):
+                if not any(_host_covered(h, a) for a in allowed):
+                    problems.append(
+                        (
+                            f"{where}.egress.credentials.{cred}[{j}]",
+                            f"{h!r} is not in egress.allow, so the credential could never reach it; add it there",
+                        )
+                    )
+    forwarded = {c for a in m.agents.values() if a.bottle == name for c in a.credentials}
+    for i, cred in enumerate(bottle.real_credentials):
+        if cred not in forwarded:
+            problems.append(
+                (
+                    f"{where}.real_credentials[{i}]",
+                    f"{cred!r} is not among the credentials of any agent of this bottle; add it to an agent's "
+                    "credentials or remove it here",
+                )
+            )
     return problems
 
 
@@ -640,6 +701,13 @@ def _check_upstreams(lm: LoadedManifest, where: str, bottle: BottleDef) -> list[
                 (f"{where}.{kind}[{i}].identity_file", f"key file {str(key)!r} does not exist; fix the path")
             )
     return problems
+
+
+def _host_covered(host: str, allowed: str) -> bool:
+    """Whether an allow entry's host part (`host` or `*.domain`) covers `host` (itself maybe a wildcard)."""
+    if host == allowed:
+        return True
+    return allowed.startswith("*.") and host.endswith(allowed[1:]) and len(host) > len(allowed) - 1
 
 
 def _fail(path: Path, problems: list[tuple[str, str]]) -> ManifestError:

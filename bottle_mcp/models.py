@@ -197,6 +197,17 @@ class SkillPlan(Frozen):
 class CredentialPlan(Frozen):
     name: str
     present: bool = Field(description="Whether the server's environment has it now (the value is never shown).")
+    in_bottle: Literal["stand-in", "real value"] = Field(
+        "stand-in",
+        description="What the bottle's variable holds when the server has the credential: a random stand-in "
+        "made at launch, or the real value (only when the manifest lists it in real_credentials).",
+    )
+    substituted_for: list[str] = Field(
+        default_factory=list, description="Hosts whose requests get the real value in place of the stand-in."
+    )
+    body: bool = Field(False, description="Whether request bodies are substituted too (else headers only).")
+    note: str = ""
+    refused: str | None = Field(None, description="Why launch refuses this plan because of this credential.")
 
 
 class SshPlan(Frozen):

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .credentials import credential_plans
 from .errors import PlanError
 from .manifest import AgentDef, BottleDef, format_size, parse_size
 from .models import (
@@ -150,7 +151,8 @@ async def host_plan(spec: BottleSpec, agent: AgentDef, bottle: BottleDef, offloa
                 bytes=size,
             )
         )
-    creds = tuple(CredentialPlan(name=c, present=c in os.environ) for c in agent.credentials)
+    cred_plans, cred_warnings = credential_plans(bottle, list(agent.credentials), os.environ)
+    creds = tuple(cred_plans)
     copy: CopyCwdPlan | None = None
     if spec.copy_cwd:
         repo = find_repo(spec.cwd)
@@ -181,10 +183,13 @@ async def host_plan(spec: BottleSpec, agent: AgentDef, bottle: BottleDef, offloa
             for g in bottle.git
         ),
         copy_cwd=copy,
-        warnings=tuple(
-            f"credential {c.name} is not set in the server's environment; the agent will run without it"
-            for c in creds
-            if not c.present
+        warnings=(
+            *cred_warnings,
+            *(
+                f"credential {c.name} is not set in the server's environment; the agent will run without it"
+                for c in creds
+                if not c.present
+            ),
         ),
     )
 

@@ -138,13 +138,14 @@ async def test_a_person_approves_declines_cancels_and_an_edit_voids_the_approval
             assert isinstance(approved.structured_content, dict)
             bottle_id = approved.structured_content["bottle_id"]
             ran = await client.call_tool("exec", {"bottle_id": bottle_id, "command": 'printf %s "$APPROVAL_TOKEN"'})
-            # The value reached the bottle; tool results never carry it back (they are redacted).
+            # The bottle holds a stand-in of the same length, never the value itself.
             assert isinstance(ran.structured_content, dict)
-            assert ran.structured_content["stdout"] == "[redacted APPROVAL_TOKEN]"
+            stand_in = ran.structured_content["stdout"]
+            assert len(stand_in) == len(SECRET) and stand_in != SECRET and "redacted" not in stand_in
             assert len(await _mine(client)) == 2
 
     assert len(person.questions) == 4
-    assert "other.org" in person.questions[-1] and "APPROVAL_TOKEN (set)" in person.questions[-1]
+    assert "other.org" in person.questions[-1] and "APPROVAL_TOKEN (stand-in in the bottle)" in person.questions[-1]
     assert all(SECRET not in q for q in person.questions)
     assert _events(tmp_path) == ["declined", "cancelled", "approved", "launch-failed", "approved", "launched"]
 

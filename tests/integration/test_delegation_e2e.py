@@ -54,6 +54,8 @@ async def test_supervisor_delegates_a_task_and_brings_the_work_back(
         f"""
         [bottles.standin]
         image = "{standin_image}"
+        # The real value in the bottle (not a stand-in), so that redaction of what the agent prints is tested.
+        real_credentials = ["BOTTLE_TEST_TOKEN"]
 
         [agents.standin]
         bottle = "standin"
@@ -81,7 +83,8 @@ async def test_supervisor_delegates_a_task_and_brings_the_work_back(
         async with Client(params, mode=mode) as client:
             plan = _ok(await client.call_tool("prepare_bottle", {"agent": "standin", "copy_cwd": True}))
             bid = _ok(await client.call_tool("launch_bottle", {"plan_id": plan["plan_id"]}))["bottle_id"]
-            assert plan["credentials"] == [{"name": "BOTTLE_TEST_TOKEN", "present": True}]
+            [cred] = plan["credentials"]
+            assert (cred["name"], cred["present"], cred["in_bottle"]) == ("BOTTLE_TEST_TOKEN", True, "real value")
             assert SECRET not in json.dumps(plan)
             bottle_only = {"label": [f"{L.BOTTLE}={bid}", f"{L.ROLE}=bottle"]}  # not its reaper (keep.py)
             (container,) = docker_client.api.containers(filters=bottle_only)

@@ -188,7 +188,7 @@ upstream_ca = "{world_ca}"
 allow_private = {PRIVATE_WORLD!r}
 
 [bottles.net.egress.credentials]
-{SECRET_NAME} = ["allowed.test"]
+{SECRET_NAME} = {{ hosts = ["allowed.test"], body = true }}
 
 [agents.plain]
 bottle = "plain"

@@ -12,6 +12,7 @@ import socket
 import ssl
 import sys
 import urllib.request
+from collections.abc import Iterator
 
 PROXY = ("127.0.0.1", 3128)
 
@@ -155,6 +156,85 @@ def no_new_privs() -> None:
 def allocate(megabytes: str) -> None:
     blocks = [bytearray(1024 * 1024) for _ in range(int(megabytes))]
     print("allocated", len(blocks))
+
+
+def send_header(url: str, env_name: str, header: str, scheme: str = "") -> None:
+    """Send the variable's value (whatever the bottle holds) in a header; print the status."""
+    value = os.environ[env_name]
+    if scheme == "basic":
+        import base64
+
+        value = "Basic " + base64.b64encode(f"x-access-token:{value}".encode()).decode()
+    elif scheme:
+        value = f"{scheme} {value}"
+    req = urllib.request.Request(url, headers={header: value})
+    try:
+        print(urllib.request.urlopen(req, timeout=20).status)
+    except Exception as e:
+        print(f"ERROR {e}")
+
+
+def _windows(data: bytes, prefix: bytes, length: int, digests: dict[str, str], found: dict[str, int]) -> None:
+    import hashlib
+
+    start = data.find(prefix)
+    while start != -1:
+        digest = hashlib.sha256(data[start : start + length]).hexdigest()
+        for label, want in digests.items():
+            if digest == want:
+                found[label] += 1
+        start = data.find(prefix, start + 1)
+
+
+def _process_blobs() -> Iterator[tuple[str, bytes]]:
+    """(path, bytes) of every process's environment and command line."""
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        for part in ("environ", "cmdline"):
+            try:
+                with open(f"/proc/{pid}/{part}", "rb") as f:
+                    yield f"/proc/{pid}/{part}", f.read()
+            except OSError:
+                pass
+
+
+def _file_blobs() -> Iterator[tuple[str, bytes]]:
+    """(path, bytes) of every readable regular file up to 256 MiB, outside /proc, /sys and /dev."""
+    for top in sorted(set(os.listdir("/")) - {"proc", "sys", "dev"}):
+        for dirpath, _dirs, filenames in os.walk("/" + top):
+            for name in filenames:
+                path = os.path.join(dirpath, name)
+                try:
+                    if os.path.islink(path) or not os.path.isfile(path) or os.path.getsize(path) > 256 << 20:
+                        continue
+                    with open(path, "rb") as f:
+                        yield path, f.read()
+                except OSError:
+                    pass
+
+
+def find_secret(prefix: str, length: str, *labelled: str) -> None:
+    """Look for values (known here only by prefix, length and SHA-256) in every process's environment
+    and command line and in every readable file; print `label count where...` per value.
+
+    The values themselves never enter the bottle for this: only their hashes do.
+    """
+    digests = dict(item.split("=", 1) for item in labelled)
+    found = dict.fromkeys(digests, 0)
+    where: dict[str, list[str]] = {label: [] for label in digests}
+    files = 0
+    for kind, blobs in (("proc", _process_blobs()), ("file", _file_blobs())):
+        for path, data in blobs:
+            files += kind == "file"
+            before = dict(found)
+            _windows(data, prefix.encode(), int(length), digests, found)
+            for label in digests:
+                if found[label] != before[label]:
+                    where[label].append(path)
+    print("files", files)
+    for label in digests:
+        print(label, found[label], " ".join(where[label][:50]))
 
 
 def _tunnel(host: str) -> ssl.SSLSocket | None:

@@ -109,7 +109,8 @@ async def test_forwarded_credential_going_to_another_host_is_refused_and_logged(
     assert out.strip() == "200", out
     hits = world.allowed.hits(docker_client)
     assert not any("/exfil" in h for h in hits)
-    assert any("/legit" in h for h in hits)
+    # The declared host gets the real value in place of the bottle's stand-in (bodies: body = true).
+    assert any("/legit" in h and f"token={SECRET_VALUE}" in h for h in hits)
     log = await sec_service.egress_log(net_bottle.id)
     denied = [d for d in log.decisions if d.action == "deny" and d.path == "/exfil"]
     assert denied and SECRET_NAME in denied[0].reason

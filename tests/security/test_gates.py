@@ -183,6 +183,8 @@ def gate_manifest(world: World, *, git_pin: str | None, runtime: str = "auto", e
         [bottles.pusher]
         image = "{SSH_WORKER_IMAGE}"
         runtime = "{runtime}"
+        # The real value in the bottle (not a stand-in): the gate's scan for it is what is tested.
+        real_credentials = ["{FORWARDED}"]
         {network}
 
         [[bottles.pusher.git]]

@@ -53,6 +53,8 @@ approve = "never"
 [bottles.plain]
 image = "bottle-mcp/worker:latest"
 runtime = "{runtime}"
+# The real value in the bottle (not a stand-in): the redaction of what the bottle prints is tested.
+real_credentials = ["{SECRET_NAME}"]
 
 [agents.leaky]
 bottle = "plain"

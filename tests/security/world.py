@@ -27,7 +27,7 @@ NAMES = sys.argv[1:] or ["world.test"]
 
 
 def hit(proto: str, port: int, peer: object, data: bytes) -> None:
-    print(f"HIT {proto} {port} {peer} {data[:200]!r}", flush=True)
+    print(f"HIT {proto} {port} {peer} {data[:1000]!r}", flush=True)
 
 
 def make_certs() -> tuple[bytes, bytes, bytes]:

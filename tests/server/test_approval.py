@@ -142,7 +142,13 @@ async def test_approved_elevated_launch_shows_the_plan_and_is_recorded(
         bottle_id = result.structured_content["bottle_id"]
         assert len(bottles(world)) == 1
     [question] = person.questions
-    for shown in ("bottle-mcp/worker:latest", "pypi.org", "*.example.com", "APPROVAL_TEST_TOKEN (set)", "1g memory"):
+    for shown in (
+        "bottle-mcp/worker:latest",
+        "pypi.org",
+        "*.example.com",
+        "APPROVAL_TEST_TOKEN (stand-in in the bottle)",
+        "1g memory",
+    ):
         assert shown in question
     assert "runtime:" in question and "resources:" in question
     assert SECRET not in question

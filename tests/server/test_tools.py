@@ -276,10 +276,11 @@ async def test_launch_says_what_was_provisioned_without_credential_values(
     plan = await call(client, "prepare_bottle", agent="worker")
     assert "value-that-must-not-show-9f2e" not in text_of(plan)
     assert plan.structured_content is not None
-    assert plan.structured_content["credentials"] == [{"name": "BOTTLE_MCP_TEST_TOKEN", "present": True}]
+    [cred] = plan.structured_content["credentials"]
+    assert (cred["name"], cred["present"], cred["in_bottle"]) == ("BOTTLE_MCP_TEST_TOKEN", True, "stand-in")
     launched = await call(client, "launch_bottle", plan_id=plan.structured_content["plan_id"])
     assert launched.structured_content is not None
-    assert "credential BOTTLE_MCP_TEST_TOKEN" in launched.structured_content["provisioned"]
+    assert "credential BOTTLE_MCP_TEST_TOKEN (stand-in)" in launched.structured_content["provisioned"]
     assert "value-that-must-not-show-9f2e" not in text_of(launched)
 
 

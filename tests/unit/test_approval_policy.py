@@ -52,14 +52,27 @@ async def test_the_offline_default_grants_nothing_more(write_manifest: ManifestF
         ('network = "egress"\negress = { allow = ["pypi.org"] }', "", "network egress to pypi.org"),
         ("read_only_root = false", "", "writable root file system"),
         ('runtime = "runc"', "", "runtime pinned to runc"),
-        ("", 'credentials = ["SOME_TOKEN"]', "forwards credentials SOME_TOKEN"),
+        ("", 'credentials = ["SOME_TOKEN"]', "credential SOME_TOKEN is forwarded (as a stand-in"),
+        (
+            'network = "egress"\negress = { allow = ["api.example.com"], credentials = { SOME_TOKEN = '
+            '["api.example.com"] } }',
+            'credentials = ["SOME_TOKEN"]',
+            "credential SOME_TOKEN is used for api.example.com (the bottle holds a stand-in",
+        ),
+        (
+            'real_credentials = ["SOME_TOKEN"]',
+            'credentials = ["SOME_TOKEN"]',
+            "credential SOME_TOKEN enters the bottle with its real value",
+        ),
     ],
 )
 async def test_each_grant_beyond_the_default_is_named(
     bottle_extra: str, agent_extra: str, expected: str, write_manifest: ManifestFactory
 ) -> None:
-    [reason] = elevations(await plan_for(write_manifest, bottle_extra, agent_extra))
-    assert reason.startswith(expected)
+    reasons = elevations(await plan_for(write_manifest, bottle_extra, agent_extra))
+    # One line per grant: an egress bottle's credential adds its own line after the network's.
+    assert len(reasons) == (2 if "egress" in bottle_extra and agent_extra else 1)
+    assert reasons[-1].startswith(expected)
 
 
 async def test_pinning_runc_counts_even_where_gvisor_exists(write_manifest: ManifestFactory) -> None:

@@ -245,7 +245,12 @@ async def test_plans_name_credentials_but_never_carry_their_values(
     assert SECRET_VALUE not in plan.model_dump_json()
     assert SECRET_VALUE not in repr(plan)
     assert any("BOTTLE_MCP_TEST_UNSET is not set" in w for w in plan.warnings)
-    assert not any("BOTTLE_MCP_TEST_TOKEN" in w for w in plan.warnings)
+    # Without egress no host can receive it: the bottle gets a stand-in, and the plan says it works nowhere.
+    assert [c.in_bottle for c in plan.credentials] == ["stand-in", "stand-in"]
+    assert [w for w in plan.warnings if "BOTTLE_MCP_TEST_TOKEN" in w] == [
+        "credential BOTTLE_MCP_TEST_TOKEN has no hosts in egress.credentials: the bottle gets a stand-in that no host "
+        "accepts (declare its hosts, or list it in real_credentials if the bottle needs the value itself)"
+    ]
 
 
 async def test_the_same_spec_gives_the_same_digest_under_a_new_plan_id(

@@ -99,6 +99,33 @@ async def test_credentials_are_reported_by_name_and_never_by_value(
     assert secret not in report.model_dump_json()
 
 
+async def test_a_credential_the_proxy_cannot_substitute_fails_with_the_fix(
+    write_manifest: ManifestFactory, tmp_path: Path
+) -> None:
+    m = write_manifest(
+        """
+        [bottles.net]
+        image = "bottle-mcp/worker:latest"
+        network = "egress"
+        [bottles.net.egress]
+        allow = ["pinned.example.com"]
+        passthrough = ["pinned.example.com"]
+        [bottles.net.egress.credentials]
+        API_TOKEN = ["pinned.example.com"]
+        [agents.worker]
+        bottle = "net"
+        command = ["true"]
+        credentials = ["API_TOKEN"]
+        """
+    )
+    secret = "s3cr3t-value-never-shown"
+    report = await doctor(m, tmp_path, environ={"API_TOKEN": secret})
+    cred = next(c for c in report.checks if c.name == "credentials")
+    assert cred.status == "fail" and "pinned.example.com" in cred.detail
+    assert cred.fix and "real_credentials" in cred.fix
+    assert secret not in report.model_dump_json()
+
+
 async def test_a_host_root_that_does_not_exist_fails(write_manifest: ManifestFactory, tmp_path: Path) -> None:
     m = write_manifest(
         """

@@ -16,6 +16,7 @@ import anyio
 import docker
 from docker.types import Mount
 
+from ... import credentials
 from ... import labels as L
 from ...errors import (
     BottleError,
@@ -210,11 +211,12 @@ class DockerBackend(Backend):
     # -- launch --------------------------------------------------------------------
 
     async def launch(self, plan: BottlePlan, spec: BottleSpec, progress: Progress = _no_progress) -> Bottle:
-        agent = spec.manifest.manifest.agents[plan.agent]
         bdef = spec.manifest.manifest.bottles[plan.bottle]
         started = time.monotonic()
         env = {"BOTTLE_AGENT": plan.agent}
-        env.update({c: os.environ[c] for c in agent.credentials if c in os.environ})
+        # Stand-ins made now, for this bottle only; the real values go to the proxy alone.
+        cred_env, substitutions = credentials.bottle_values(plan.credentials, os.environ)
+        env.update(cred_env)
         sidecars = plan.network.effective == "egress-proxy" or gates.needed(bdef)
         # Spares have no sidecars: bottles with egress or gates always launch cold.
         spare = None if sidecars else self.pool.claim(pool_key(plan.bottle, bdef, plan.image, plan.runtime.effective))
@@ -223,7 +225,7 @@ class DockerBackend(Backend):
             handle = await self._adopt(spare, plan, bdef, env)
             if handle is not None:
                 return await self._finish_launch(handle, plan, spec, progress, started)
-        handle, ca_pem = await self._create_cold(plan, spec, bdef, env, progress)
+        handle, ca_pem = await self._create_cold(plan, spec, bdef, env, progress, substitutions)
         try:
             await progress("starting the exec channel and provisioning")
             # The supervisor starts while the files go in through an engine exec of their own.
@@ -244,7 +246,13 @@ class DockerBackend(Backend):
         return await self._finish_launch(handle, plan, spec, progress, started, provisioned=True)
 
     async def _create_cold(
-        self, plan: BottlePlan, spec: BottleSpec, bdef: BottleDef, env: dict[str, str], progress: Progress
+        self,
+        plan: BottlePlan,
+        spec: BottleSpec,
+        bdef: BottleDef,
+        env: dict[str, str],
+        progress: Progress,
+        substitutions: list[credentials.Substitution],
     ) -> tuple[DockerBottle, str | None]:
         """Sidecars, then the bottle, then their forwarders; the handle and the egress CA (PEM), if any.
 
@@ -270,7 +278,9 @@ class DockerBackend(Backend):
         made: Started | None = None
         ca_pem: str | None = None
         try:
-            stack, gate = await self._start_sidecars(plan, spec, bdef, name, sidecar_labels, env, sides, progress)
+            stack, gate = await self._start_sidecars(
+                plan, spec, bdef, name, sidecar_labels, env, sides, progress, substitutions
+            )
             await progress("creating and starting the container")
             made = await self.start_container(
                 bottle_id, name, plan.bottle, bdef, plan.image, plan.runtime.effective, {**env}, extra
@@ -311,22 +321,26 @@ class DockerBackend(Backend):
         env: dict[str, str],
         sides: list[egress.EgressStack | gates.GateStack],
         progress: Progress,
+        substitutions: list[credentials.Substitution],
     ) -> tuple[egress.EgressStack | None, gates.GateStack | None]:
-        """Start the egress proxy and the gate the plan needs; each joins `sides` before it starts."""
-        credentials = spec.manifest.manifest.agents[plan.agent].credentials
+        """Start the egress proxy and the gate the plan needs; each joins `sides` before it starts.
+
+        The proxy gets the real values of the credentials the bottle holds stand-ins for.
+        """
+        forwarded = spec.manifest.manifest.agents[plan.agent].credentials
         stack: egress.EgressStack | None = None
         gate: gates.GateStack | None = None
         if plan.network.effective == "egress-proxy":
             await progress("starting the egress proxy")
             stack = egress.EgressStack(self.engine, self.instance, name, labels)
             sides.append(stack)
-            await stack.start_proxy(spec.manifest, bdef, credentials)
+            await stack.start_proxy(spec.manifest, bdef, forwarded, substitutions)
             env.update(egress.bottle_env(bdef.home))
         if gates.needed(bdef):
             await progress("starting the git/ssh gate (mirroring the upstreams)")
             gate = gates.GateStack(self.engine, self.instance, name, labels, labels[L.BOTTLE], self.gate_network)
             sides.append(gate)
-            await gate.start(spec.manifest, bdef, credentials)
+            await gate.start(spec.manifest, bdef, forwarded)
         return stack, gate
 
     async def _check_disk(self, bdef: BottleDef) -> None:

@@ -31,6 +31,7 @@ import docker
 
 from ... import labels as L
 from ...auditlog import clip_fields
+from ...credentials import Substitution
 from ...errors import EngineError, EngineNotFoundError, ImageMissingError, LaunchError
 from ...manifest import BottleDef, LoadedManifest
 from ...models import EgressDecision, EgressRecords, NetworkPlan
@@ -61,6 +62,8 @@ READ_DENIALS = (
 DENIED_CAP = 16 * 1024**2
 LOG_MAX_SIZE = "16m"
 DEFAULT_PORTS = (443, 80)
+SUBSTITUTE_WAIT_ENV = "EGRESS_WAIT_CREDENTIALS"
+HAND_OVER_TIMEOUT_S = 30.0
 
 
 def allow_rules(allow: list[str]) -> list[dict[str, Any]]:
@@ -93,7 +96,7 @@ def network_plan(bottle: BottleDef) -> NetworkPlan:
         ),
         intercepted=[h for h in hosts if h not in egress.passthrough],
         passthrough=list(egress.passthrough),
-        credential_hosts={k: list(v) for k, v in egress.credentials.items()},
+        credential_hosts={k: list(r.hosts) for k in egress.credentials if (r := egress.route(k)) is not None},
         proxy=f"HTTP_PROXY / HTTPS_PROXY = {PROXY_URL} (a convenience; enforcement is the topology)",
         allow_private=list(egress.allow_private),
     )
@@ -105,15 +108,11 @@ def plan_warnings(bottle: BottleDef, credentials: list[str]) -> list[str]:
     warnings = []
     for name in credentials:
         value = os.environ.get(name)
-        if value is not None and len(value) < MIN_SCANNED_SECRET:
+        # Only a real value handed to the bottle is scanned for; stand-ins are always long enough.
+        if value is not None and name in bottle.real_credentials and len(value) < MIN_SCANNED_SECRET:
             warnings.append(
                 f"credential {name} is shorter than {MIN_SCANNED_SECRET} characters: the egress proxy does not "
                 "scan requests for it"
-            )
-        elif value is not None and name not in bottle.egress.credentials:
-            warnings.append(
-                f"credential {name} has no hosts in egress.credentials: the proxy refuses any intercepted request "
-                "that carries it"
             )
     if bottle.egress.passthrough:
         warnings.append(
@@ -150,12 +149,17 @@ INSTALL_CA = (
 
 
 def policy(lm: LoadedManifest, bottle: BottleDef, credentials: list[str]) -> dict[str, Any]:
-    """The addon's policy. Credentials go in as a short prefix, a length and a hash, never whole."""
+    """The addon's policy, as the container's environment shows it: nothing secret.
+
+    Credentials the bottle holds with their real value (real_credentials) are scanned for, and
+    go in as a short prefix, a length and a hash, never whole. Stand-ins and the real values they
+    replace reach the proxy another way (`EgressStack.hand_over`).
+    """
     assert bottle.egress is not None
     creds = []
     for name in credentials:
         value = os.environ.get(name)
-        if value is None or len(value) < MIN_SCANNED_SECRET:
+        if value is None or len(value) < MIN_SCANNED_SECRET or name not in bottle.real_credentials:
             continue
         raw = value.encode()
         creds.append(
@@ -164,7 +168,7 @@ def policy(lm: LoadedManifest, bottle: BottleDef, credentials: list[str]) -> dic
                 "prefix": value[:6],
                 "length": len(raw),
                 "sha256": hashlib.sha256(raw).hexdigest(),
-                "hosts": list(bottle.egress.credentials.get(name, [])),
+                "hosts": list(route.hosts) if (route := bottle.egress.route(name)) is not None else [],
             }
         )
     return {
@@ -265,8 +269,18 @@ class EgressStack:
     def _labels(self, role: L.Role, what: str) -> dict[str, str]:
         return self._instance.labels(role, **self._extra, **{f"{L.PREFIX}.egress": what})
 
-    async def start_proxy(self, lm: LoadedManifest, bottle: BottleDef, credentials: list[str]) -> None:
-        """Create network, socket volume and sidecar, and start it (`wait_ready` waits until it answers)."""
+    async def start_proxy(
+        self,
+        lm: LoadedManifest,
+        bottle: BottleDef,
+        credentials: list[str],
+        substitutions: list[Substitution] | None = None,
+    ) -> None:
+        """Create network, socket volume and sidecar, and start it (`wait_ready` waits until it answers).
+
+        With substitutions, the proxy waits for them before it listens; they go in over an exec's
+        stdin (`hand_over`), never through the container's configuration.
+        """
         assert bottle.egress is not None
         self.allow = list(bottle.egress.allow)
         try:
@@ -277,6 +291,8 @@ class EgressStack:
             ) from None
         rules = policy(lm, bottle, credentials)
         env: dict[str, str] = {}
+        if substitutions:
+            env[SUBSTITUTE_WAIT_ENV] = "1"
         if bottle.egress.upstream_ca is not None:
             env["EGRESS_UPSTREAM_CA"] = lm.resolve(bottle.egress.upstream_ca).read_text()
 
@@ -312,6 +328,33 @@ class EgressStack:
             ).run(c)
 
         await self._engine.call("create the egress proxy", create)
+        if substitutions:
+            await self.hand_over(substitutions)
+
+    async def hand_over(self, substitutions: list[Substitution]) -> None:
+        """Give the proxy its stand-ins and real values through an exec's stdin.
+
+        The engine shows an exec's command, never its stdin: the values land in the sidecar's
+        tmpfs, which the proxy reads once at start and deletes.
+        """
+        sidecar = self.sidecar_id
+        assert sidecar is not None
+        payload = json.dumps([s.for_proxy() for s in substitutions]).encode()
+        stream = ExecStream(
+            self._engine,
+            sidecar,
+            self._extra.get(L.BOTTLE, "?"),
+            ["/opt/egress/entrypoint.sh", "credentials"],
+            user=SIDECAR_USER,
+            workdir=None,
+            timeout_s=HAND_OVER_TIMEOUT_S,
+            output_cap=4096,
+            stdin=payload,
+        )
+        out = await anyio.to_thread.run_sync(stream.run, abandon_on_cancel=True)
+        if out.exit_code != 0:
+            err = out.stderr.decode(errors="replace").strip()[-300:]
+            raise LaunchError(f"handing the credentials to the egress proxy failed: {err or out.exit_code}")
 
     async def wait_ready(self) -> str:
         """Wait until the proxy listens; return its CA certificate (PEM)."""

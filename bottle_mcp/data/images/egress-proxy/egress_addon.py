@@ -38,7 +38,10 @@ Rules, in order:
   target, header names and values, body, trailers, HTTP/2 pseudo-headers, the
   WebSocket upgrade and the messages after it), and the CONNECT's own target.
   Raw (non-TLS, non-HTTP) bytes in a tunnel are refused unless the host is
-  passthrough.
+  passthrough;
+- credentials the bottle holds as stand-ins get their real value in requests to
+  their declared hosts, and a stand-in anywhere else refuses the request
+  (substitute.py).
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ from mitmproxy.proxy import server_hooks
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from egress_addrs import AddressPolicy
+from substitute import Substitutor
 
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+$")
 MAX_FIELD = 200
@@ -189,6 +193,7 @@ class EgressPolicy:
         )
         self.tunnels: dict[str, str] = {}  # client connection id -> the CONNECT host
         self.pinned: dict[tuple[str, int], str] = {}  # checked address -> the name it was resolved from
+        self.substitutor = Substitutor()  # stand-ins -> real values, for their declared hosts only
         self.allowed_log = AllowedLog()
         self.denial_log = DenialLog(DENIED_FILE, COUNTS_FILE)
 
@@ -253,6 +258,7 @@ class EgressPolicy:
 
     def redact(self, text: str) -> str:
         """Replace each forwarded credential's value found in text (by prefix, length and hash) with its name."""
+        text = self.substitutor.redact(text)
         for cred in self.credentials:
             prefix, length = cred["prefix"], int(cred["length"])
             start = text.find(prefix)
@@ -287,6 +293,8 @@ class EgressPolicy:
             leaked = self.leaked_credentials("", request_blobs(req))
             if leaked:
                 why = f"the CONNECT carries credential(s) {', '.join(leaked)}"
+        if why is None:
+            why = self.substitutor.check_connect(req.host)
         if why is not None:
             self.log("deny", "CONNECT", req.host, req.port, why)
             flow.response = http.Response.make(403, f"bottle egress: {why}\n".encode())
@@ -313,11 +321,18 @@ class EgressPolicy:
             leaked = self.leaked_credentials(host, request_blobs(req))
             if leaked:
                 why = f"request carries credential(s) {', '.join(leaked)} that may not be sent to this host"
+        if why is None:
+            why = self.substitutor.check(req, host)
         if why is not None:
             self.log("deny", kind, host, req.port, why, method=req.method, path=req.path)
             flow.response = http.Response.make(403, f"bottle egress: {why}\n".encode())
             return
-        self.log("allow", kind, host, req.port, "allow-list", method=req.method, path=req.path)
+        substituted = self.substitutor.apply(req, host)
+        reason = "allow-list" + (f"; real value of {', '.join(substituted)} put in" if substituted else "")
+        self.log("allow", kind, host, req.port, reason, method=req.method, path=req.path)
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self.substitutor.scrub_response(flow.response)
 
     def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
         if data.server.address is None:

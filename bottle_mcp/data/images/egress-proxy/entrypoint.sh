@@ -5,16 +5,36 @@
 #
 #   entrypoint.sh proxy      the sidecar
 #   entrypoint.sh forward    the forwarder: 127.0.0.1:3128 in the bottle -> the socket
+#   entrypoint.sh credentials   (run by the server over an exec) stdin -> the tmpfs, for the proxy
 set -eu
 umask 077
 sock=/run/egress/proxy.sock
 conf=/run/egress-conf
+creds="$conf/credentials.json"
 
 case "${1:-proxy}" in
 forward)
   exec socat TCP-LISTEN:3128,bind=127.0.0.1,reuseaddr,fork "UNIX-CONNECT:$sock"
   ;;
+credentials)
+  # Stand-ins and real values arrive on stdin, never in the container's configuration; the proxy
+  # reads the file once when it starts and deletes it.
+  cat > "$creds.part"
+  mv -f "$creds.part" "$creds"
+  exit 0
+  ;;
 proxy)
+  if [ "${EGRESS_WAIT_CREDENTIALS:-}" = 1 ]; then
+    i=0
+    while [ ! -f "$creds" ]; do
+      i=$((i + 1))
+      if [ "$i" -gt 300 ]; then
+        echo "entrypoint.sh: no credentials were handed over within 30 s" >&2
+        exit 1
+      fi
+      sleep 0.1
+    done
+  fi
   ;;
 *)
   echo "entrypoint.sh: unknown mode $1 (proxy or forward)" >&2
