@@ -73,7 +73,7 @@ while size < target:
         else:
             lines.append(f"        return {a}.{b}({c}) + {rng.randint(0, 999)}")
     text = "\n".join(lines) + "\n"
-    d = f"{W}/work/pkg{n // 100}"
+    d = f"{W}/src/pkg{n // 100}"
     os.makedirs(d, exist_ok=True)
     with open(f"{d}/mod_{n}.py", "w") as f:
         f.write(text)
