@@ -54,8 +54,8 @@ sys.exit(1 if result.findings else 0)
 rng = random.Random(20261201)
 words = ("alpha beta gamma delta value result config name index count item buffer stream token "
          "parser render widget layout session cache_key make_key request response handler").split()
-os.makedirs(W + "/work")
-run(*GIT, "init", "-q", "work")
+os.makedirs(W + "/tree")
+run(*GIT, "init", "-q", "tree")
 target = MB * 1000 * 1000
 size = 0
 n = 0
@@ -73,14 +73,14 @@ while size < target:
         else:
             lines.append(f"        return {a}.{b}({c}) + {rng.randint(0, 999)}")
     text = "\n".join(lines) + "\n"
-    d = f"{W}/src/pkg{n // 100}"
+    d = f"{W}/tree/pkg{n // 100}"
     os.makedirs(d, exist_ok=True)
     with open(f"{d}/mod_{n}.py", "w") as f:
         f.write(text)
     size += len(text)
     n += 1
-run("git", "add", ".", cwd=W + "/work")
-run(*GIT, "commit", "-qm", "generated", cwd=W + "/work")
+run("git", "add", ".", cwd=W + "/tree")
+run(*GIT, "commit", "-qm", "generated", cwd=W + "/tree")
 
 def push(with_scan, k):
     bare = f"{W}/{'scan' if with_scan else 'plain'}-{k}.git"
@@ -90,7 +90,7 @@ def push(with_scan, k):
             f.write("#!/bin/sh\nexec /opt/gate/venv/bin/python /bench/hook.py\n")
         os.chmod(bare + "/hooks/pre-receive", 0o755)
     t = time.perf_counter()
-    proc = subprocess.run(["git", "push", "-q", bare, "main"], cwd=W + "/work", capture_output=True, text=True)
+    proc = subprocess.run(["git", "push", "-q", bare, "main"], cwd=W + "/tree", capture_output=True, text=True)
     took = time.perf_counter() - t
     if proc.returncode != 0:
         raise SystemExit(f"push failed: {proc.stderr[-2000:]}")
