@@ -101,7 +101,7 @@ case "${1:-}" in
     shift
     start
     cd "$here"
-    PATH="$dir:$PATH" DOCKER_HOST=ssh://enginehost .venv/bin/python -m pytest tests/integration "$@"
+    PATH="$dir:$PATH" DOCKER_HOST=ssh://enginehost .venv/bin/python -m pytest ${BOTTLE_MCP_ENGINE_TESTS:-tests/integration} "$@"
     ;;
   *) sed -n '2,15p' "$0"; exit 2 ;;
 esac
