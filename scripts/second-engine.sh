@@ -84,7 +84,7 @@ case "${1:-}" in
     shift
     start >/dev/null
     cd "$here"
-    DOCKER_HOST=$host .venv/bin/python -m pytest tests/integration "$@"
+    DOCKER_HOST=$host .venv/bin/python -m pytest ${BOTTLE_MCP_ENGINE_TESTS:-tests/integration} "$@"
     ;;
   *) sed -n '2,14p' "$0"; exit 2 ;;
 esac

@@ -36,7 +36,7 @@ if [ -n "$leaked" ]; then
 fi
 echo "[test] no labelled container, volume or network left behind" >&2
 
-# The integration suite again against the other ways people reach an engine: a second engine over
+# The core flow again against the other ways people reach an engine: a second engine over
 # TCP (DOCKER_HOST=tcp://), the same engine behind an sshd on loopback (DOCKER_HOST=ssh://, through
 # the system's ssh client), and Podman's Docker-compatible API. BOTTLE_MCP_SKIP_REMOTE=1 skips the
 # first two, BOTTLE_MCP_SKIP_PODMAN=1 the last.
@@ -47,15 +47,16 @@ stop_engines() {
   scripts/podman-engine.sh stop || true
 }
 trap stop_engines EXIT
-# Over SSH and against Podman, the core flow (prepare, launch, hardening read back by inspect, exec
+# Over TCP, over SSH and against Podman, the core flow (prepare, launch, hardening read back by inspect, exec
 # with timeout and cancel, cp_in, list_active, stop, cleanup, leftovers, doctor, warm pools) rather
 # than the whole integration suite: the rest drives the same backend code through the same engine
 # calls, and a CI run has 90 minutes on two cores. Unset BOTTLE_MCP_ENGINE_TESTS to run the whole
-# integration suite there by hand (scripts/ssh-engine.sh test, scripts/podman-engine.sh test).
+# integration suite there by hand (scripts/second-engine.sh test, scripts/ssh-engine.sh test,
+# scripts/podman-engine.sh test).
 core_flow="tests/integration/test_lifecycle.py tests/integration/test_doctor_engine.py tests/integration/test_pool.py"
 if [ "${BOTTLE_MCP_SKIP_REMOTE:-0}" != 1 ]; then
-  echo "[test] the integration suite against a second engine over TCP" >&2
-  scripts/second-engine.sh test -q --deselect tests/integration/test_claude_image.py
+  echo "[test] the core flow against a second engine over TCP" >&2
+  BOTTLE_MCP_ENGINE_TESTS="$core_flow" scripts/second-engine.sh test -q
   echo "[test] the core flow over SSH" >&2
   BOTTLE_MCP_ENGINE_TESTS="$core_flow" scripts/ssh-engine.sh test -q
 fi
