@@ -30,15 +30,17 @@ start() {
   fi
   as_root mkdir -p /etc/containers /run/podman
   default=runc
-  if [ -x /usr/local/bin/bottle-mcp-runsc ] && [ "${BOTTLE_MCP_GVISOR:-1}" = 1 ]; then default=runsc; fi
+  if [ -x /usr/local/bin/bottle-mcp-runsc ] && [ "${BOTTLE_MCP_PODMAN_GVISOR:-0}" = 1 ]; then default=runsc; fi
   if [ ! -f /etc/containers/containers.conf ] || ! grep -q 'bottle-mcp' /etc/containers/containers.conf; then
-    # Podman's Docker-compatible API runs every container with its default runtime, so gVisor, when
-    # this machine has it, is made the default. Its network stack cannot start on these kernels, so
-    # it runs through a wrapper that adds --network=host (as the Docker engine's registration does).
+    # Podman's Docker-compatible API runs every container with its default runtime, so gVisor can only
+    # be had as the default for all of them (BOTTLE_MCP_PODMAN_GVISOR=1; its network stack cannot start
+    # on these kernels, so it runs through a wrapper adding --network=host). It is off by default: the
+    # disk-limit helper needs the host's loop devices, which no gVisor sandbox sees, so bottles with a
+    # disk limit cannot launch on such a Podman.
     default=runc
     runtimes=""
     runsc_path=$(command -v runsc || true)
-    if [ -n "$runsc_path" ] && [ "${BOTTLE_MCP_GVISOR:-1}" = 1 ]; then
+    if [ -n "$runsc_path" ] && [ "${BOTTLE_MCP_PODMAN_GVISOR:-0}" = 1 ]; then
       printf '#!/bin/sh\nexec %s --network=host "$@"\n' "$runsc_path" | as_root tee /usr/local/bin/bottle-mcp-runsc >/dev/null
       as_root chmod 755 /usr/local/bin/bottle-mcp-runsc
       default=runsc
