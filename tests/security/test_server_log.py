@@ -66,7 +66,7 @@ credentials = ["{SECRET_NAME}"]
     env |= {SECRET_NAME: SECRET_VALUE, "PYTHONPATH": str(tmp_path / "hook"), "BOTTLE_TEST_SUPERVISOR": str(LEAKY)}
     params = StdioServerParameters(
         command="/bin/sh",
-        args=["-c", 'exec "$0" -m bottle_mcp serve --manifest "$1" 2>"$2"', sys.executable, str(manifest), str(log)],
+        args=["-c", 'exec "$0" -m bottle_mcp -v serve --manifest "$1" 2>"$2"', sys.executable, str(manifest), str(log)],
         env=env,
         cwd=str(tmp_path),
     )

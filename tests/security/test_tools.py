@@ -125,6 +125,8 @@ ALLOWED_PARAMETERS = {
     "command",
     "timeout_s",
     "workdir",
+    # a per-call output cap, held under the manifest's ceiling (output_cap_max)
+    "output_cap",
     "host_path",
     "bottle_path",
     "dry_run",
@@ -168,7 +170,7 @@ async def test_hostile_output_is_bounded_and_escaped(sec_service: BottleService,
     assert res.truncated and res.exit_code == 0
     assert res.stdout_bytes == 100_000_000 and res.stderr_bytes == 3_000_000
     assert len(res.stdout) <= cap and len(res.stderr) <= 4 * cap + 64
-    assert any("cut at" in n for n in res.notes)
+    assert any("cut in the middle" in n for n in res.notes)
     res = await sec_service.exec(plain_bottle.id, "printf 'a\\0b\\033[2J\\033]0;pwned\\007\\233c\\r\\n'")
     assert "\x00" not in res.stdout and "\x1b" not in res.stdout and "\x07" not in res.stdout
     assert "\\x00" in res.stdout and "\\x1b[2J" in res.stdout and "\\x07" in res.stdout

@@ -57,7 +57,8 @@ PACK = (
     'real=$(cd -P -- "$parent" && pwd -P) || exit 3; '
     '[ "$real" = "$parent" ] || { echo "$parent resolves to $real" >&2; exit 4; }; '
     '[ -L "$p" ] && { echo "$p is a symlink to $(readlink -- "$p")" >&2; exit 4; }; '
-    'exec tar -c -f - -C "$parent" -- "$name"'
+    # --hard-dereference: each hard link comes out as a plain copy of its file, whichever is met first.
+    'exec tar -c --hard-dereference -f - -C "$parent" -- "$name"'
 )
 
 
