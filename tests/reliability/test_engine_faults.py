@@ -54,7 +54,7 @@ async def test_a_stopped_engine_gives_a_clear_error_and_tools_work_again_once_it
                     assert result.is_error, (name, result)
                     assert "unreachable" in _text(result) or "gone" in _text(result), (name, _text(result))
                     if name != "exec":
-                        assert f"engine at {second_engine} is unreachable" in _text(result)
+                        assert f"engine at {second_engine} (from DOCKER_HOST) is unreachable" in _text(result)
         finally:
             await anyio.to_thread.run_sync(engine2, "start")
 
