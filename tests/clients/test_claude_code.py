@@ -74,6 +74,7 @@ def test_claude_code_drives_a_bottle_end_to_end_and_leaves_nothing(
     manifest = write_manifest(
         f"""
         [host]
+        keep_for = "0"  # removed when the server goes, not kept
         approve = "never"
 
         [bottles.offline]

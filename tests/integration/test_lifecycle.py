@@ -273,6 +273,7 @@ async def test_launch_failing_half_way_removes_what_it_created(
     path = write_manifest(
         f"""
         [host]
+        keep_for = "0"  # removed when the server goes, not kept
         skills_dir = "{skills}"
         [bottles.b]
         image = "{worker_image}"

@@ -63,6 +63,7 @@ async def test_copies_of_a_gigabyte_stream_through_the_server(tmp_path: Path, ru
     manifest.write_text(
         f"""
 [host]
+keep_for = "0"  # removed when the server goes, not kept
 approve = "never"
 
 [bottles.big]

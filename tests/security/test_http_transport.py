@@ -90,6 +90,7 @@ def manifest(tmp_path: Path, runtime: str, worker_image: str) -> Path:
     path = tmp_path / "manifest.toml"
     path.write_text(f"""
 [host]
+keep_for = "0"  # removed when the server goes, not kept
 approve = "never"
 
 [bottles.plain]

@@ -48,6 +48,7 @@ async def test_a_bottles_words_reach_the_server_log_redacted_escaped_and_clipped
     manifest = tmp_path / "manifest.toml"
     manifest.write_text(f"""
 [host]
+keep_for = "0"  # removed when the server goes, not kept
 approve = "never"
 
 [bottles.plain]
