@@ -229,6 +229,7 @@ class KeepManager:
         self.keeper = keeper_of(service.backend) if self._serving else None
         self._leases: dict[str, int] = {}
         self._armed: set[str] = set()
+        self._adopting = anyio.Lock()  # one adoption at a time: a lease is locked once per process
 
     @property
     def keep_for_s(self) -> int:
@@ -389,32 +390,56 @@ class KeepManager:
         if not records:
             return []
         deadlines = await self.keeper.deadlines()
-        path, sha = self._manifest_id()
         adopted: list[str] = []
-        now = time.time()
-        for bid, rec in records.items():
-            until = deadlines.get(bid)
-            if until is None:
-                if lease_holder(bid) is None:
-                    delete_record(bid)  # its reaper is gone, so is the bottle (or cleanup will find it)
-                continue
-            if rec.manifest != path or rec.manifest_sha256 != sha or rec.uid != os.getuid():
-                continue
-            if until < now + ADOPT_MARGIN_S or bid in self._service.owned_ids():
-                continue
-            fd = take_lease(bid, self._service.instance.owner)
-            if fd is None:
-                continue  # a live server drives it
-            try:
-                await self._adopt(rec, fd)
-            except (BottleError, EngineError) as e:
-                log.warning("could not adopt kept bottle %s: %s", bid, e)
-                release_lease(fd, bid)
-                continue
-            adopted.append(bid)
+        async with self._adopting:
+            for bid, rec in records.items():
+                if bid not in self._service.owned_ids() and await self._try_adopt(bid, rec, deadlines.get(bid)) is None:
+                    adopted.append(bid)
         if adopted:
             log.info("adopted %d kept bottle(s): %s", len(adopted), ", ".join(adopted))
         return adopted
+
+    async def adopt(self, bottle_id: str) -> str | None:
+        """Adopt one kept bottle now; None when it is this server's now, else why not.
+
+        For a bottle that was kept after this server started: its server still drove it when this
+        one looked at start, or an adoption failed then and may succeed now.
+        """
+        if self.keeper is None:
+            return "this server keeps and adopts no bottles"
+        rec = read_record(bottle_id)
+        if rec is None:
+            return "no record of it was kept for this user"
+        async with self._adopting:
+            if bottle_id in self._service.owned_ids():
+                return None
+            deadlines = await self.keeper.deadlines()
+            why = await self._try_adopt(bottle_id, rec, deadlines.get(bottle_id))
+        if why is None:
+            log.info("adopted kept bottle %s on first use", bottle_id)
+        return why
+
+    async def _try_adopt(self, bid: str, rec: BottleRecord, until: int | None) -> str | None:
+        """Adopt `bid` if it is kept for this server's manifest and user; None on success, else why not."""
+        if until is None:
+            if lease_holder(bid) is None:
+                delete_record(bid)  # its reaper is gone, so is the bottle (or cleanup will find it)
+            return "it has no reaper, so it is not kept"
+        path, sha = self._manifest_id()
+        if rec.manifest != path or rec.manifest_sha256 != sha or rec.uid != os.getuid():
+            return _why_not_mine(rec, path, sha)
+        if until < time.time() + ADOPT_MARGIN_S:
+            return "its deadline is about to pass; its reaper removes it"
+        fd = take_lease(bid, self._service.instance.owner)
+        if fd is None:
+            return f"adopted by the server {lease_holder(bid) or 'another server'}, which still runs"
+        try:
+            await self._adopt(rec, fd)
+        except (BottleError, EngineError) as e:
+            log.warning("could not adopt kept bottle %s: %s", bid, e)
+            release_lease(fd, bid)
+            return f"adopting it failed: {e}"
+        return None
 
     async def _adopt(self, rec: BottleRecord, fd: int) -> None:
         assert self.keeper is not None

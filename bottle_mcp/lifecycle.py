@@ -79,6 +79,7 @@ class Lifecycle:
         self.keep = KeepManager(self, config.on_exit, config.keep_for_s)
         self.live.jobs.on_start = self.keep.on_job
         self.live.on_discard = self.keep.on_stop
+        self.live.adopt = self.keep.adopt
         self.closed = threading.Event()  # set once aclose has kept or removed every bottle
 
     # -- helpers ---------------------------------------------------------------------

@@ -57,6 +57,8 @@ class LiveBottles:
     launching: int = 0
     # Told of every bottle discarded (stopped, or found gone), after its removal: keep.py drops its record.
     on_discard: Callable[[str], Awaitable[None]] | None = None
+    # Asked to adopt a kept bottle on first use (keep.py); returns None once it is ours, else why not.
+    adopt: Callable[[str], Awaitable[str | None]] | None = None
     _entries: dict[str, LiveBottle] = field(default_factory=dict)
     jobs: JobManager = field(init=False)
 
@@ -80,6 +82,12 @@ class LiveBottles:
         if entry is not None:
             return entry
         for info in await self.list_active():
+            if info.bottle_id == bottle_id and info.owner == "kept" and self.adopt is not None:
+                why = await self.adopt(bottle_id)
+                adopted = self._entries.get(bottle_id)
+                if adopted is not None:
+                    return adopted
+                raise BottleNotFoundError(bottle_id, f"this server does not drive it: {why or info.note}")
             if info.bottle_id == bottle_id and info.note:
                 raise BottleNotFoundError(bottle_id, f"this server does not drive it: {info.note}")
             if info.bottle_id == bottle_id:

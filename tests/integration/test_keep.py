@@ -186,7 +186,7 @@ def test_the_hosts_signal_sequence_keeps_the_bottle_the_next_server_adopts_and_n
         )["job"]["job_id"]
     finally:
         before_kill = host_signals(a)
-    stderr = a.proc.stderr.read().decode()  # type: ignore[union-attr]
+    stderr = a.stderr_text()
     assert before_kill, f"the later signals killed the server halfway: {stderr[-2000:]}"
     assert a.proc.returncode == 0, stderr[-2000:]
     assert any(n.startswith("bottle-mcp-keep-") for n in objects_of(docker_client, bid))
@@ -313,6 +313,32 @@ def test_two_servers_never_drive_one_bottle(
     assert stopped.returncode == 0, stopped.stderr
     for gone in (bid, *more):
         assert wait_until_gone(docker_client, gone, 10) == []
+
+
+def test_a_server_that_started_first_adopts_a_bottle_kept_later_on_first_use(
+    keep_manifest: Path, tmp_path: Path, state_env: dict[str, str], docker_client: docker.DockerClient
+) -> None:
+    """Two sessions of one manifest: when the one that drove a bottle ends, the other takes it over."""
+    a = RawServer(keep_manifest, tmp_path, env=state_env)
+    b: RawServer | None = None
+    try:
+        (bid,) = a.launch(1)
+        a.ok("exec", {"bottle_id": bid, "command": "echo from-a > /workspace/a.txt"})
+        b = RawServer(keep_manifest, tmp_path, env=state_env)  # a drives it: b leaves it alone at start
+        assert b.call("exec", {"bottle_id": bid, "command": "true"})["isError"]
+        close_client(a)  # kept now, and b already runs
+        row = next(x for x in b.ok("list_active", {})["bottles"] if x["bottle_id"] == bid)
+        assert row["owner"] == "kept"
+        assert b.ok("exec", {"bottle_id": bid, "command": "cat /workspace/a.txt"})["stdout"] == "from-a\n"
+        row = next(x for x in b.ok("list_active", {})["bottles"] if x["bottle_id"] == bid)
+        assert row["owner"] == "this-server"
+    finally:
+        for s in (b, a):
+            if s is not None and s.proc.poll() is None:
+                close_client(s)
+    stopped = cli("stop", "--all", env=state_env)
+    assert stopped.returncode == 0, stopped.stderr
+    assert wait_until_gone(docker_client, bid, 10) == []
 
 
 def test_tools_work_on_an_adopted_copy_cwd_bottle_and_a_job_started_before(

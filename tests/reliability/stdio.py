@@ -6,17 +6,20 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 
 class RawServer:
     def __init__(self, manifest: Path, cwd: Path, *extra: str, env: dict[str, str] | None = None) -> None:
+        # A file, not a pipe: a server that logs much never blocks on it, and a failure can show the log.
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (lives as long as the server it logs)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bottle_mcp", "serve", "--manifest", str(manifest), *extra],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=self._stderr,
             cwd=cwd,
             env={**os.environ, **(env or {})},
         )
@@ -27,6 +30,11 @@ class RawServer:
         )
         assert "result" in init, init
         self._write({"jsonrpc": "2.0", "method": "notifications/initialized"})
+
+    def stderr_text(self) -> str:
+        """What the server wrote to stderr so far."""
+        self._stderr.seek(0)
+        return self._stderr.read().decode(errors="replace")
 
     def _write(self, msg: dict[str, Any]) -> None:
         assert self.proc.stdin
@@ -64,7 +72,7 @@ class RawServer:
 
     def ok(self, name: str, args: dict[str, Any]) -> dict[str, Any]:
         res = self.call(name, args)
-        assert not res.get("isError"), res
+        assert not res.get("isError"), f"{res}\nthe server's log:\n{self.stderr_text()[-4000:]}"
         return res["structuredContent"]  # type: ignore[no-any-return]
 
     def launch(self, n: int, agent: str = "worker") -> list[str]:

@@ -42,7 +42,7 @@ def test_bottles_of_a_killed_server_are_reported_and_cleaned_up_by_the_next(
     finally:
         second.proc.stdin.close()  # type: ignore[union-attr]
         second.proc.wait(timeout=10)
-    stderr = second.proc.stderr.read().decode()  # type: ignore[union-attr]
+    stderr = second.stderr_text()
     assert "left by servers that are gone" in stderr
 
 

@@ -154,6 +154,10 @@ class DockerKeeper:
         if not rows:
             return None
         self._reapers[bottle_id] = str(rows[0]["Id"])
+        # Its deadline as found: moving it to the same second would be refused as a rename to its own name.
+        until = deadline_of(str((rows[0].get("Names") or ["/"])[0]))
+        if until is not None:
+            self._until[bottle_id] = until
         return self._reapers[bottle_id]
 
     async def extend(self, bottle_id: str, until: int) -> bool:
@@ -169,6 +173,10 @@ class DockerKeeper:
         except EngineNotFoundError:
             self._reapers.pop(bottle_id, None)
             return False
+        except EngineError as e:
+            if "same name" not in str(e):
+                raise
+            # Another server moved it to this very second a moment ago: the deadline is where we want it.
         self._until[bottle_id] = until
         return True
 
