@@ -146,11 +146,15 @@ def baselines(raw: Raw, n: int) -> dict[str, Any]:
 # -- through MCP ----------------------------------------------------------------
 
 
+# Set by --without-disk-and-reaper: serve with no reaper per bottle (the manifest then has no disk limit).
+SERVE_EXTRA: list[str] = []
+
+
 def server_params(manifest: Path, cwd: Path, warm: int) -> StdioServerParameters:
     env = {k: os.environ[k] for k in ("DOCKER_HOST",) if k in os.environ}
     return StdioServerParameters(
         command=sys.executable,
-        args=["-m", "bottle_mcp", "serve", "--manifest", str(manifest), "--warm-pool", str(warm)],
+        args=["-m", "bottle_mcp", "serve", "--manifest", str(manifest), "--warm-pool", str(warm), *SERVE_EXTRA],
         env=env,
         cwd=str(cwd),
     )
@@ -308,7 +312,7 @@ runtime = "{runtime}"
 
 [bottles.bench.resources]
 memory = "256m"
-
+{disk_line}
 [agents.bench]
 bottle = "bench"
 command = ["true"]
@@ -325,9 +329,17 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bottle-bench-") as tmp:
         cwd = Path(tmp)
         manifest = cwd / "bench.toml"
-        manifest.write_text(MANIFEST.format(image=IMAGE, runtime=runtime))
+        disk_line = 'disk = "unlimited"\n' if args.without_disk_and_reaper else ""
+        manifest.write_text(MANIFEST.format(image=IMAGE, runtime=runtime, disk_line=disk_line))
+        if args.without_disk_and_reaper:
+            SERVE_EXTRA[:] = ["--keep-for", "0"]
         print(f"[bench] runtime {effective}, {n} samples per series{' (quick)' if args.quick else ''}", file=sys.stderr)
-        result: dict[str, Any] = {"machine": machine(), "runtime": effective, "quick": args.quick}
+        result: dict[str, Any] = {
+            "machine": machine(),
+            "runtime": effective,
+            "quick": args.quick,
+            "disk_limit_and_reaper": not args.without_disk_and_reaper,
+        }
         print("[bench] baselines (docker-py, docker CLI)", file=sys.stderr)
         result["raw"] = await anyio.to_thread.run_sync(baselines, raw, n)
         print("[bench] through MCP, cold", file=sys.stderr)
@@ -356,7 +368,12 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def report(result: dict[str, Any]) -> str:
-    lines = [f"machine: {json.dumps(result['machine'])}", f"runtime: {result['runtime']}", ""]
+    lines = [
+        f"machine: {json.dumps(result['machine'])}",
+        f"runtime: {result['runtime']}",
+        f"disk limit and reaper per bottle: {'on' if result['disk_limit_and_reaper'] else 'off'}",
+        "",
+    ]
     lines.append(f"{'series':<34} {'p50 ms':>10} {'p95 ms':>10}")
     for side in ("raw", "mcp"):
         for k, v in result[side].items():
@@ -378,6 +395,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer samples, 10 live bottles, no 50-way launch")
     ap.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the results as JSON")
     ap.add_argument("--runtime", choices=["auto", "runc", "runsc"], default="auto")
+    ap.add_argument(
+        "--without-disk-and-reaper",
+        action="store_true",
+        help="bottles without a disk limit and servers without reapers (--keep-for 0): the launch path as it "
+        "was before either existed, to compare like with like",
+    )
     args = ap.parse_args(argv)
     result = anyio.run(main_async, args)
     print(report(result))

@@ -49,6 +49,8 @@ RECORD_VERSION = 1
 # A kept bottle whose deadline is this close is left to its reaper rather than adopted.
 ADOPT_MARGIN_S = 3
 EXIT_BUDGET_S = 0.3
+# How long the way out (or a stop) waits for reapers still starting; a start takes well under a second.
+ARM_WAIT_S = 3.0
 # On the way out with on_exit = "remove": what the server has not removed by then, its reapers do.
 REMOVE_GRACE_S = 5
 
@@ -230,6 +232,10 @@ class KeepManager:
         self._leases: dict[str, int] = {}
         self._armed: set[str] = set()
         self._adopting = anyio.Lock()  # one adoption at a time: a lease is locked once per process
+        # Reapers still being started, each with the event set when its start ended (run_forever).
+        self._arming: dict[str, anyio.Event] = {}
+        self._arm_send, self._arm_receive = anyio.create_memory_object_stream[tuple[str, int]](max_buffer_size=1024)
+        self._running = False
 
     @property
     def keep_for_s(self) -> int:
@@ -278,12 +284,47 @@ class KeepManager:
         )
         try:
             write_record(rec)
-            await self.keeper.arm(bottle.id, int(time.time()) + self.keep_for_s)
-        except (OSError, BottleError) as e:
+        except OSError as e:
             log.warning("bottle %s will be removed, not kept, when the client goes away: %s", bottle.id, e)
-            delete_record(bottle.id)
+            self._drop(bottle.id)
             return
-        self._armed.add(bottle.id)
+        until = int(time.time()) + self.keep_for_s
+        if not self._running:  # no server loop (a library user with on_exit set): arm it here
+            await self._arm(bottle.id, until)
+            return
+        # The reaper starts while the launch answers: it is off the launch's path. Until it runs,
+        # a crash of this server leaves the bottle to `cleanup`, as it does every bottle without one.
+        self._arming[bottle.id] = anyio.Event()
+        self._arm_send.send_nowait((bottle.id, until))
+
+    async def _arm(self, bottle_id: str, until: int) -> None:
+        assert self.keeper is not None
+        try:
+            with anyio.CancelScope(shield=True):  # the way out waits for it, rather than leave it half made
+                await self.keeper.arm(bottle_id, until)
+        except (OSError, BottleError) as e:
+            log.warning("bottle %s will be removed, not kept, when the client goes away: %s", bottle_id, e)
+            self._drop(bottle_id)
+        else:
+            self._armed.add(bottle_id)
+        finally:
+            done = self._arming.pop(bottle_id, None)
+            if done is not None:
+                done.set()
+
+    def _drop(self, bottle_id: str) -> None:
+        delete_record(bottle_id)
+        fd = self._leases.pop(bottle_id, None)
+        if fd is not None:
+            release_lease(fd, bottle_id)
+
+    async def _settle(self, bottle_ids: list[str] | None = None, budget_s: float = ARM_WAIT_S) -> None:
+        """Wait (at most `budget_s`) for the reapers still starting, of `bottle_ids` or of every bottle."""
+        with anyio.CancelScope(shield=True), anyio.move_on_after(budget_s):
+            for bid in list(self._arming) if bottle_ids is None else bottle_ids:
+                event = self._arming.get(bid)
+                if event is not None:
+                    await event.wait()
 
     def on_job(self, job: Job) -> None:
         bottle_id = job.bottle.id
@@ -310,6 +351,7 @@ class KeepManager:
 
     async def on_stop(self, bottle_id: str) -> None:
         """The bottle was removed on purpose (or vanished): its reaper, record and lease go too."""
+        await self._settle([bottle_id])  # a reaper started after its bottle went would wait for nothing
         if bottle_id in self._armed and self.keeper is not None:
             self._armed.discard(bottle_id)
             with anyio.CancelScope(shield=True):
@@ -319,10 +361,21 @@ class KeepManager:
         if fd is not None:
             release_lease(fd, bottle_id)
 
-    async def refresh_forever(self) -> None:
-        """Keep the deadlines of this server's kept bottles at now + keep_for while it runs."""
+    async def run_forever(self) -> None:
+        """While the server runs: start the reapers of new bottles, and keep every deadline at now + keep_for."""
         if self.keeper is None:
             return
+        self._running = True
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._refresh_forever)
+                async with self._arm_receive:
+                    async for bottle_id, until in self._arm_receive:
+                        tg.start_soon(self._arm, bottle_id, until)
+        finally:
+            self._running = False
+
+    async def _refresh_forever(self) -> None:
         while True:
             await anyio.sleep(refresh_interval(self.keep_for_s))
             await self._extend_all(int(time.time()) + self.keep_for_s)
@@ -351,6 +404,7 @@ class KeepManager:
         move to a few seconds from now first, so a removal the host cuts short is finished by
         the reapers.
         """
+        await self._settle()
         if self.keeper is None or not self._armed:
             return bottles
         if self.on_exit == "remove":

@@ -115,7 +115,7 @@ def build_server(service: BottleService) -> MCPServer[BottleService]:
                 await service.keep.adopt_all()
             except Exception:
                 log.exception("could not look for kept bottles to adopt")
-            tg.start_soon(service.keep.refresh_forever)
+            tg.start_soon(service.keep.run_forever)
             try:
                 yield service
             finally:

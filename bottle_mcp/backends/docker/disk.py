@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import partial
 from importlib import resources
 
 import anyio
+import anyio.to_thread
 import docker
 
 from ... import labels as L
@@ -105,23 +107,29 @@ async def _run_helper(
 
 
 async def _wait_for_line(engine: Engine, cid: str, want: str) -> str:
-    def find(text: bytes) -> str | None:
-        return next((x for x in text.decode(errors="replace").splitlines() if x.startswith(want)), None)
+    """The helper's first output line starting with `want`, read as it is printed (a followed log stream)."""
 
-    with anyio.move_on_after(READY_TIMEOUT_S):
-        while True:
-            state = await engine.call("inspect the disk helper", lambda c: c.api.inspect_container(cid)["State"])
-            # Read after inspecting: a helper that printed its line and ended is not taken for a failure.
-            line = find(await engine.call("read the disk helper's output", lambda c: c.api.logs(cid, stdout=True)))
+    def follow(c: docker.DockerClient) -> str | None:
+        seen = b""
+        for chunk in c.api.logs(cid, stdout=True, stderr=False, stream=True, follow=True):
+            seen += chunk
+            complete = seen[: seen.rfind(b"\n") + 1].decode(errors="replace")
+            line = next((x for x in complete.splitlines() if x.startswith(want)), None)
             if line is not None:
                 return line
-            if not state.get("Running"):
-                err = await engine.call(
-                    "read the disk helper's errors", lambda c: c.api.logs(cid, stdout=False, stderr=True)
-                )
-                detail = err.decode(errors="replace").strip()[-400:] or f"it {state.get('Status')} without a word"
-                raise LaunchError(f"the engine could not make the bottle's disk: {detail}")
-            await anyio.sleep(0.05)
+        return None  # the helper ended without it
+
+    line: str | None = None
+    with anyio.move_on_after(READY_TIMEOUT_S):
+        # Abandoned on timeout: the caller removes the helper, which ends the stream and the thread.
+        line = await anyio.to_thread.run_sync(
+            partial(engine.call_sync, "read the disk helper's output", follow), abandon_on_cancel=True
+        )
+        if line is not None:
+            return line
+        err = await engine.call("read the disk helper's errors", lambda c: c.api.logs(cid, stdout=False, stderr=True))
+        detail = err.decode(errors="replace").strip()[-400:] or "it ended without a word"
+        raise LaunchError(f"the engine could not make the bottle's disk: {detail}")
     raise LaunchError(f"the disk helper did not answer within {READY_TIMEOUT_S:g} s")
 
 
