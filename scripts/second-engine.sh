@@ -7,6 +7,10 @@
 #   scripts/second-engine.sh purge   # stops it and deletes its data
 #   scripts/second-engine.sh test [pytest args]   # the integration suite against it
 #
+# With BOTTLE_MCP_ENGINE2_TLS=1 it listens with TLS instead (--tlsverify: client certificates of a CA
+# made here, on port 23760 by default) and prints DOCKER_TLS_VERIFY and DOCKER_CERT_PATH too, the way
+# a remote engine is reached. The data root is shared: images copied once serve both modes.
+#
 # It has its own data root, exec root, pid file and containerd, its own bridge and no
 # iptables rules (bottles have no network anyway), and listens on 127.0.0.1 only.
 # (Not --bridge=none: a dockerd started that way deletes the host's docker0, which the
@@ -17,8 +21,15 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-port=${BOTTLE_MCP_ENGINE2_PORT:-23750}
+tls=${BOTTLE_MCP_ENGINE2_TLS:-0}
 dir=${BOTTLE_MCP_ENGINE2_DIR:-/var/tmp/bottle-mcp-engine2}
+if [ "$tls" = 1 ]; then
+  port=${BOTTLE_MCP_ENGINE2_PORT:-23760}
+  certs="$dir/tls"
+  export DOCKER_TLS_VERIFY=1 DOCKER_CERT_PATH="$certs/client"
+else
+  port=${BOTTLE_MCP_ENGINE2_PORT:-23750}
+fi
 host="tcp://127.0.0.1:$port"
 bridge=${BOTTLE_MCP_ENGINE2_BRIDGE:-bmcp-engine2}
 # The egress proxy's tag is the hash of its recipe: ask the package for it.
@@ -26,10 +37,39 @@ egress_image=$("$here/.venv/bin/python" -c 'from bottle_mcp.backends.docker.imag
 images=${BOTTLE_MCP_ENGINE2_IMAGES:-bottle-mcp/worker:latest bottle-mcp/standin:latest $egress_image}
 log() { printf '[engine2] %s\n' "$*" >&2; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+main() { env -u DOCKER_TLS_VERIFY -u DOCKER_CERT_PATH "$@"; }  # the main engine, over its socket
 answers() { DOCKER_HOST=$host timeout 5 docker info >/dev/null 2>&1; }
 
+# A CA, a server certificate for 127.0.0.1 and a client certificate (DOCKER_CERT_PATH layout), once.
+make_certs() {
+  [ -f "$certs/client/key.pem" ] && return
+  as_root mkdir -p "$certs/server" "$certs/client"
+  as_root chmod 0755 "$certs"
+  local ssl=(as_root openssl)
+  (
+    cd "$certs"
+    "${ssl[@]}" req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=bottle-mcp engine2 CA" \
+      -keyout ca-key.pem -out ca.pem 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' | as_root tee server.ext >/dev/null
+    printf 'extendedKeyUsage=clientAuth\n' | as_root tee client.ext >/dev/null
+    for who in server client; do
+      "${ssl[@]}" req -newkey rsa:2048 -nodes -subj "/CN=$who" -keyout "$who/key.pem" -out "$who.csr" 2>/dev/null
+      "${ssl[@]}" x509 -req -in "$who.csr" -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 30 \
+        -extfile "$who.ext" -out "$who/cert.pem" 2>/dev/null
+      as_root cp ca.pem "$who/ca.pem"
+    done
+  )
+}
+
 start() {
+  tls_flags=()
+  if [ "$tls" = 1 ]; then
+    make_certs
+    tls_flags=(--tlsverify --tlscacert "$certs/server/ca.pem" --tlscert "$certs/server/cert.pem"
+      --tlskey "$certs/server/key.pem")
+  fi
   if ! answers; then
+    stop  # the same data root may be served in the other mode
     as_root mkdir -p "$dir/data" "$dir/exec"
     if ! ip link show "$bridge" >/dev/null 2>&1; then
       as_root ip link add "$bridge" type bridge
@@ -42,7 +82,7 @@ start() {
     sudo=; [ "$(id -u)" = 0 ] || sudo=sudo
     $sudo setsid nohup dockerd \
       --data-root "$dir/data" --exec-root "$dir/exec" --pidfile "$dir/dockerd.pid" \
-      -H "$host" --bridge="$bridge" --iptables=false --ip6tables=false --ip-masq=false \
+      -H "$host" "${tls_flags[@]}" --bridge="$bridge" --iptables=false --ip6tables=false --ip-masq=false \
       >"$dir/dockerd.log" 2>&1 </dev/null 3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&- &
     for _ in $(seq 1 150); do answers && break; sleep 0.2; done
     answers || { log "it did not answer; see $dir/dockerd.log"; exit 1; }
@@ -51,16 +91,20 @@ start() {
   # saved together so that their shared layers travel once.
   missing=()
   for image in $images; do
-    want=$(docker image inspect "$image" --format '{{.Id}}' 2>/dev/null || true)
+    want=$(main docker image inspect "$image" --format '{{.Id}}' 2>/dev/null || true)
     [ -n "$want" ] || continue
     have=$(DOCKER_HOST=$host docker image inspect "$image" --format '{{.Id}}' 2>/dev/null || true)
     [ "$want" = "$have" ] || missing+=("$image")
   done
   if [ ${#missing[@]} -gt 0 ]; then
     log "loading ${missing[*]} into it"
-    docker save "${missing[@]}" | DOCKER_HOST=$host docker load -q >/dev/null
+    main docker save "${missing[@]}" | DOCKER_HOST=$host docker load -q >/dev/null
   fi
   echo "DOCKER_HOST=$host"
+  if [ "$tls" = 1 ]; then
+    echo "DOCKER_TLS_VERIFY=1"
+    echo "DOCKER_CERT_PATH=$certs/client"
+  fi
 }
 
 stop() {

@@ -52,6 +52,8 @@ command -v mmdebstrap >/dev/null 2>&1 || need_pkgs+=(mmdebstrap)
 command -v npm >/dev/null 2>&1 || need_pkgs+=(npm)   # fetches the third-party MCP clients the tests run
 # ssh-keygen: the git/ssh gate tests make throw-away keys with it.
 command -v ssh-keygen >/dev/null 2>&1 || need_pkgs+=(openssh-client)
+# openssl: the TLS engine tests make a CA and certificates with it.
+command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)
 # shellcheck: the lint step checks the in-bottle shell programs (bottle_mcp/data/inbottle/).
 command -v shellcheck >/dev/null 2>&1 || need_pkgs+=(shellcheck)
 if [ ${#need_pkgs[@]} -gt 0 ]; then

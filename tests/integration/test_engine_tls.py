@@ -73,15 +73,19 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _pipe(a: socket.socket, b: socket.socket) -> None:
+    """Relay a -> b; the end of a's data ends b's input only (a half-close), as the engine's own TLS does."""
     try:
         while chunk := a.recv(65536):
             b.sendall(chunk)
+        if not isinstance(b, ssl.SSLSocket):
+            b.shutdown(socket.SHUT_WR)  # close_notify from the client: the end of the exec's input
+            return
     except OSError:
         pass
-    finally:
-        for s in (a, b):
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
+    # The engine closed (or a side failed): the connection ends, both ways.
+    for s in (a, b):
+        with contextlib.suppress(OSError):
+            s.shutdown(socket.SHUT_RDWR)
 
 
 @pytest.fixture(scope="module")
@@ -113,8 +117,13 @@ def tls_front(certs: Path) -> Iterator[int]:
             return
         engine = socket.socket(socket.AF_UNIX)
         engine.connect(ENGINE_SOCKET)
-        threading.Thread(target=_pipe, args=(engine, tls), daemon=True).start()
+        back = threading.Thread(target=_pipe, args=(engine, tls), daemon=True)
+        back.start()
         _pipe(tls, engine)
+        back.join()
+        for s in (tls, engine):
+            with contextlib.suppress(OSError):
+                s.close()
 
     threading.Thread(target=serve, daemon=True).start()
     yield port
@@ -144,11 +153,6 @@ async def test_engine_calls_and_plain_execs_work_over_tls(tls_front: int, certs:
     assert await engine.call("exec over tls", run_one) == b"over-tls\n1000\n"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: an exec that is sent input (provisioning, cp_in) fails over TLS: the input's end "
-    "does not reach the engine as it does over a Unix socket, TCP or SSH (docs/engines.md)",
-)
 async def test_a_bottle_is_driven_through_an_engine_reached_over_tls(
     tls_front: int, certs: Path, example_manifest: Path, tmp_path: Path
 ) -> None:

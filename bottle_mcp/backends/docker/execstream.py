@@ -22,7 +22,7 @@ import docker
 
 from ...errors import BottleGoneError, EngineError, EngineNotFoundError
 from .engine import Engine
-from .rawsock import stream_socket
+from .rawsock import half_close, stream_socket
 
 # `$$` of a fresh `docker exec` is a session and process-group leader, so
 # killing that group and session later reaches everything the command started.
@@ -162,7 +162,7 @@ class ExecStream:
             elif self.stdin is not None:
                 while chunk := self.stdin.read(1 << 20):
                     sock.sendall(chunk)
-            sock.shutdown(socket.SHUT_WR)
+            half_close(sock)
         except OSError:
             pass  # the process exited early; its output and exit code tell why
 

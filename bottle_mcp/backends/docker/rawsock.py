@@ -4,12 +4,17 @@ Over a Unix socket or TCP, docker-py hands back the connection's socket. Over `s
 ssh client running `docker system dial-stdio`) it hands back an object that only looks like one:
 its `recv(n)` blocks until n bytes arrive, and timeouts and half-closes do nothing. The exec code
 needs all three, so such a stream is bridged onto one end of a socket pair by two small threads.
+
+Over TLS the end of input is TLS's own close_notify, as Docker's CLI sends it: a TCP half-close
+would cut the TLS session, and Python's `SSLSocket.shutdown` drops the session on our side too, so
+everything the engine sends after it would be read as raw records.
 """
 
 from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
 import subprocess
 import threading
 from typing import IO, Any
@@ -24,6 +29,23 @@ def stream_socket(raw: Any) -> socket.socket:
     if isinstance(proc, subprocess.Popen) and proc.stdout is not None and proc.stdin is not None:
         return _bridge(proc, proc.stdout, proc.stdin)
     return sock  # type: ignore[no-any-return]
+
+
+def half_close(sock: socket.socket) -> None:
+    """Tell the engine our input has ended, and keep reading what it still sends."""
+    if not isinstance(sock, ssl.SSLSocket):
+        sock.shutdown(socket.SHUT_WR)
+        return
+    timeout = sock.gettimeout()
+    sock.setblocking(False)
+    try:
+        # Sends close_notify, then would wait for the engine's, which comes only after its output:
+        # non-blocking, it stops there, the session still open for reading.
+        sock.unwrap()
+    except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+        pass
+    finally:
+        sock.settimeout(timeout)
 
 
 def _bridge(proc: subprocess.Popen[bytes], out: IO[bytes], into: IO[bytes]) -> socket.socket:

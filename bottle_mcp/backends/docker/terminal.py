@@ -22,7 +22,7 @@ from typing import Any
 from ... import labels as L
 from ...errors import BottleError
 from .engine import Engine
-from .rawsock import stream_socket
+from .rawsock import half_close, stream_socket
 
 SHELL = "if command -v bash >/dev/null 2>&1; then exec bash -i; else exec sh -i; fi"
 
@@ -99,5 +99,5 @@ def _relay(stdin_fd: int, stdout_fd: int, sock: socket.socket) -> None:
                 sock.sendall(data)
             else:  # end of our input: tell the shell, keep reading what it still prints
                 with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_WR)
+                    half_close(sock)
                 watch = [sock_fd]
