@@ -295,7 +295,10 @@ class KeepManager:
         # The reaper starts while the launch answers: it is off the launch's path. Until it runs,
         # a crash of this server leaves the bottle to `cleanup`, as it does every bottle without one.
         self._arming[bottle.id] = anyio.Event()
-        self._arm_send.send_nowait((bottle.id, until))
+        try:
+            self._arm_send.send_nowait((bottle.id, until))
+        except anyio.WouldBlock:  # over a thousand reapers still starting: this one starts here
+            await self._arm(bottle.id, until)
 
     async def _arm(self, bottle_id: str, until: int) -> None:
         assert self.keeper is not None

@@ -315,6 +315,23 @@ def test_two_servers_never_drive_one_bottle(
         assert wait_until_gone(docker_client, gone, 10) == []
 
 
+def test_a_bottle_stopped_or_left_right_after_its_launch_is_removed_or_kept_whole(
+    keep_manifest: Path, tmp_path: Path, state_env: dict[str, str], docker_client: docker.DockerClient
+) -> None:
+    """A reaper starts after launch_bottle answers: a stop, or the way out, waits for it rather than race it."""
+    a = RawServer(keep_manifest, tmp_path, env=state_env)
+    try:
+        kept, stopped = a.launch(2)
+        assert not a.call("stop_bottle", {"bottle_id": stopped}).get("isError")
+    finally:
+        close_client(a)  # at once: the other reaper may still be starting
+    assert wait_until_gone(docker_client, stopped, 10) == []  # its reaper too: not left to wait for nothing
+    assert any(n.startswith("bottle-mcp-keep-") for n in objects_of(docker_client, kept))
+    stopped_all = cli("stop", "--all", env=state_env)
+    assert stopped_all.returncode == 0 and f"removed {kept}" in stopped_all.stdout, stopped_all.stderr
+    assert wait_until_gone(docker_client, kept, 10) == []
+
+
 def test_a_server_that_started_first_adopts_a_bottle_kept_later_on_first_use(
     keep_manifest: Path, tmp_path: Path, state_env: dict[str, str], docker_client: docker.DockerClient
 ) -> None:
