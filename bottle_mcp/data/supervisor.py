@@ -59,6 +59,7 @@ SEALED = _seal()
 import contextlib  # noqa: E402 - after the seal, which comes first
 import errno  # noqa: E402
 import fcntl  # noqa: E402
+import functools  # noqa: E402
 import hashlib  # noqa: E402
 import hmac  # noqa: E402
 import json  # noqa: E402
@@ -96,6 +97,10 @@ LEFTOVER_SHARE = 0.25  # ... and so they are when they alone hold this much of i
 REAP_WAIT_S = 2.0
 
 
+# Folder of kept outputs -> the runs in it, oldest first (scanned once, then kept up to date here).
+_RUNS: dict[str, list[str]] = {}
+
+
 class Keeper:
     """A command's output kept in files in the bottle, and the last bytes of each stream."""
 
@@ -115,9 +120,13 @@ class Keeper:
             out = open(self.dir + "/stdout", "wb")  # noqa: SIM115
             err = open(self.dir + "/stderr", "wb")  # noqa: SIM115
             self.files = {T_STDOUT: out, T_STDERR: err}
-            runs = sorted(os.scandir(parent), key=lambda e: e.stat().st_mtime, reverse=True)
-            for old in runs[max(1, int(spec.get("runs", 8))) :]:
-                shutil.rmtree(old.path, ignore_errors=True)
+            runs = _RUNS.get(parent)
+            if runs is None:  # the first command here: what earlier supervisors kept, oldest first
+                found = sorted(os.scandir(parent), key=lambda e: e.stat().st_mtime)
+                runs = _RUNS[parent] = [e.path for e in found if e.path != self.dir]
+            runs.append(self.dir)
+            while len(runs) > max(1, int(spec.get("runs", 8))):
+                shutil.rmtree(runs.pop(0), ignore_errors=True)
         except OSError:
             self.close()
 
@@ -422,8 +431,11 @@ def unmask(key: bytes, seq: int, data: bytes) -> bytes:
     return (int.from_bytes(data, "big") ^ int.from_bytes(stream, "big")).to_bytes(len(data), "big")
 
 
+@functools.cache
 def process_limit() -> int | None:
-    """The most processes this bottle may hold: its RLIMIT_NPROC (gVisor) or pids cgroup (runc)."""
+    """The most processes this bottle may hold: its RLIMIT_NPROC (gVisor) or pids cgroup (runc).
+
+    Read once: the engine sets both when it creates the bottle, and nothing in it may change them."""
     limits = []
     soft, _hard = resource.getrlimit(resource.RLIMIT_NPROC)
     if soft != resource.RLIM_INFINITY:
@@ -438,6 +450,10 @@ def crowded(ended: set[int]) -> bool:
     """Whether the bottle is near its process limit, or ended commands' leftovers hold much of it."""
     limit = process_limit()
     if limit is None:
+        return False
+    # Asked before every command: a count of /proc's entries settles it unless the bottle is
+    # crowded enough that ended commands' leftovers could hold their share (the stats are read then).
+    if sum(1 for entry in os.listdir("/proc") if entry.isdigit()) < limit * min(NEAR_LIMIT, LEFTOVER_SHARE):
         return False
     table = _processes()
     leftovers = sum(1 for _ppid, _pgrp, sid in table.values() if sid in ended)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import AsyncIterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
@@ -19,6 +19,7 @@ from bottle_mcp.backends.docker.bottle import DockerBottle
 from bottle_mcp.labels import Instance
 from bottle_mcp.server import build_server
 from bottle_mcp.service import BottleService, ServiceConfig
+from bottle_mcp.shaping import KEEP_RUNS
 
 from ..conftest import ManifestFactory
 from ..hostview import check_result
@@ -99,6 +100,19 @@ async def test_exec_output_from_nothing_to_100_mb_fits_with_head_tail_and_the_wh
     assert more is not None and more["output_cap_bytes"] == 64 * 1024 and len(more["stdout"]) > 60_000
     refused = await client.call_tool("exec", {"bottle_id": bid, "command": "true", "output_cap": 32 * MB})
     assert refused.is_error and "output_cap_max" in refused.content[0].text  # type: ignore[union-attr]
+
+
+async def test_the_newest_outputs_are_kept_and_older_ones_removed(client: Client) -> None:
+    bid = await _bottle(client)
+    paths = [str((await _exec(client, bid, f"seq 1 20000; echo run-{i}"))["stdout_path"]) for i in range(KEEP_RUNS + 4)]
+    parent = str(PurePosixPath(paths[0]).parent.parent)
+    listing = await _exec(
+        client, bid, f"ls {parent} | wc -l; for p in {' '.join(paths)}; do test -e $p && echo y || echo n; done"
+    )
+    count, *present = str(listing["stdout"]).split()
+    # The listing's own output is kept too: it is the newest, and the oldest of the others went for it.
+    assert int(count) == KEEP_RUNS
+    assert present == ["n"] * 5 + ["y"] * (KEEP_RUNS - 1)
 
 
 @pytest.mark.xfail(
