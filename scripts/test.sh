@@ -39,7 +39,7 @@ echo "[test] no labelled container, volume or network left behind" >&2
 # The core flow again against the other ways people reach an engine: a second engine over
 # TCP (DOCKER_HOST=tcp://), the same engine behind an sshd on loopback (DOCKER_HOST=ssh://, through
 # the system's ssh client), the same engine over TCP with TLS, and Podman's Docker-compatible API.
-# BOTTLE_MCP_SKIP_REMOTE=1 skips the first three; Podman runs only with BOTTLE_MCP_PODMAN=1 (below).
+# BOTTLE_MCP_SKIP_REMOTE=1 skips the first three, BOTTLE_MCP_SKIP_PODMAN=1 the last.
 # (The Claude Code image test runs once, against the main engine: its 1.2 GB image is not copied over.)
 stop_engines() {
   scripts/ssh-engine.sh stop || true
@@ -63,10 +63,11 @@ if [ "${BOTTLE_MCP_SKIP_REMOTE:-0}" != 1 ]; then
   echo "[test] the core flow against the second engine over TCP with TLS (client certificates)" >&2
   BOTTLE_MCP_ENGINE2_TLS=1 BOTTLE_MCP_ENGINE_TESTS="$core_flow" scripts/second-engine.sh test -q
 fi
-# Podman (scripts/podman-engine.sh test) is not run here yet: its API does not apply the device
-# cgroup rule the disk-limit helper needs for loop devices, so bottles with a disk limit cannot
-# launch there (docs/engines.md). BOTTLE_MCP_PODMAN=1 runs it anyway.
-if [ "${BOTTLE_MCP_PODMAN:-0}" = 1 ]; then
+# Podman (rootful, its Docker-compatible API; installed and started by scripts/podman-engine.sh): the
+# core flow, and the disk limit's attack tests under its one runtime. BOTTLE_MCP_SKIP_PODMAN=1 skips it.
+if [ "${BOTTLE_MCP_SKIP_PODMAN:-0}" != 1 ]; then
   echo "[test] the core flow against Podman" >&2
   BOTTLE_MCP_ENGINE_TESTS="$core_flow" scripts/podman-engine.sh test -q
+  echo "[test] the disk limit against Podman (runc, its default runtime)" >&2
+  BOTTLE_MCP_ENGINE_TESTS="tests/security/test_disk.py" scripts/podman-engine.sh test -q -k runc
 fi

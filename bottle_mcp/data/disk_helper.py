@@ -4,6 +4,10 @@
     disk_helper.py make SIZE UID GID        make /disk/image (sparse, SIZE bytes) an ext4 file system
                                             owned by UID:GID at its root, attach it to a free loop
                                             device and print "DISK-DEVICE /dev/loopN"
+    disk_helper.py format SIZE UID GID      only make the file system and print "DISK-FORMATTED ok":
+                                            for an engine whose volumes attach it themselves (Podman
+                                            mounts through mount(8), which understands `loop`); this
+                                            needs no capability and no device
 
 The loop device is attached with autoclear: it lives while something holds it. This process holds it
 until the engine has mounted it (as the bottle's workspace volume) and the server removes this
@@ -65,18 +69,25 @@ def main(argv: list[str]) -> None:
         os.close(os.open("/dev/loop-control", os.O_RDWR | os.O_CLOEXEC))
         print("DISK-CHECK ok", flush=True)
         return
-    _, size, uid, gid = argv
+    mode, size, uid, gid = argv
+    _format(int(size), uid, gid)
+    if mode == "format":
+        print("DISK-FORMATTED ok", flush=True)
+        return
+    dev = _attach(IMAGE)
+    time.sleep(HOLD_S)
+    os.close(dev)
+
+
+def _format(size: int, uid: str, gid: str) -> None:
     with open(IMAGE, "wb") as f:
-        f.truncate(int(size))
+        f.truncate(size)
     # No reserved blocks; one inode per 32 KiB (df then shows ~95% of the size); inode tables are not
     # zeroed (the file is sparse, they read as zeros), so an idle workspace costs the host almost nothing.
     options = f"root_owner={uid}:{gid},lazy_itable_init=1,nodiscard"
     subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", "-i", "32768", "-E", options, IMAGE], check=True)
     # An empty workspace: lost+found (root's, unreadable) would show up in every listing and git status.
     subprocess.run(["debugfs", "-w", "-R", "rmdir lost+found", IMAGE], check=True, capture_output=True)
-    dev = _attach(IMAGE)
-    time.sleep(HOLD_S)
-    os.close(dev)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ from ...errors import EngineError, EngineNotFoundError, LaunchError
 from ...manifest import LoadedManifest
 from ..base import Diagnosis
 from .egress import EGRESS_IMAGE
-from .engine import Engine
+from .engine import Engine, flavour
 from .mould import Mould
 
 log = logging.getLogger(__name__)
@@ -45,8 +45,10 @@ log = logging.getLogger(__name__)
 # The helper needs python3 and e2fsprogs: the egress sidecar's image has both (built from the base image).
 HELPER_IMAGE = EGRESS_IMAGE
 MECHANISM = "loop-mounted ext4 image per bottle (kernel-enforced)"
+PODMAN_MECHANISM = "loop-mounted ext4 image per bottle, attached by Podman's mount (kernel-enforced)"
 DEVICE_PREFIX = "DISK-DEVICE "
 CHECK_LINE = "DISK-CHECK ok"
+FORMATTED_LINE = "DISK-FORMATTED ok"
 READY_TIMEOUT_S = 60.0
 MOUNT_OPTIONS = "nosuid,nodev,noinit_itable"
 WORK_SUFFIX = "-work"
@@ -74,6 +76,20 @@ class DiskSupport:
 
 def _helper(name: str | None, labels: dict[str, str], args: list[str], disk_volume: str | None) -> Mould:
     mounts = (docker.types.Mount(target="/disk", source=disk_volume, type="volume"),) if disk_volume else ()
+    if args[:1] == ["format"]:  # no loop device to attach: no capability, no device
+        return Mould(
+            image=HELPER_IMAGE,
+            entrypoint=["python3", "-c", helper_script()],
+            command=args,
+            name=name,
+            user="0:0",
+            labels=labels,
+            network_mode="none",
+            pids=64,
+            memory=256 * 1024**2,
+            mounts=mounts,
+            log_max_size=CONTAINER_LOG["max-size"],
+        )
     return Mould(
         image=HELPER_IMAGE,
         entrypoint=["python3", "-c", helper_script()],
@@ -143,6 +159,10 @@ async def probe(engine: Engine, instance: L.Instance) -> DiskSupport:
         return DiskSupport(None, f"the engine runs on {info.get('OSType')!r}, not Linux")
     if any("rootless" in str(opt) for opt in info.get("SecurityOptions") or []):
         return DiskSupport(None, "the engine is rootless: it cannot mount a file system image")
+    if await engine.call("engine kind", flavour) == "podman":
+        # Podman mounts volumes through mount(8), which attaches a `loop` image by itself: no helper
+        # needs the host's loop devices (which its API would not grant: it drops device cgroup rules).
+        return DiskSupport(PODMAN_MECHANISM, "Podman mounts an ext4 image through a loop device itself")
     try:
         await engine.call("inspect the disk helper image", lambda c: c.images.get(HELPER_IMAGE).id)
     except EngineNotFoundError:
@@ -173,19 +193,22 @@ async def create_workspace(
     disk_volume = disk_volume_of(work_volume)
     await engine.call("create the disk volume", lambda c: c.api.create_volume(name=disk_volume, labels=volume_labels))
     helper_id: str | None = None
+    helper_name = f"{name}-disk-helper"
     try:
-        helper_id, line = await _run_helper(
-            engine, f"{name}-disk-helper", helper_labels, ["make", str(size), uid, gid], disk_volume, DEVICE_PREFIX
-        )
-        device = line[len(DEVICE_PREFIX) :].strip()
+        if await engine.call("engine kind", flavour) == "podman":
+            where = await engine.call("inspect the disk volume", lambda c: c.api.inspect_volume(disk_volume))
+            helper_id, _ = await _run_helper(
+                engine, helper_name, helper_labels, ["format", str(size), uid, gid], disk_volume, FORMATTED_LINE
+            )
+            opts = {"type": "ext4", "device": f"{where['Mountpoint']}/image", "o": f"loop,{MOUNT_OPTIONS}"}
+        else:
+            helper_id, line = await _run_helper(
+                engine, helper_name, helper_labels, ["make", str(size), uid, gid], disk_volume, DEVICE_PREFIX
+            )
+            opts = {"type": "ext4", "device": line[len(DEVICE_PREFIX) :].strip(), "o": MOUNT_OPTIONS}
         await engine.call(
             "create the workspace volume",
-            lambda c: c.api.create_volume(
-                name=work_volume,
-                driver="local",
-                driver_opts={"type": "ext4", "device": device, "o": MOUNT_OPTIONS},
-                labels=volume_labels,
-            ),
+            lambda c: c.api.create_volume(name=work_volume, driver="local", driver_opts=opts, labels=volume_labels),
         )
         return helper_id
     except BaseException:
