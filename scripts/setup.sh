@@ -54,7 +54,7 @@ command -v npm >/dev/null 2>&1 || need_pkgs+=(npm)   # fetches the third-party M
 command -v ssh-keygen >/dev/null 2>&1 || need_pkgs+=(openssh-client)
 # openssl: the TLS engine tests make a CA and certificates with it.
 command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)
-# shellcheck: the lint step checks the in-bottle shell programs (bottle_mcp/data/inbottle/).
+# The lint step checks the in-bottle shell programs (bottle_mcp/data/inbottle/) with shellcheck.
 command -v shellcheck >/dev/null 2>&1 || need_pkgs+=(shellcheck)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   log "installing ${need_pkgs[*]}"
