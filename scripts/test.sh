@@ -42,6 +42,7 @@ echo "[test] no labelled container, volume or network left behind" >&2
 # BOTTLE_MCP_SKIP_REMOTE=1 skips the first three, BOTTLE_MCP_SKIP_PODMAN=1 the last.
 # (The Claude Code image test runs once, against the main engine: its 1.2 GB image is not copied over.)
 stop_engines() {
+  scripts/rootless-engine.sh stop || true
   scripts/ssh-engine.sh stop || true
   scripts/second-engine.sh stop || true
   scripts/podman-engine.sh stop || true
@@ -70,4 +71,6 @@ if [ "${BOTTLE_MCP_SKIP_PODMAN:-0}" != 1 ]; then
   BOTTLE_MCP_ENGINE_TESTS="$core_flow" scripts/podman-engine.sh test -q
   echo "[test] the disk limit against Podman (runc, its default runtime)" >&2
   BOTTLE_MCP_ENGINE_TESTS="tests/security/test_disk.py" scripts/podman-engine.sh test -q -k runc
+  echo "[test] rootless Podman: what it gives a bottle, and the refusal where it would drop the limits" >&2
+  scripts/rootless-engine.sh test -q
 fi

@@ -47,7 +47,7 @@ from . import disk, egress, gates
 from .bottle import DockerBottle
 from .channel import Channel
 from .diagnose import diagnose
-from .engine import Engine, flavour, selectable_runtimes
+from .engine import Engine, flavour, rootless, selectable_runtimes
 from .images import image_fix_hint, image_status
 from .keeper import DockerKeeper
 from .mould import Mould
@@ -118,6 +118,18 @@ class DockerBackend(Backend):
                 self._disk_support = support
             return support
 
+    async def limits_problem(self) -> str | None:
+        """Why this engine cannot hold a bottle to its memory, process and CPU limits, or None."""
+        return (await self.engine.call("engine traits", rootless)).limits_problem
+
+    async def _check_limits(self) -> None:
+        problem = await self.limits_problem()
+        if problem is not None:
+            raise LaunchError(
+                f"{problem}, and a bottle never runs without them. Use a rootful engine, or a rootless one on a "
+                "cgroup v2 host whose memory, pids and cpu controllers are delegated to its user (docs/engines.md)"
+            )
+
     async def _disk_plan(self, bottle: BottleDef) -> tuple[str | None, list[str]]:
         """(mechanism or None, warnings) for the bottle's disk limit."""
         limit = bottle.resources.disk_bytes
@@ -164,6 +176,9 @@ class DockerBackend(Backend):
             warnings.append("read_only_root = false in the manifest: the agent can modify the image's files")
         disk_mechanism, disk_warnings = await self._disk_plan(bottle)
         warnings += disk_warnings
+        limits_problem = await self.limits_problem()
+        if limits_problem is not None:
+            warnings.append(f"{limits_problem}; launch refuses: a bottle always runs within its limits")
         limit = bottle.resources.disk_bytes
         return BackendPlan(
             image=image,
@@ -274,6 +289,7 @@ class DockerBackend(Backend):
             **extra,
         }
         await self._check_disk(bdef)
+        await self._check_limits()  # before any sidecar: none of them may run without its limits either
         sides: list[egress.EgressStack | gates.GateStack] = []
         made: Started | None = None
         ca_pem: str | None = None
@@ -454,6 +470,7 @@ class DockerBackend(Backend):
             **env,
         }
         helper: str | None = None
+        await self._check_limits()
         try:
             limit = bdef.resources.disk_bytes
             if limit is not None:
@@ -678,6 +695,18 @@ class DockerBackend(Backend):
         found = await diagnose(self.engine, manifest, environ)
         if any(d.name == "engine" and d.status == "fail" for d in found):
             return [*found, Diagnosis("disk limit", "skip", "skipped: no engine answers")]
+        limits = await self.limits_problem()
+        found.append(
+            Diagnosis("limits", "ok", "the engine applies a bottle's memory, process and CPU limits")
+            if limits is None
+            else Diagnosis(
+                "limits",
+                "fail",
+                f"{limits}: no bottle can launch",
+                "use a rootful engine, or a rootless one on a cgroup v2 host whose memory, pids and cpu controllers "
+                "are delegated to its user (docs/engines.md)",
+            )
+        )
         return [*found, disk.diagnosis(await self.disk_support(), manifest)]
 
     async def aclose(self) -> None:

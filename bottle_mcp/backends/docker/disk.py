@@ -37,7 +37,7 @@ from ...errors import EngineError, EngineNotFoundError, LaunchError
 from ...manifest import LoadedManifest
 from ..base import Diagnosis
 from .egress import EGRESS_IMAGE
-from .engine import Engine, flavour
+from .engine import Engine, flavour, rootless
 from .mould import Mould
 
 log = logging.getLogger(__name__)
@@ -157,7 +157,7 @@ async def probe(engine: Engine, instance: L.Instance) -> DiskSupport:
         return DiskSupport(None, f"the engine did not answer: {e}")
     if info.get("OSType", "linux") != "linux":
         return DiskSupport(None, f"the engine runs on {info.get('OSType')!r}, not Linux")
-    if any("rootless" in str(opt) for opt in info.get("SecurityOptions") or []):
+    if (await engine.call("engine kind", rootless)).rootless:
         return DiskSupport(None, "the engine is rootless: it cannot mount a file system image")
     if await engine.call("engine kind", flavour) == "podman":
         # Podman mounts volumes through mount(8), which attaches a `loop` image by itself: no helper

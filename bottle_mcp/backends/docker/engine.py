@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
@@ -168,6 +169,47 @@ def flavour(c: docker.DockerClient) -> str:
     name = "podman" if any("podman" in str(comp.get("Name", "")).lower() for comp in components) else "docker"
     c._bottle_mcp_flavour = name  # type: ignore[attr-defined]
     return name
+
+
+@dataclass(frozen=True)
+class Rootless:
+    """Whether the engine runs without root, and what that takes from a bottle's limits."""
+
+    rootless: bool
+    limits_problem: str | None  # why it cannot apply a bottle's memory and process limits, or None
+
+
+# The cgroup controllers a bottle's limits need (memory, processes, CPU).
+LIMIT_CONTROLLERS = frozenset({"memory", "pids", "cpu"})
+
+
+def rootless(c: docker.DockerClient) -> Rootless:
+    """Read once per client. Docker says "rootless" in its security options; Podman's Docker-compatible
+    answer does not, its own API does (with the cgroup controllers its containers may use)."""
+    known = getattr(c, "_bottle_mcp_rootless", None)
+    if isinstance(known, Rootless):
+        return known
+    info = c.info()
+    is_rootless = any("rootless" in str(opt) for opt in info.get("SecurityOptions") or [])
+    version = f"v{info.get('CgroupVersion') or 1}"
+    controllers: set[str] | None = None
+    if flavour(c) == "podman":
+        host = c.api.get(f"{c.api.base_url}/v4.0.0/libpod/info", timeout=HTTP_TIMEOUT_S).json().get("host") or {}
+        is_rootless = is_rootless or bool((host.get("security") or {}).get("rootless"))
+        version = str(host.get("cgroupVersion") or version)
+        controllers = set(host.get("cgroupControllers") or [])
+    problem: str | None = None
+    if is_rootless and version == "v1":
+        problem = (
+            "the engine is rootless on a cgroup v1 host, where containers cannot be given memory, process or "
+            "CPU limits (the engine would drop them)"
+        )
+    elif is_rootless and controllers is not None and LIMIT_CONTROLLERS - controllers:
+        missing = ", ".join(sorted(LIMIT_CONTROLLERS - controllers))
+        problem = f"the engine is rootless and the cgroup controllers {missing} are not delegated to its user"
+    found = Rootless(is_rootless, problem)
+    c._bottle_mcp_rootless = found  # type: ignore[attr-defined]
+    return found
 
 
 def selectable_runtimes(info: dict[str, Any], engine_kind: str) -> set[str]:
