@@ -24,6 +24,8 @@ start() {
   command -v podman >/dev/null 2>&1 || need+=(podman)
   [ -x /usr/libexec/podman/catatonit ] || [ -x /usr/bin/catatonit ] || need+=(catatonit)
   command -v runc >/dev/null 2>&1 || need+=(runc)
+  # Names on a bottle's egress network (CNI backend): what the egress tests' stand-in hosts are reached by.
+  [ -x /usr/lib/cni/dnsname ] || need+=(golang-github-containernetworking-plugin-dnsname)
   if [ ${#need[@]} -gt 0 ]; then
     log "installing ${need[*]}"
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
