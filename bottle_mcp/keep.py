@@ -289,11 +289,15 @@ class KeepManager:
             self._drop(bottle.id)
             return
         until = int(time.time()) + self.keep_for_s
-        if not self._running:  # no server loop (a library user with on_exit set): arm it here
+        if not self._running or self.on_exit == "remove":
+            # No server loop (a library user with on_exit set), or bottles that must not outlive the
+            # server: the reaper is there when the launch answers, so the way out can move its deadline
+            # to a few seconds before anything (a SIGKILL of the host included) cuts it short.
             await self._arm(bottle.id, until)
             return
-        # The reaper starts while the launch answers: it is off the launch's path. Until it runs,
-        # a crash of this server leaves the bottle to `cleanup`, as it does every bottle without one.
+        # Kept bottles: the reaper starts while the launch answers, off the launch's path. However the
+        # server ends meanwhile, the reaper it gets keeps the bottle for keep_for, as any kept bottle;
+        # only a crash before it starts leaves the bottle to `cleanup`.
         self._arming[bottle.id] = anyio.Event()
         try:
             self._arm_send.send_nowait((bottle.id, until))
